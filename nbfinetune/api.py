@@ -1,0 +1,231 @@
+"""The Python API — the product. Magics, widgets and the CLI are thin layers over these functions."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .backends.base import Backend, get_backend
+from .config import RunConfig
+from .events import Event
+from .runs import RunStore, RunSummary
+
+TRAIN_FLAGS = {"steps": "train.max_steps", "max_steps": "train.max_steps", "epochs": "train.epochs",
+               "lr": "train.lr", "batch_size": "train.batch_size", "grad_accum": "train.grad_accum",
+               "seed": "train.seed", "r": "lora.r", "alpha": "lora.alpha", "dropout": "lora.dropout",
+               "target_modules": "lora.target_modules", "max_seq_len": "data.max_seq_len",
+               "eval_data": "data.eval_path", "format": "data.format", "eval_every": "eval.every",
+               "eval_samples": "eval.samples", "metrics": "eval.metrics", "save_every": "train.save_every",
+               "precision": "train.precision", "schedule": "train.schedule", "warmup_steps": "train.warmup_steps",
+               "data": "data.path", "model": "model", "backend": "backend", "name": "name"}
+
+
+def build_config(config: RunConfig | dict[str, Any] | str | None = None, **settings: Any) -> RunConfig:
+    """A RunConfig from a base (object, nested dict or YAML text) plus flat keyword settings."""
+    if isinstance(config, RunConfig):
+        base = config
+    elif isinstance(config, dict):
+        base = RunConfig.from_dict(config)
+    elif isinstance(config, str):
+        base = RunConfig.from_yaml(config)
+    else:
+        base = RunConfig()
+    overrides = {}
+    for key, value in settings.items():
+        if value is None:
+            continue
+        dotted = TRAIN_FLAGS.get(key, key)
+        overrides[dotted] = value
+    if "train.epochs" in overrides and "train.max_steps" not in overrides:
+        overrides["train.max_steps"] = None
+    return base.with_overrides(overrides) if overrides else base
+
+
+class Run:
+    """A handle on one run. Everything it shows is read from the run's stored events."""
+
+    def __init__(self, run_id: str, store: RunStore | None = None, backend: Backend | None = None) -> None:
+        self.store = store or RunStore()
+        self.store.require(run_id)
+        self.id = run_id
+        self._backend = backend
+        self._dashboard: Any = None
+
+    # --- state -----------------------------------------------------------------------------------
+    @property
+    def path(self) -> Path:
+        return self.store.path(self.id)
+
+    @property
+    def config(self) -> RunConfig:
+        return RunConfig.from_dict(self.store.config(self.id))
+
+    @property
+    def backend(self) -> Backend:
+        if self._backend is None:
+            self._backend = get_backend(self.store.config(self.id).get("backend", "local"))
+        return self._backend
+
+    def summary(self) -> RunSummary:
+        return self.store.summary(self.id)
+
+    @property
+    def status(self) -> str:
+        return self.summary().status
+
+    @property
+    def adapter_path(self) -> str | None:
+        return self.summary().adapter_path
+
+    def events(self, since_seq: int = 0) -> list[Event]:
+        return self.store.events(self.id, since_seq).events
+
+    def follow(self, since_seq: int = 0) -> Iterator[Event]:
+        return self.store.follow(self.id, since_seq, worker_alive=lambda: self.backend.is_alive(self.id, self.store))
+
+    # --- actions ---------------------------------------------------------------------------------
+    def wait(self, timeout: float | None = None, progress: bool | None = None) -> RunSummary:
+        """Block until the run ends (or timeout seconds pass); shows a progress bar unless a dashboard does."""
+        from tqdm.auto import tqdm
+
+        show = progress if progress is not None else self._dashboard is None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        bar = None
+        for event in self.store.follow(self.id, should_stop=lambda: deadline is not None and time.monotonic() > deadline,
+                                       worker_alive=lambda: self.backend.is_alive(self.id, self.store)):
+            if show and event.type == "started":
+                bar = tqdm(total=event["total_steps"], initial=event.get("resumed_step", 0), desc=f"run {self.id}",
+                           unit="step")
+            elif bar is not None and event.type == "step":
+                bar.n = event["step"]
+                bar.set_postfix(loss=f"{event['loss']:.4f}", refresh=False)
+                bar.refresh()
+        if bar is not None:
+            bar.close()
+        summary = self.summary()
+        if show or self._dashboard is not None:
+            print(describe(summary))
+        return summary
+
+    def cancel(self, hard: bool = False) -> None:
+        self.backend.cancel(self.id, self.store, hard=hard)
+
+    def dashboard(self) -> Any:
+        from .widgets.dashboard import Dashboard
+
+        self._dashboard = Dashboard(self)
+        return self._dashboard
+
+    def plot(self) -> Any:
+        """A static plotly figure of the run's curves (survives without a kernel)."""
+        from .widgets.charts import curves_figure
+
+        return curves_figure(self.events(), title=f"run {self.id}")
+
+    def chat(self, message: str | None = None, stream: bool = True, **sampling: Any) -> Any:
+        """Ask the fine-tuned model (streamed to the output); without a message, open the chat widget."""
+        from .serving import chat_model_for_run
+
+        model = chat_model_for_run(self)
+        if message is None:
+            from .widgets.chat import ChatWidget
+
+            return ChatWidget(model)
+        return model.ask(message, stream=stream, **sampling)
+
+    def __repr__(self) -> str:
+        return f"<Run {self.id}: {describe(self.summary())}>"
+
+
+def describe(summary: RunSummary) -> str:
+    parts = [summary.status]
+    if summary.total_steps:
+        parts.append(f"step {summary.step}/{summary.total_steps}")
+    if summary.last_loss is not None:
+        parts.append(f"loss {summary.last_loss:.4f}")
+    if summary.eval_loss is not None:
+        parts.append(f"eval loss {summary.eval_loss:.4f}")
+    for name, value in summary.metrics.items():
+        base = summary.base_metrics.get(name)
+        parts.append(f"{name} {value:.3f}" + (f" (base {base:.3f})" if base is not None else ""))
+    if summary.adapter_path:
+        parts.append(f"adapter: {summary.adapter_path}")
+    if summary.error:
+        parts.append(f"error: {summary.error}")
+    return " · ".join(parts)
+
+
+def finetune(config: RunConfig | dict[str, Any] | str | None = None, *, display: bool | None = None,
+             store: RunStore | None = None, **settings: Any) -> Run:
+    """Launch a LoRA fine-tune and return its Run at once; the run trains in the background.
+
+    finetune(data="my.jsonl", model="HuggingFaceTB/SmolLM2-135M-Instruct", steps=100, lr=2e-4, r=16)
+    """
+    resolved = build_config(config, **settings)
+    store = store or RunStore()
+    backend = get_backend(resolved.backend)
+    run = Run(backend.launch(resolved, store), store, backend)
+    if display if display is not None else _in_notebook():
+        from IPython.display import display as show
+
+        show(run.dashboard())
+    return run
+
+
+def attach(run_id: str | None = None, *, display: bool | None = None, store: RunStore | None = None) -> Run:
+    """Reattach to a run (the latest when no id is given): replays its events, then follows live."""
+    store = store or RunStore()
+    run_id = run_id or store.latest()
+    if run_id is None:
+        raise LookupError(f"no runs yet in {store.root}")
+    run = Run(run_id, store)
+    if display if display is not None else _in_notebook():
+        from IPython.display import display as show
+
+        show(run.dashboard())
+    return run
+
+
+@dataclass
+class RunList:
+    runs: list[RunSummary]
+
+    def __repr__(self) -> str:
+        if not self.runs:
+            return "no runs yet"
+        lines = [f"{'run id':<24} {'status':<10} {'step':>9} {'loss':>8}  model"]
+        for s in self.runs:
+            step = f"{s.step}/{s.total_steps or '?'}"
+            loss = f"{s.last_loss:.4f}" if s.last_loss is not None else "-"
+            lines.append(f"{s.run_id:<24} {s.status:<10} {step:>9} {loss:>8}  {s.model}")
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        from html import escape
+
+        rows = "".join(
+            f"<tr><td><code>{escape(s.run_id)}</code></td><td>{escape(s.status)}</td>"
+            f"<td>{s.step}/{s.total_steps or '?'}</td>"
+            f"<td>{'' if s.last_loss is None else f'{s.last_loss:.4f}'}</td><td>{escape(str(s.model))}</td>"
+            f"<td>{escape(str(s.adapter_path or ''))}</td></tr>" for s in self.runs)
+        return ("<table><thead><tr><th>run</th><th>status</th><th>step</th><th>loss</th><th>model</th>"
+                f"<th>adapter</th></tr></thead><tbody>{rows}</tbody></table>")
+
+    def __len__(self) -> int:
+        return len(self.runs)
+
+
+def runs(store: RunStore | None = None) -> RunList:
+    return RunList((store or RunStore()).list())
+
+
+def _in_notebook() -> bool:
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and getattr(shell, "kernel", None) is not None

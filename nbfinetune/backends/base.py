@@ -1,0 +1,32 @@
+"""The Backend protocol: every backend launches a run into the RunStore and can cancel it.
+
+Views never talk to a backend directly: they read the run's events from the store.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from ..config import RunConfig
+from ..runs import RunStore
+
+
+class Backend(Protocol):
+    name: str
+
+    def launch(self, config: RunConfig, store: RunStore) -> str:
+        """Start the run and return its id; returns as soon as the run is started, not when it ends."""
+
+    def cancel(self, run_id: str, store: RunStore, hard: bool = False) -> None:
+        """Graceful: the trainer saves adapter + checkpoint, then emits `cancelled`. Hard: kill now."""
+
+    def is_alive(self, run_id: str, store: RunStore) -> bool | None:
+        """Whether the run's worker is still running; None when unknown."""
+
+
+def get_backend(name: str) -> Backend:
+    if name == "local":
+        from .local import LocalBackend
+
+        return LocalBackend()
+    raise ValueError(f"backend {name!r} is not available yet (available: local)")

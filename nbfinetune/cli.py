@@ -1,0 +1,103 @@
+"""Command line: `nbfinetune train | runs | prepare-model | make-tiny-model`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from .config import SAMPLE_DATA, ConfigError, default_model
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nbfinetune", description="LoRA fine-tuning from notebooks and the shell.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="run a fine-tune headless on the local backend and wait for it")
+    train.add_argument("--model", default=None, help=f"hub id or local path (default: {default_model()})")
+    train.add_argument("--data", default=SAMPLE_DATA, help="jsonl/json/csv/parquet file, hub id, or sample:people")
+    train.add_argument("--eval-data", dest="eval_data")
+    train.add_argument("--config", help="YAML file with settings; flags override it")
+    train.add_argument("--max-steps", dest="steps", type=int)
+    train.add_argument("--epochs", type=float)
+    train.add_argument("--lr", type=float)
+    train.add_argument("--r", type=int)
+    train.add_argument("--batch-size", dest="batch_size", type=int)
+    train.add_argument("--max-seq-len", dest="max_seq_len", type=int)
+    train.add_argument("--eval-samples", dest="eval_samples", type=int)
+    train.add_argument("--save-every", dest="save_every", type=int)
+    train.add_argument("--name")
+    train.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+
+    runs = sub.add_parser("runs", help="list runs")
+    runs.add_argument("--json", action="store_true")
+
+    sub.add_parser("prepare-model", help="make the offline demo model ready (converts the shipped GGUF once)")
+    tiny = sub.add_parser("make-tiny-model", help="write a tiny random chat model for smoke tests")
+    tiny.add_argument("directory")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except (ConfigError, FileNotFoundError, LookupError, ValueError) as exc:
+        print(f"nbfinetune {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _train(args: argparse.Namespace) -> int:
+    from . import api
+
+    base = open(args.config, encoding="utf-8").read() if args.config else None
+    settings = {k: getattr(args, k) for k in ("model", "data", "eval_data", "steps", "epochs", "lr", "r", "batch_size",
+                                              "max_seq_len", "eval_samples", "save_every", "name")}
+    run = api.finetune(base, display=False, backend="local", **settings)
+    if not args.json:
+        print(f"run {run.id} started: {run.path}", flush=True)
+    summary = run.wait(progress=not args.json)
+    events = run.events()
+    losses = [e["loss"] for e in events if e.type == "step"]
+    result: dict[str, Any] = {"run_id": run.id, "status": summary.status, "adapter_path": summary.adapter_path,
+                              "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
+                              "eval_loss": summary.eval_loss, "metrics": summary.metrics,
+                              "base_metrics": summary.base_metrics, "error": summary.error}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"run id: {run.id}\nstatus: {summary.status}\nadapter: {summary.adapter_path}\n"
+              f"loss: {result['first_loss']} -> {result['last_loss']}")
+        if summary.error:
+            print(f"error: {summary.error}", file=sys.stderr)
+    return 0 if summary.status == "finished" else 1
+
+
+def _runs(args: argparse.Namespace) -> int:
+    from . import api
+
+    listing = api.runs()
+    print(json.dumps([s.to_dict() for s in listing.runs]) if args.json else repr(listing))
+    return 0
+
+
+def _prepare_model(args: argparse.Namespace) -> int:
+    from .config import DEFAULT_MODEL
+    from .core.models import resolve_model
+
+    print(resolve_model(DEFAULT_MODEL))
+    return 0
+
+
+def _make_tiny_model(args: argparse.Namespace) -> int:
+    from .testing import make_tiny_model
+
+    print(make_tiny_model(args.directory))
+    return 0
+
+
+_COMMANDS = {"train": _train, "runs": _runs, "prepare-model": _prepare_model, "make-tiny-model": _make_tiny_model}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,209 @@
+"""Run configuration: typed dataclasses, validation with precise messages, dict/YAML round-trip.
+
+Stdlib only: this module is imported by the notebook, the CLI and the worker alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+SAMPLE_DATA = "sample:people"
+FORMATS = ("auto", "chat", "sharegpt", "instruction", "prompt_completion", "text")
+SCHEDULES = ("linear", "cosine", "constant")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+BACKENDS = ("local", "modal")
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message names the field and what is allowed."""
+
+
+@dataclass
+class LoraSettings:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    # "all-linear" is peft's shorthand for every linear layer except the output head.
+    target_modules: str | list[str] = "all-linear"
+
+
+@dataclass
+class TrainSettings:
+    max_steps: int | None = 40
+    epochs: float | None = None
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 1e-3
+    schedule: str = "linear"
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    seed: int = 42
+    precision: str = "auto"
+    gradient_checkpointing: bool = False
+    save_every: int | None = None
+
+
+@dataclass
+class DataSettings:
+    path: str = SAMPLE_DATA
+    eval_path: str | None = None
+    format: str = "auto"
+    eval_fraction: float = 0.1
+    max_seq_len: int = 512
+    # "completions": loss on assistant turns only; "all": loss on every token.
+    train_on: str = "completions"
+
+
+@dataclass
+class EvalSettings:
+    every: int | None = None
+    # None picks metrics from the references: json_match when they are JSON, else exact_match.
+    metrics: list[str] | None = None
+    samples: int = 24
+    max_new_tokens: int = 64
+    generate: bool = True
+
+
+def default_model() -> str:
+    """$NBFINETUNE_DEFAULT_MODEL when set (e.g. a tiny model for smoke tests), else the demo model."""
+    return os.environ.get("NBFINETUNE_DEFAULT_MODEL") or DEFAULT_MODEL
+
+
+@dataclass
+class RunConfig:
+    model: str = field(default_factory=default_model)
+    data: DataSettings = field(default_factory=DataSettings)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    eval: EvalSettings = field(default_factory=EvalSettings)
+    backend: str = "local"
+    name: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> RunConfig:
+        config = _build(cls, values, prefix="")
+        config.validate()
+        return config
+
+    @classmethod
+    def from_yaml(cls, text: str) -> RunConfig:
+        import yaml
+
+        values = yaml.safe_load(text) or {}
+        if not isinstance(values, dict):
+            raise ConfigError("the YAML config must be a mapping of settings, e.g. 'model: ...'")
+        return cls.from_dict(values)
+
+    def with_overrides(self, overrides: dict[str, Any]) -> RunConfig:
+        """Apply dotted-key overrides such as {"train.lr": 1e-4, "model": "..."}."""
+        merged = self.to_dict()
+        for dotted, value in overrides.items():
+            section, _, key = dotted.rpartition(".")
+            target = merged[section] if section else merged
+            if section and section not in merged:
+                raise ConfigError(f"unknown setting '{dotted}'")
+            target[key] = value
+        return RunConfig.from_dict(merged)
+
+    def validate(self) -> None:
+        problems = _problems(self)
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"'{prefix.rstrip('.') or 'config'}' must be a mapping, got {type(values).__name__}")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in known:
+            hint = difflib.get_close_matches(key, list(known), n=1)
+            suggestion = f" (did you mean '{prefix}{hint[0]}'?)" if hint else f" (known: {', '.join(known)})"
+            raise ConfigError(f"unknown setting '{prefix}{key}'{suggestion}")
+        nested = _NESTED.get(key) if cls is RunConfig else None
+        kwargs[key] = _build(nested, value, f"{key}.") if nested else value
+    return cls(**kwargs)
+
+
+_NESTED = {"data": DataSettings, "lora": LoraSettings, "train": TrainSettings, "eval": EvalSettings}
+
+
+def _problems(config: RunConfig) -> list[str]:
+    out: list[str] = []
+
+    def check(ok: bool, message: str) -> None:
+        if not ok:
+            out.append(message)
+
+    def positive_int(name: str, value: Any, allow_none: bool = False) -> None:
+        if value is None and allow_none:
+            return
+        check(isinstance(value, int) and not isinstance(value, bool) and value > 0,
+              f"{name} must be a positive integer, got {value!r}")
+
+    def number(name: str, value: Any, low: float, high: float | None = None, low_open: bool = False) -> None:
+        valid = isinstance(value, (int, float)) and not isinstance(value, bool)
+        valid = valid and (value > low if low_open else value >= low) and (high is None or value <= high)
+        bounds = f"{'>' if low_open else '>='} {low}" + (f" and <= {high}" if high is not None else "")
+        check(valid, f"{name} must be a number {bounds}, got {value!r}")
+
+    def choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+        check(value in allowed, f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+
+    check(isinstance(config.model, str) and config.model.strip() != "", "model must be a hub id or a local path")
+    check(isinstance(config.data.path, str) and config.data.path.strip() != "",
+          "data.path must be a file, a directory, a hub id or 'sample:people'")
+    choice("data.format", config.data.format, FORMATS)
+    choice("data.train_on", config.data.train_on, ("completions", "all"))
+    number("data.eval_fraction", config.data.eval_fraction, 0.0, 0.5)
+    positive_int("data.max_seq_len", config.data.max_seq_len)
+    positive_int("lora.r", config.lora.r)
+    number("lora.alpha", config.lora.alpha, 0.0, low_open=True)
+    number("lora.dropout", config.lora.dropout, 0.0, 1.0)
+    targets = config.lora.target_modules
+    check(isinstance(targets, str) or (isinstance(targets, list) and targets and all(isinstance(t, str) for t in targets)),
+          "lora.target_modules must be 'all-linear' or a list of module names such as ['q_proj', 'v_proj']")
+    t = config.train
+    positive_int("train.max_steps", t.max_steps, allow_none=True)
+    if t.epochs is not None:
+        number("train.epochs", t.epochs, 0.0, low_open=True)
+    check(t.max_steps is not None or t.epochs is not None, "set train.max_steps or train.epochs")
+    positive_int("train.batch_size", t.batch_size)
+    positive_int("train.grad_accum", t.grad_accum)
+    number("train.lr", t.lr, 0.0, 1.0, low_open=True)
+    choice("train.schedule", t.schedule, SCHEDULES)
+    check(isinstance(t.warmup_steps, int) and t.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {t.warmup_steps!r}")
+    number("train.weight_decay", t.weight_decay, 0.0)
+    number("train.max_grad_norm", t.max_grad_norm, 0.0)
+    check(isinstance(t.seed, int), f"train.seed must be an integer, got {t.seed!r}")
+    choice("train.precision", t.precision, PRECISIONS)
+    positive_int("train.save_every", t.save_every, allow_none=True)
+    positive_int("eval.every", config.eval.every, allow_none=True)
+    check(isinstance(config.eval.samples, int) and config.eval.samples >= 0,
+          f"eval.samples must be >= 0, got {config.eval.samples!r}")
+    positive_int("eval.max_new_tokens", config.eval.max_new_tokens)
+    metrics = config.eval.metrics
+    check(metrics is None or (isinstance(metrics, list) and all(isinstance(m, str) for m in metrics)),
+          "eval.metrics must be a list of metric names (exact_match, json_valid, json_match, contains) "
+          "or 'module:function' references")
+    choice("backend", config.backend, BACKENDS)
+    return out
+
+
+def nbfinetune_home() -> str:
+    """Where runs and converted models live: $NBFINETUNE_HOME, else ~/.cache/nbfinetune."""
+    return os.environ.get("NBFINETUNE_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "nbfinetune")

@@ -1,0 +1,99 @@
+"""Loss (only where there is a target) and evaluation: eval loss and metrics on generated answers."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..data.render import Rendered, render_prompt
+from .batching import PackedBatch, batches_in_order, pack
+from .metrics import score
+
+
+def causal_lm_parts(model: Any) -> tuple[Any, Any]:
+    """(decoder stack, output layer) of a causal LM, through any peft wrapping."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.get_decoder(), base.get_output_embeddings()
+
+
+def summed_loss(model: Any, batch: PackedBatch) -> Any:
+    """Sum of token cross-entropies over positions that have a target.
+
+    The output layer runs only on those positions: with a 49k vocabulary the logits of prompt tokens
+    would be most of the step's compute and memory, and they carry no loss.
+    """
+    import torch.nn.functional as F
+
+    decoder, head = causal_lm_parts(model)
+    hidden = decoder(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False).last_hidden_state
+    keep = batch.targets != -100
+    logits = head(hidden[0, keep])
+    return F.cross_entropy(logits.float(), batch.targets[keep], reduction="sum")
+
+
+def eval_loss(model: Any, examples: Sequence[Rendered], batch_size: int, device: str) -> float | None:
+    import torch
+
+    if not examples:
+        return None
+    total, count = 0.0, 0
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for chunk in batches_in_order(examples, batch_size):
+            batch = pack(chunk, device)
+            total += float(summed_loss(model, batch))
+            count += batch.trained_tokens
+    model.train(was_training)
+    return total / max(1, count)
+
+
+def generate(model: Any, tokenizer: Any, prompts: Sequence[list[dict[str, str]]], max_new_tokens: int,
+             device: str, batch_size: int = 32, use_adapter: bool = True) -> list[str]:
+    """Greedy answers, batched with left padding; the same chat template as training."""
+    import torch
+
+    texts = [render_prompt(tokenizer, messages) for messages in prompts]
+    outputs: list[str] = []
+    was_training = model.training
+    model.eval()
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    adapter_off = model.disable_adapter() if (not use_adapter and hasattr(model, "disable_adapter")) else contextlib.nullcontext()
+    try:
+        with torch.no_grad(), adapter_off:
+            for start in range(0, len(texts), batch_size):
+                encoded = tokenizer(texts[start: start + batch_size], return_tensors="pt", padding=True,
+                                    add_special_tokens=False).to(device)
+                generated = model.generate(**encoded, max_new_tokens=max_new_tokens, do_sample=False,
+                                           eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+                new = generated[:, encoded["input_ids"].shape[1]:]
+                outputs.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
+    finally:
+        tokenizer.padding_side = side
+        model.train(was_training)
+    return [o.strip() for o in outputs]
+
+
+@dataclass
+class GenerationEval:
+    metrics: dict[str, float]
+    predictions: list[str]
+    samples: list[dict[str, str]] = field(default_factory=list)
+
+
+def evaluate_generation(model: Any, tokenizer: Any, cases: Sequence[tuple[list[dict[str, str]], str]],
+                        metric_names: Sequence[str], max_new_tokens: int, device: str, use_adapter: bool = True,
+                        base_predictions: Sequence[str] | None = None, n_samples: int = 5) -> GenerationEval:
+    prompts = [prompt for prompt, _ in cases]
+    references = [reference for _, reference in cases]
+    predictions = generate(model, tokenizer, prompts, max_new_tokens, device, use_adapter=use_adapter)
+    samples = []
+    for index in range(min(n_samples, len(cases))):
+        samples.append({"prompt": prompts[index][-1]["content"] if prompts[index] else "",
+                        "reference": references[index],
+                        "base": (base_predictions or predictions)[index],
+                        "current": predictions[index]})
+    return GenerationEval(score(metric_names, predictions, references), predictions, samples)

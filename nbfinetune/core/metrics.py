@@ -1,0 +1,76 @@
+"""Eval metrics: plain callables `metric(prediction, reference) -> float` in [0, 1].
+
+Built-ins are referred to by name; user metrics by 'module:function' so a worker process can import them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+Metric = Callable[[str, str], float]
+
+
+def _parse_json(text: str) -> Any:
+    text = text.strip()
+    if text.startswith("```"):
+        text = text.strip("`").removeprefix("json").strip()
+    return json.loads(text)
+
+
+def exact_match(prediction: str, reference: str) -> float:
+    return float(prediction.strip() == reference.strip())
+
+
+def json_valid(prediction: str, reference: str) -> float:
+    try:
+        _parse_json(prediction)
+    except ValueError:
+        return 0.0
+    return 1.0
+
+
+def json_match(prediction: str, reference: str) -> float:
+    """1 when the prediction parses as JSON and equals the reference's JSON value exactly."""
+    try:
+        return float(_parse_json(prediction) == _parse_json(reference))
+    except ValueError:
+        return 0.0
+
+
+def contains(prediction: str, reference: str) -> float:
+    return float(reference.strip().lower() in prediction.lower())
+
+
+BUILTIN: dict[str, Metric] = {"exact_match": exact_match, "json_valid": json_valid, "json_match": json_match,
+                              "contains": contains}
+
+
+def resolve_metric(name: str) -> Metric:
+    if name in BUILTIN:
+        return BUILTIN[name]
+    module, _, attribute = name.partition(":")
+    if not attribute:
+        raise ValueError(f"unknown metric {name!r}: use one of {', '.join(BUILTIN)} or 'module:function'")
+    function = getattr(importlib.import_module(module), attribute)
+    if not callable(function):
+        raise ValueError(f"metric {name!r} is not callable")
+    return function
+
+
+def default_metrics(references: Sequence[str]) -> list[str]:
+    """JSON references get json_match/json_valid; anything else exact_match."""
+    if references and all(json_valid(r, r) for r in references):
+        return ["json_match", "json_valid"]
+    return ["exact_match"]
+
+
+def score(names: Sequence[str], predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    out = {}
+    for name in names:
+        metric = resolve_metric(name)
+        values = [float(metric(p, r)) for p, r in zip(predictions, references)]
+        out[name] = sum(values) / len(values) if values else 0.0
+    return out

@@ -1,0 +1,172 @@
+"""The training loop: `train(config, emit, should_stop, run_dir)`, the same on every backend.
+
+It only emits events; it imports no UI. Our own loop rather than transformers.Trainer because it
+packs examples without padding and runs the output layer only on trained positions (see
+bench/bench_trainer.py for the measured difference).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..config import RunConfig
+from ..data.prepare import PreparedData, prepare
+from .batching import DataPosition, EpochSampler, pack
+from .checkpoints import latest_checkpoint, load_checkpoint, save_adapter, save_checkpoint
+from .evaluate import GenerationEval, eval_loss, evaluate_generation, summed_loss
+from .metrics import default_metrics
+from .models import resolve_model
+from .setup import Loaded, load_for_training
+
+
+class Emit(Protocol):
+    def __call__(self, type: str, **payload: Any) -> Any: ...
+
+
+def total_steps(config: RunConfig, n_train: int) -> int:
+    t = config.train
+    if t.max_steps is not None:
+        return t.max_steps
+    per_epoch = math.ceil(n_train / (t.batch_size * t.grad_accum))
+    return max(1, math.ceil(per_epoch * float(t.epochs or 1)))
+
+
+def train(config: RunConfig, emit: Emit, should_stop: Callable[[], bool], run_dir: str | Path) -> dict[str, Any]:
+    import torch
+    from transformers import get_scheduler
+
+    run_dir = Path(run_dir)
+    started_at = time.time()
+    emit("log", level="info", message=f"resolving model {config.model}")
+    model_path = resolve_model(config.model)
+    loaded = load_for_training(config, model_path)
+    data = prepare(config.data, loaded.tokenizer, seed=config.train.seed)
+    _report_data(emit, data)
+
+    torch.manual_seed(config.train.seed)
+    model, device = loaded.model, loaded.device
+    steps = total_steps(config, len(data.train))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.train.lr, weight_decay=config.train.weight_decay)
+    scheduler = get_scheduler(config.train.schedule, optimizer, num_warmup_steps=config.train.warmup_steps,
+                              num_training_steps=steps)
+    metric_names = config.eval.metrics or default_metrics([ref for _, ref in data.eval_cases])
+
+    step, position, history = 0, DataPosition(), {}
+    resume_from = latest_checkpoint(run_dir)
+    if resume_from is not None:
+        step, position = load_checkpoint(resume_from, model, optimizer, scheduler)
+        history = json.loads((resume_from / "history.json").read_text(encoding="utf-8"))
+        emit("log", level="info", message=f"resumed from checkpoint at step {step}")
+
+    emit("started", model=config.model, model_path=model_path, device=device, precision=loaded.precision,
+         total_steps=steps, resumed_step=step, trainable_params=loaded.trainable_params,
+         total_params=loaded.total_params, train_rows=len(data.train), eval_rows=len(data.eval),
+         data=data.report.to_dict() | {"problems": len(data.report.problems)}, metrics=metric_names)
+
+    evaluator = _Evaluator(config, loaded, data, metric_names, emit, history)
+    if step == 0:
+        evaluator.run(0, base=True)
+
+    sampler = EpochSampler(data.train, config.train.batch_size, config.train.seed, position)
+    model.train()
+    first_loss = history.get("first_loss")
+    loss_value = None
+    # Throughput counts training time only: evals and checkpoints in between are excluded.
+    window_tokens, window_steps, train_seconds = 0, 0, 0.0
+    while step < steps:
+        if should_stop():
+            return _stop(emit, run_dir, loaded, optimizer, scheduler, step, sampler.position, evaluator.history,
+                         started_at)
+        step_start = time.perf_counter()
+        micro = [pack(next(sampler), device) for _ in range(config.train.grad_accum)]
+        trained = sum(b.trained_tokens for b in micro)
+        loss_sum = 0.0
+        for batch in micro:
+            loss = summed_loss(model, batch) / trained
+            loss.backward()
+            loss_sum += float(loss.detach())
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.train.max_grad_norm))
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        train_seconds += time.perf_counter() - step_start
+        step += 1
+        loss_value = loss_sum
+        first_loss = first_loss if first_loss is not None else loss_value
+        evaluator.history["first_loss"] = first_loss
+        tokens = sum(b.tokens for b in micro)
+        window_tokens += tokens
+        window_steps += 1
+        rate = window_tokens / train_seconds if train_seconds > 0 else 0.0
+        emit("step", step=step, epoch=round(sampler.epoch_progress, 4), loss=loss_value,
+             lr=scheduler.get_last_lr()[0], grad_norm=grad_norm, tokens=tokens, trained_tokens=trained,
+             tokens_per_s=rate, eta_s=(steps - step) * train_seconds / window_steps)
+        if config.eval.every and step % config.eval.every == 0 and step < steps:
+            evaluator.run(step)
+        if config.train.save_every and step % config.train.save_every == 0 and step < steps:
+            path = save_checkpoint(run_dir / "checkpoints" / f"step-{step}", model, loaded.tokenizer, optimizer,
+                                   scheduler, step, sampler.position, evaluator.history)
+            emit("checkpoint", step=step, path=str(path))
+
+    final = evaluator.run(step)
+    adapter = save_adapter(model, loaded.tokenizer, run_dir / "adapter")
+    summary = {"first_loss": first_loss, "last_loss": loss_value, "eval_loss": final.get("eval_loss"),
+               "metrics": final.get("metrics", {}), "base_metrics": evaluator.history.get("base_metrics", {}),
+               "steps": step, "train_time_s": round(time.time() - started_at, 2)}
+    emit("finished", adapter_path=str(adapter), summary=summary)
+    return {"adapter_path": str(adapter), **summary}
+
+
+def _report_data(emit: Emit, data: PreparedData) -> None:
+    report = data.report
+    emit("log", level="info", message=f"data: {report.format} format, {report.valid} of {report.rows} rows usable, "
+                                      f"{len(data.train)} train / {len(data.eval)} eval")
+    for problem in report.problems[:20]:
+        emit("log", level="warning", message=str(problem))
+    if len(report.problems) > 20:
+        emit("log", level="warning", message=f"... and {len(report.problems) - 20} more row problems")
+
+
+class _Evaluator:
+    """Eval loss plus generation metrics; base-model answers are computed once and kept for comparison."""
+
+    def __init__(self, config: RunConfig, loaded: Loaded, data: PreparedData, metric_names: list[str], emit: Emit,
+                 history: dict[str, Any]) -> None:
+        self.config, self.loaded, self.data, self.metric_names, self.emit = config, loaded, data, metric_names, emit
+        self.history = history
+        self.cases = data.eval_cases[: config.eval.samples] if config.eval.generate else []
+
+    def run(self, step: int, base: bool = False) -> dict[str, Any]:
+        loaded = self.loaded
+        payload: dict[str, Any] = {"step": step,
+                                   "eval_loss": eval_loss(loaded.model, self.data.eval, self.config.train.batch_size,
+                                                          loaded.device)}
+        if self.cases:
+            result: GenerationEval = evaluate_generation(
+                loaded.model, loaded.tokenizer, self.cases, self.metric_names, self.config.eval.max_new_tokens,
+                loaded.device, use_adapter=not base, base_predictions=self.history.get("base_predictions"))
+            if base:
+                self.history["base_metrics"] = result.metrics
+                self.history["base_predictions"] = result.predictions
+            payload.update(metrics=result.metrics, base_metrics=self.history.get("base_metrics", {}),
+                           samples=result.samples)
+        self.emit("eval", **payload)
+        return payload
+
+
+def _stop(emit: Emit, run_dir: Path, loaded: Loaded, optimizer: Any, scheduler: Any, step: int,
+          position: DataPosition, history: dict[str, Any], started_at: float) -> dict[str, Any]:
+    """Cancelled: keep the adapter and a resumable checkpoint of where we stopped."""
+    adapter = save_adapter(loaded.model, loaded.tokenizer, run_dir / "adapter")
+    if step > 0:
+        path = save_checkpoint(run_dir / "checkpoints" / f"step-{step}", loaded.model, loaded.tokenizer, optimizer,
+                               scheduler, step, position, history)
+        emit("checkpoint", step=step, path=str(path))
+    emit("cancelled", step=step, adapter_path=str(adapter), train_time_s=round(time.time() - started_at, 2))
+    return {"adapter_path": str(adapter), "cancelled": True, "steps": step}

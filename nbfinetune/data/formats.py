@@ -1,0 +1,164 @@
+"""Dataset formats: detect which one a file uses and normalize each row to chat messages (or plain text).
+
+Stdlib only. Every problem with a row is a RowProblem that a person can act on.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+CHAT, SHAREGPT, INSTRUCTION, PROMPT_COMPLETION, TEXT = "chat", "sharegpt", "instruction", "prompt_completion", "text"
+KNOWN_FORMATS = (CHAT, SHAREGPT, INSTRUCTION, PROMPT_COMPLETION, TEXT)
+ROLES = ("system", "user", "assistant", "tool")
+_SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                   "chatgpt": "assistant", "bing": "assistant", "bard": "assistant", "model": "assistant",
+                   "system": "system", "tool": "tool", "function_call": "assistant", "observation": "tool",
+                   "function": "tool"}
+_SIGNATURES = (
+    (CHAT, ("messages",)),
+    (SHAREGPT, ("conversations",)),
+    (INSTRUCTION, ("instruction", "output")),
+    (PROMPT_COMPLETION, ("prompt", "completion")),
+    (TEXT, ("text",)),
+)
+
+
+class RowProblem(ValueError):
+    """One row cannot be used; the message says why in plain words."""
+
+
+@dataclass(frozen=True)
+class Example:
+    """A normalized row: chat messages, or raw text for continued pre-training."""
+
+    messages: tuple[dict[str, str], ...] | None = None
+    text: str | None = None
+
+
+def detect_format(records: Iterable[Any], sample: int = 200) -> str | None:
+    """The format most of the first `sample` dict rows match, or None when none matches."""
+    votes: Counter[str] = Counter()
+    for index, record in enumerate(records):
+        if index >= sample:
+            break
+        if isinstance(record, dict):
+            match = format_of(record)
+            if match:
+                votes[match] += 1
+    return votes.most_common(1)[0][0] if votes else None
+
+
+def format_of(record: dict[str, Any]) -> str | None:
+    for name, keys in _SIGNATURES:
+        if all(key in record for key in keys):
+            return name
+    return None
+
+
+def normalize(record: Any, fmt: str) -> Example:
+    if not isinstance(record, dict):
+        raise RowProblem(f"expected a JSON object, got {type(record).__name__}")
+    if fmt == CHAT:
+        return Example(messages=_chat(_field(record, "messages", list)))
+    if fmt == SHAREGPT:
+        return Example(messages=_sharegpt(_field(record, "conversations", list)))
+    if fmt == INSTRUCTION:
+        instruction = _field(record, "instruction", str)
+        extra = record.get("input") or ""
+        if not isinstance(extra, str):
+            raise RowProblem(f"field 'input' must be text, got {type(extra).__name__}")
+        prompt = f"{instruction}\n\n{extra}" if extra.strip() else instruction
+        messages = [{"role": "user", "content": prompt},
+                    {"role": "assistant", "content": _field(record, "output", str)}]
+        if isinstance(record.get("system"), str) and record["system"].strip():
+            messages.insert(0, {"role": "system", "content": record["system"]})
+        return Example(messages=_checked(messages))
+    if fmt == PROMPT_COMPLETION:
+        messages = [{"role": "user", "content": _field(record, "prompt", str)},
+                    {"role": "assistant", "content": _field(record, "completion", str)}]
+        return Example(messages=_checked(messages))
+    if fmt == TEXT:
+        text = _field(record, "text", str)
+        if not text.strip():
+            raise RowProblem("field 'text' is empty")
+        return Example(text=text)
+    raise ValueError(f"unknown format {fmt!r}")
+
+
+def split_for_generation(example: Example) -> tuple[list[dict[str, str]], str] | None:
+    """(prompt messages, reference answer): everything before the last assistant turn, and that turn."""
+    if example.messages is None:
+        return None
+    messages = list(example.messages)
+    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    return messages[:last], messages[last]["content"]
+
+
+def _field(record: dict[str, Any], name: str, kind: type) -> Any:
+    if name not in record or record[name] is None:
+        raise RowProblem(f"missing field '{name}'")
+    value = record[name]
+    if not isinstance(value, kind):
+        expected = "text" if kind is str else "a list"
+        raise RowProblem(f"field '{name}' must be {expected}, got {type(value).__name__}")
+    return value
+
+
+def _content(value: Any, where: str) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        # OpenAI style content parts: [{"type": "text", "text": "..."}]; non-text parts are not trainable.
+        texts = []
+        for part in value:
+            if isinstance(part, dict) and part.get("type", "text") == "text" and isinstance(part.get("text"), str):
+                texts.append(part["text"])
+            elif not (isinstance(part, dict) and "type" in part):
+                raise RowProblem(f"{where}: content parts must be objects like {{'type': 'text', 'text': ...}}")
+        return "".join(texts)
+    raise RowProblem(f"{where}: content must be text or a list of text parts, got {type(value).__name__}")
+
+
+def _chat(messages: list[Any]) -> tuple[dict[str, str], ...]:
+    out = []
+    for index, message in enumerate(messages, start=1):
+        where = f"message {index}"
+        if not isinstance(message, dict):
+            raise RowProblem(f"{where} must be an object with 'role' and 'content'")
+        role = message.get("role")
+        if role not in ROLES:
+            raise RowProblem(f"{where}: unknown role {role!r} (expected one of {', '.join(ROLES)})")
+        if "content" not in message:
+            raise RowProblem(f"{where}: missing field 'content'")
+        out.append({"role": role, "content": _content(message["content"] or "", where)})
+    return _checked(out)
+
+
+def _sharegpt(turns: list[Any]) -> tuple[dict[str, str], ...]:
+    out = []
+    for index, turn in enumerate(turns, start=1):
+        where = f"turn {index}"
+        if not isinstance(turn, dict):
+            raise RowProblem(f"{where} must be an object with 'from' and 'value'")
+        speaker = turn.get("from")
+        role = _SHAREGPT_ROLES.get(str(speaker).lower()) if speaker is not None else None
+        if role is None:
+            raise RowProblem(f"{where}: unknown speaker {speaker!r} (expected human, gpt or system)")
+        if "value" not in turn:
+            raise RowProblem(f"{where}: missing field 'value'")
+        out.append({"role": role, "content": _content(turn["value"] or "", where)})
+    return _checked(out)
+
+
+def _checked(messages: list[dict[str, str]]) -> tuple[dict[str, str], ...]:
+    if not messages:
+        raise RowProblem("no messages")
+    assistant = [m for m in messages if m["role"] == "assistant"]
+    if not assistant:
+        raise RowProblem("no assistant turn: nothing to learn from")
+    if not assistant[-1]["content"].strip():
+        raise RowProblem("the last assistant turn is empty")
+    return tuple(messages)

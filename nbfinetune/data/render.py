@@ -1,0 +1,97 @@
+"""Render normalized examples to token ids with the model's own chat template, and mask the loss.
+
+Loss is on assistant turns by default. The trainable spans are found in character space (rendering the
+conversation up to each assistant turn with and without it) and mapped to tokens through the fast
+tokenizer's offsets, so any chat template works, including ones without `{% generation %}` markers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .formats import Example, RowProblem
+
+IGNORE = -100
+
+
+@dataclass
+class Rendered:
+    row: int
+    input_ids: list[int]
+    # targets[t] is the token to predict after input_ids[t] (already shifted), IGNORE where not trained.
+    targets: list[int]
+    full_length: int
+
+    @property
+    def truncated(self) -> bool:
+        return self.full_length > len(self.input_ids)
+
+    @property
+    def trained_tokens(self) -> int:
+        return sum(1 for t in self.targets if t != IGNORE)
+
+
+def render(tokenizer: Any, example: Example, max_seq_len: int, train_on: str = "completions", row: int = 0) -> Rendered:
+    if example.text is not None:
+        ids = tokenizer(example.text, add_special_tokens=False)["input_ids"]
+        if tokenizer.eos_token_id is not None:
+            ids = ids + [tokenizer.eos_token_id]
+        labels = list(ids)
+    else:
+        text, spans = _render_chat(tokenizer, list(example.messages or ()))
+        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids = encoded["input_ids"]
+        if train_on == "all":
+            labels = list(ids)
+        else:
+            labels = [tok if _inside(start, end, spans) else IGNORE
+                      for tok, (start, end) in zip(ids, encoded["offset_mapping"])]
+    full_length = len(ids)
+    ids, labels = ids[:max_seq_len], labels[:max_seq_len]
+    targets = labels[1:] + [IGNORE]
+    rendered = Rendered(row=row, input_ids=ids, targets=targets, full_length=full_length)
+    if rendered.trained_tokens == 0:
+        if full_length > max_seq_len:
+            raise RowProblem(f"{full_length} tokens, longer than max_seq_len={max_seq_len}: after truncation "
+                             "nothing is left to learn, so the row is dropped")
+        raise RowProblem("nothing to learn after masking (no assistant tokens)")
+    return rendered
+
+
+def render_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> str:
+    """The text a model sees before it answers: the same template as training, with the generation prompt."""
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def _render_chat(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
+    if not getattr(tokenizer, "chat_template", None):
+        raise RowProblem("the model's tokenizer has no chat template; use a chat/instruct model or plain text data")
+    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    spans: list[tuple[int, int]] = []
+    cursor = 0
+    for index, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before = tokenizer.apply_chat_template(messages[:index], tokenize=False, add_generation_prompt=True) if index else ""
+        through = tokenizer.apply_chat_template(messages[: index + 1], tokenize=False)
+        if index and full.startswith(through) and through.startswith(before):
+            spans.append((len(before), len(through)))
+            cursor = len(through)
+            continue
+        # Templates that rewrite earlier turns (e.g. drop reasoning): locate the answer text itself,
+        # and keep the end-of-turn marker that follows it so the model learns to stop.
+        start = full.find(message["content"], cursor)
+        if start < 0:
+            raise RowProblem(f"the chat template dropped assistant turn {index + 1}; cannot mask it")
+        end = start + len(message["content"])
+        eos = tokenizer.eos_token or ""
+        if eos and full.startswith(eos, end):
+            end += len(eos)
+        spans.append((start, end))
+        cursor = end
+    return full, spans
+
+
+def _inside(start: int, end: int, spans: list[tuple[int, int]]) -> bool:
+    return end > start and any(s <= start and end <= e for s, e in spans)

@@ -1,0 +1,121 @@
+"""The event contract: every run is a stream of these, persisted one JSON object per line.
+
+Wire form: {"v": 1, "type": ..., "run_id": ..., "seq": n, "time": unix_s, ...payload}.
+Stdlib only, so any process (worker, kernel, server extension) can read and write it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+SCHEMA_VERSION = 1
+EVENT_TYPES = ("started", "step", "eval", "checkpoint", "log", "finished", "failed", "cancelled")
+TERMINAL_TYPES = ("finished", "failed", "cancelled")
+_ENVELOPE = ("v", "type", "run_id", "seq", "time")
+
+# Payload fields every event of a type carries; consumers may rely on them.
+REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
+    "started": ("model", "device", "total_steps"),
+    "step": ("step", "epoch", "loss", "lr"),
+    "eval": ("step",),
+    "checkpoint": ("step", "path"),
+    "log": ("level", "message"),
+    "finished": ("adapter_path",),
+    "failed": ("error", "message"),
+    "cancelled": (),
+}
+
+
+class EventError(ValueError):
+    """A line or object does not follow the event contract."""
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str
+    run_id: str
+    seq: int
+    time: float
+    payload: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.type not in EVENT_TYPES:
+            raise EventError(f"unknown event type {self.type!r}")
+        missing = [name for name in REQUIRED_FIELDS[self.type] if name not in self.payload]
+        if missing:
+            raise EventError(f"{self.type} event lacks {', '.join(missing)}")
+        clash = [name for name in self.payload if name in _ENVELOPE]
+        if clash:
+            raise EventError(f"payload may not set envelope fields {', '.join(clash)}")
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self.payload.get(name, default)
+
+    def __getitem__(self, name: str) -> Any:
+        return self.payload[name]
+
+    @property
+    def terminal(self) -> bool:
+        return self.type in TERMINAL_TYPES
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"v": SCHEMA_VERSION, "type": self.type, "run_id": self.run_id, "seq": self.seq,
+                "time": self.time, **self.payload}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False, default=_jsonable)
+
+    @classmethod
+    def from_dict(cls, obj: dict[str, Any]) -> Event:
+        if not isinstance(obj, dict):
+            raise EventError("an event must be a JSON object")
+        if obj.get("v") != SCHEMA_VERSION:
+            raise EventError(f"unsupported event schema version {obj.get('v')!r}")
+        try:
+            payload = {k: v for k, v in obj.items() if k not in _ENVELOPE}
+            return cls(type=obj["type"], run_id=str(obj["run_id"]), seq=int(obj["seq"]),
+                       time=float(obj["time"]), payload=payload)
+        except KeyError as missing:
+            raise EventError(f"event lacks {missing}") from None
+
+    @classmethod
+    def from_json(cls, line: str) -> Event:
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise EventError(f"not JSON: {exc.msg}") from None
+        return cls.from_dict(obj)
+
+
+def _jsonable(value: Any) -> Any:
+    # numpy / torch scalars reach us from metrics; NaN is not JSON, so it becomes null.
+    if hasattr(value, "item"):
+        value = value.item()
+        return None if isinstance(value, float) and value != value else value
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    return str(value)
+
+
+_SECRET_PATTERNS = [
+    re.compile(r"hf_[A-Za-z0-9]{20,}"),
+    re.compile(r"(?:ak|as)-[A-Za-z0-9]{16,}"),  # Modal token id / secret
+]
+
+
+_SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET")
+
+
+def redact(text: str) -> str:
+    """Remove HF / Modal credentials from free text (tracebacks, logs): known values and look-alikes."""
+    for name in _SECRET_ENV:
+        value = os.environ.get(name)
+        if value and len(value) >= 8:
+            text = text.replace(value, "[redacted]")
+    for pattern in _SECRET_PATTERNS:
+        text = pattern.sub("[redacted]", text)
+    return text

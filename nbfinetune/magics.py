@@ -1,0 +1,149 @@
+"""IPython magics: parse the line, call the Python API, display. Nothing else lives here.
+
+    %load_ext nbfinetune
+    run = %finetune --data sample:people --steps 40      # launch; live dashboard in the cell
+    %finetune runs | attach [RUN] | cancel [RUN] [--hard] | chat [RUN] [message]
+    %chat What is 2 + 2?                                  # ask the latest run's adapter, streamed
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_magic, magics_class
+from traitlets import Unicode
+
+from . import api
+from .config import ConfigError, default_model, SAMPLE_DATA
+
+SUBCOMMANDS = ("runs", "attach", "cancel", "chat")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, no SystemExit, no traceback wall
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def train_parser() -> _Parser:
+    parser = _Parser(prog="%finetune", add_help=False,
+                     description="Launch a LoRA fine-tune. Subcommands: runs, attach RUN, cancel RUN, chat RUN.")
+    add = parser.add_argument
+    add("--model", help="hub id or local path (default: %%config FinetuneMagics.default_model)")
+    add("--data", help="jsonl/json/csv/parquet file, hub dataset id, or sample:people")
+    add("--eval-data", dest="eval_data")
+    add("--format", choices=("auto", "chat", "sharegpt", "instruction", "prompt_completion", "text"))
+    add("--backend", choices=("local", "modal"))
+    add("--steps", type=int)
+    add("--epochs", type=float)
+    add("--lr", type=float)
+    add("--r", type=int)
+    add("--alpha", type=float)
+    add("--batch-size", dest="batch_size", type=int)
+    add("--grad-accum", dest="grad_accum", type=int)
+    add("--max-seq-len", dest="max_seq_len", type=int)
+    add("--eval-every", dest="eval_every", type=int)
+    add("--eval-samples", dest="eval_samples", type=int)
+    add("--save-every", dest="save_every", type=int)
+    add("--seed", type=int)
+    add("--name")
+    add("--no-dashboard", dest="dashboard", action="store_false")
+    add("-h", "--help", action="store_true")
+    return parser
+
+
+@magics_class
+class FinetuneMagics(Magics):
+    default_model = Unicode(help="model used when --model is not given").tag(config=True)
+    default_data = Unicode(SAMPLE_DATA, help="data used when --data is not given").tag(config=True)
+    default_backend = Unicode("local", help="backend used when --backend is not given").tag(config=True)
+
+    def __init__(self, shell: Any = None, **kwargs: Any) -> None:
+        super().__init__(shell, **kwargs)
+        if not self.default_model:
+            self.default_model = default_model()
+
+    @line_magic
+    def finetune(self, line: str) -> Any:
+        words = _split(line)
+        if not words or words[0] in ("-h", "--help", "help"):
+            print(train_parser().format_help())
+            return None
+        if words[0] in SUBCOMMANDS:
+            return getattr(self, f"_handle_{words[0]}")(words[1:])
+        return self._handle_train(words)
+
+    @line_magic
+    def chat(self, line: str) -> Any:
+        """%chat [--run RUN] [--max-tokens N] [--temperature T] message — stream the adapter's answer."""
+        parser = _Parser(prog="%chat", add_help=False)
+        parser.add_argument("--run")
+        parser.add_argument("--max-tokens", dest="max_new_tokens", type=int, default=256)
+        parser.add_argument("--temperature", type=float, default=0.0)
+        parser.add_argument("--system")
+        parser.add_argument("message", nargs="*")
+        args = parser.parse_args(_split(line))
+        run = _guard(lambda: api.attach(args.run, display=False))
+        message = " ".join(args.message) or None
+        return _guard(lambda: run.chat(message, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                       system=args.system) if message else run.chat())
+
+    # --- handlers --------------------------------------------------------------------------------
+    def _handle_train(self, words: list[str]) -> api.Run | None:
+        args = train_parser().parse_args(words)
+        if args.help:
+            print(train_parser().format_help())
+            return None
+        settings = {k: v for k, v in vars(args).items() if k not in ("dashboard", "help") and v is not None}
+        settings.setdefault("model", self.default_model)
+        settings.setdefault("data", self.default_data)
+        settings.setdefault("backend", self.default_backend)
+        return _guard(lambda: api.finetune(display=None if args.dashboard else False, **settings))
+
+    def _handle_runs(self, words: list[str]) -> api.RunList:
+        return api.runs()
+
+    def _handle_attach(self, words: list[str]) -> api.Run:
+        return _guard(lambda: api.attach(words[0] if words else None))
+
+    def _handle_cancel(self, words: list[str]) -> None:
+        hard = "--hard" in words
+        ids = [w for w in words if w != "--hard"]
+        run = _guard(lambda: api.attach(ids[0] if ids else None, display=False))
+        run.cancel(hard=hard)
+        print(f"{'killing' if hard else 'cancelling'} run {run.id}; events and checkpoints so far are kept")
+
+    def _handle_chat(self, words: list[str]) -> Any:
+        run_id = words[0] if words and _is_run_id(words[0]) else None
+        message = " ".join(words[1:] if run_id else words) or None
+        run = _guard(lambda: api.attach(run_id, display=False))
+        return _guard(lambda: run.chat(message))
+
+
+def _is_run_id(word: str) -> bool:
+    from .runs import RunStore
+
+    try:
+        return RunStore().exists(word)
+    except ValueError:
+        return False
+
+
+def _split(line: str) -> list[str]:
+    try:
+        return shlex.split(line)
+    except ValueError as exc:
+        raise UsageError(f"cannot parse arguments: {exc}") from None
+
+
+def _guard(action: Any) -> Any:
+    """Turn the errors a user can fix into one-line UsageErrors instead of tracebacks."""
+    from .data.prepare import DataError
+    from .runs import RunNotFound
+
+    try:
+        return action()
+    except (ConfigError, DataError, RunNotFound, LookupError, FileNotFoundError, ValueError, RuntimeError) as exc:
+        raise UsageError(str(exc)) from None

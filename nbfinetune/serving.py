@@ -1,0 +1,121 @@
+"""Chat with a base model plus a trained adapter, streaming tokens.
+
+The adapter directory carries the tokenizer it was trained with, so chat renders prompts with exactly
+the training chat template and stops at the same EOS; a differing base template is reported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import threading
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from .data.render import render_prompt
+
+
+class TemplateMismatchWarning(UserWarning):
+    """The base model's chat template differs from the one the adapter was trained with."""
+
+
+class ChatModel:
+    def __init__(self, model_path: str, adapter_path: str | None = None, device: str | None = None) -> None:
+        from peft import PeftModel
+
+        from .core.setup import load_base_model, load_tokenizer, pick_device, pick_precision
+
+        self.device = device or pick_device()
+        self.model_path, self.adapter_path = model_path, adapter_path
+        base_tokenizer = load_tokenizer(model_path)
+        self.tokenizer = load_tokenizer(adapter_path) if adapter_path and _has_tokenizer(adapter_path) else base_tokenizer
+        self.template_note = "same chat template as training"
+        if adapter_path and base_tokenizer.chat_template != self.tokenizer.chat_template:
+            self.template_note = "base model's chat template differs from training; using the training template"
+            warnings.warn(self.template_note, TemplateMismatchWarning, stacklevel=2)
+        model = load_base_model(model_path, pick_precision("auto", self.device), self.device)
+        self.model = PeftModel.from_pretrained(model, adapter_path) if adapter_path else model
+        self.model.eval()
+
+    def describe(self) -> str:
+        adapter = f" + adapter {self.adapter_path}" if self.adapter_path else " (no adapter)"
+        return f"{self.model_path}{adapter} on {self.device}; {self.template_note}"
+
+    def stream(self, messages: list[dict[str, str]], max_new_tokens: int = 256, temperature: float = 0.0,
+               top_p: float = 1.0, use_adapter: bool = True, stop: threading.Event | None = None) -> Iterator[str]:
+        """Yield text chunks as they are generated. temperature 0 means greedy."""
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+        prompt = render_prompt(self.tokenizer, messages)
+        encoded = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(self.device)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        stop = stop or threading.Event()
+
+        class _Stop(StoppingCriteria):
+            def __call__(self, *_args: Any, **_kwargs: Any) -> bool:
+                return stop.is_set()
+
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
+        kwargs = dict(**encoded, max_new_tokens=max_new_tokens, streamer=streamer,
+                      eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id,
+                      stopping_criteria=StoppingCriteriaList([_Stop()]), **sampling)
+        errors: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                adapter_off = self.model.disable_adapter() if (not use_adapter and self.adapter_path) else contextlib.nullcontext()
+                with torch.no_grad(), adapter_off:
+                    self.model.generate(**kwargs)
+            except BaseException as exc:  # noqa: BLE001 — re-raised in the caller's thread
+                errors.append(exc)
+                streamer.on_finalized_text("", stream_end=True)
+
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
+        yield from streamer
+        thread.join()
+        if errors:
+            raise errors[0]
+
+    def ask(self, message: str, stream: bool = True, system: str | None = None, **sampling: Any) -> str:
+        """One question; with stream=True the answer is printed as it is generated."""
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": message}]
+        chunks = []
+        for chunk in self.stream(messages, **sampling):
+            chunks.append(chunk)
+            if stream:
+                sys.stdout.write(chunk)
+                sys.stdout.flush()
+        if stream:
+            sys.stdout.write("\n")
+        return "".join(chunks).strip()
+
+
+def _has_tokenizer(directory: str) -> bool:
+    return (Path(directory) / "tokenizer_config.json").is_file()
+
+
+# One chat model in memory at a time: switching runs frees the previous one (training and chat
+# should not fight over memory).
+_loaded: dict[tuple[str, str | None], ChatModel] = {}
+
+
+def chat_model(model_path: str, adapter_path: str | None) -> ChatModel:
+    key = (model_path, adapter_path)
+    if key not in _loaded:
+        _loaded.clear()
+        _loaded[key] = ChatModel(model_path, adapter_path)
+    return _loaded[key]
+
+
+def chat_model_for_run(run: Any) -> ChatModel:
+    from .core.models import resolve_model
+
+    summary = run.summary()
+    if not summary.adapter_path:
+        raise RuntimeError(f"run {run.id} has no adapter yet (status: {summary.status}); wait for it to finish "
+                           "or cancel it — a cancelled run keeps its adapter")
+    return chat_model(resolve_model(run.config.model), summary.adapter_path)

@@ -1,0 +1,82 @@
+"""Curves from events: the series every chart of a run is drawn from, and the figure layout."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..events import Event
+
+SMOOTHING = 0.8  # exponential moving average weight, like TensorBoard's default slider
+
+
+@dataclass
+class Curves:
+    steps: list[int] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    smoothed: list[float] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
+    eval_steps: list[int] = field(default_factory=list)
+    eval_loss: list[float] = field(default_factory=list)
+
+    def add(self, event: Event) -> bool:
+        """Fold one event in; True when a curve changed."""
+        if event.type == "step":
+            if self.steps and event["step"] <= self.steps[-1]:
+                self._truncate(event["step"])  # a resumed run re-reports steps: keep the newest
+            self.steps.append(event["step"])
+            self.loss.append(event["loss"])
+            previous = self.smoothed[-1] if self.smoothed else event["loss"]
+            self.smoothed.append(SMOOTHING * previous + (1 - SMOOTHING) * event["loss"])
+            self.lr.append(event["lr"])
+            return True
+        if event.type == "eval" and event.get("eval_loss") is not None:
+            self.eval_steps.append(event["step"])
+            self.eval_loss.append(event["eval_loss"])
+            return True
+        return False
+
+    def _truncate(self, step: int) -> None:
+        keep = sum(1 for s in self.steps if s < step)
+        for series in (self.steps, self.loss, self.smoothed, self.lr):
+            del series[keep:]
+
+    @classmethod
+    def from_events(cls, events: Iterable[Event]) -> Curves:
+        curves = cls()
+        for event in events:
+            curves.add(event)
+        return curves
+
+
+def empty_figure(title: str = "") -> Any:
+    """Two rows sharing the step axis: losses on top, learning rate below."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.75, 0.25], vertical_spacing=0.06)
+    fig.add_trace(go.Scatter(name="train loss", mode="lines", line={"color": "rgba(31,119,180,0.3)"}), 1, 1)
+    fig.add_trace(go.Scatter(name="train loss (smoothed)", mode="lines", line={"color": "#1f77b4", "width": 2}), 1, 1)
+    fig.add_trace(go.Scatter(name="eval loss", mode="lines+markers", line={"color": "#d62728"}), 1, 1)
+    fig.add_trace(go.Scatter(name="learning rate", mode="lines", line={"color": "#7f7f7f"}), 2, 1)
+    fig.update_layout(title=title or None, height=420, margin={"l": 50, "r": 20, "t": 40 if title else 20, "b": 40},
+                      legend={"orientation": "h", "y": 1.08}, template="plotly_white")
+    fig.update_yaxes(title_text="loss", row=1, col=1)
+    fig.update_yaxes(title_text="lr", row=2, col=1, exponentformat="e")
+    fig.update_xaxes(title_text="step", row=2, col=1)
+    return fig
+
+
+def apply_curves(fig: Any, curves: Curves) -> None:
+    raw, smooth, evaluation, lr = fig.data
+    raw.x, raw.y = curves.steps, curves.loss
+    smooth.x, smooth.y = curves.steps, curves.smoothed
+    evaluation.x, evaluation.y = curves.eval_steps, curves.eval_loss
+    lr.x, lr.y = curves.steps, curves.lr
+
+
+def curves_figure(events: Iterable[Event], title: str = "") -> Any:
+    fig = empty_figure(title)
+    apply_curves(fig, Curves.from_events(events))
+    return fig

@@ -1,0 +1,84 @@
+"""Chat widget: multi-turn, streamed tokens, system prompt, sampling settings, stop, base-vs-tuned."""
+
+from __future__ import annotations
+
+import html
+import threading
+from typing import Any
+
+import ipywidgets as widgets
+
+
+class ChatWidget(widgets.VBox):
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.history: list[dict[str, str]] = []
+        self._stop = threading.Event()
+        self.info = widgets.HTML(f"<span style='color:#555'>{html.escape(model.describe())}</span>")
+        self.transcript = widgets.HTML(layout=widgets.Layout(max_height="420px", overflow="auto"))
+        self.system = widgets.Text(placeholder="system prompt (optional)", layout=widgets.Layout(width="100%"))
+        self.prompt = widgets.Textarea(placeholder="Ask the fine-tuned model…", layout=widgets.Layout(width="100%"))
+        self.temperature = widgets.FloatSlider(value=0.0, min=0.0, max=1.5, step=0.05, description="temperature")
+        self.max_tokens = widgets.IntSlider(value=256, min=16, max=2048, step=16, description="max tokens")
+        self.compare = widgets.Checkbox(value=False, description="also answer with the base model")
+        self.send = widgets.Button(description="Send", button_style="primary", icon="paper-plane")
+        self.stop_button = widgets.Button(description="Stop", icon="stop", disabled=True)
+        self.clear = widgets.Button(description="Clear", icon="trash")
+        self.send.on_click(lambda _b: self.submit())
+        self.stop_button.on_click(lambda _b: self._stop.set())
+        self.clear.on_click(lambda _b: self.reset())
+        controls = widgets.HBox([self.send, self.stop_button, self.clear, self.compare])
+        settings = widgets.HBox([self.temperature, self.max_tokens])
+        super().__init__([self.info, self.transcript, self.system, self.prompt, controls, settings])
+        self.add_class("nbfinetune-chat")
+        self._turns: list[tuple[str, str]] = []
+
+    def reset(self) -> None:
+        self.history.clear()
+        self._turns.clear()
+        self._render()
+
+    def submit(self, text: str | None = None, wait: bool = False) -> None:
+        text = (text if text is not None else self.prompt.value).strip()
+        if not text:
+            return
+        self.prompt.value = ""
+        thread = threading.Thread(target=self._answer, args=(text,), daemon=True)
+        thread.start()
+        if wait:
+            thread.join()
+
+    def _answer(self, text: str) -> None:
+        self._stop.clear()
+        self.send.disabled, self.stop_button.disabled = True, False
+        self.history.append({"role": "user", "content": text})
+        messages = ([{"role": "system", "content": self.system.value}] if self.system.value.strip() else []) + self.history
+        self._turns.append(("user", text))
+        try:
+            answer = self._stream_into("fine-tuned", messages, use_adapter=True)
+            self.history.append({"role": "assistant", "content": answer})
+            if self.compare.value and self.model.adapter_path:
+                self._stream_into("base", messages, use_adapter=False)
+        except Exception as exc:  # shown in the transcript; the widget stays usable
+            self._turns.append(("error", f"{type(exc).__name__}: {exc}"))
+            self._render()
+        finally:
+            self.send.disabled, self.stop_button.disabled = False, True
+
+    def _stream_into(self, who: str, messages: list[dict[str, str]], use_adapter: bool) -> str:
+        self._turns.append((who, ""))
+        text = ""
+        for chunk in self.model.stream(messages, max_new_tokens=self.max_tokens.value,
+                                       temperature=self.temperature.value, use_adapter=use_adapter, stop=self._stop):
+            text += chunk
+            self._turns[-1] = (who, text)
+            self._render()
+        self._render()
+        return text.strip()
+
+    def _render(self) -> None:
+        colors = {"user": "#eef", "fine-tuned": "#efe", "base": "#f4f4f4", "error": "#fdd"}
+        self.transcript.value = "".join(
+            f"<div style='background:{colors.get(who, '#fff')};padding:4px 8px;margin:2px 0;border-radius:4px;"
+            f"white-space:pre-wrap'><b>{html.escape(who)}:</b> {html.escape(text)}</div>"
+            for who, text in self._turns)

@@ -1,0 +1,196 @@
+"""Live dashboard: a view over a run's event stream, redrawn at most a few times per second.
+
+A background thread reads new lines from events.jsonl, folds them into a RunView and redraws in one
+`batch_update()` — so a 100k-step run costs the same number of widget messages per second as a short
+one, and replaying a finished run draws it at once.
+"""
+
+from __future__ import annotations
+
+import html
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import ipywidgets as widgets
+
+from ..events import Event
+from ..runs import read_events
+from .charts import Curves, apply_curves, empty_figure
+
+REDRAW_INTERVAL_S = 0.2
+
+
+@dataclass
+class RunView:
+    """Everything the dashboard shows, folded from events; no widget code, so it is easy to test."""
+
+    curves: Curves = field(default_factory=Curves)
+    status: str = "pending"
+    step: int = 0
+    total_steps: int | None = None
+    tokens_per_s: float | None = None
+    eta_s: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    base_metrics: dict[str, float] = field(default_factory=dict)
+    samples: list[dict[str, str]] = field(default_factory=list)
+    message: str = ""
+    adapter_path: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    last_seq: int = 0
+
+    def add(self, event: Event) -> None:
+        self.last_seq = event.seq
+        self.curves.add(event)
+        if event.type == "started":
+            self.status, self.total_steps = "running", event["total_steps"]
+            self.step = event.get("resumed_step", 0)
+            self.message = f"{event['model']} on {event['device']} ({event.get('precision', '')})"
+        elif event.type == "step":
+            self.step, self.tokens_per_s, self.eta_s = event["step"], event.get("tokens_per_s"), event.get("eta_s")
+        elif event.type == "eval":
+            self.metrics = event.get("metrics") or self.metrics
+            self.base_metrics = event.get("base_metrics") or self.base_metrics
+            self.samples = event.get("samples") or self.samples
+        elif event.type == "log":
+            if event["level"] in ("warning", "error"):
+                self.warnings.append(event["message"])
+            elif self.status == "pending":
+                self.message = event["message"]
+        elif event.terminal:
+            self.status = event.type
+            self.adapter_path = event.get("adapter_path")
+            self.eta_s = 0.0 if event.type == "finished" else None
+            if event.type == "failed":
+                self.message = f"{event['error']}: {event['message']}"
+            elif event.type == "cancelled":
+                self.message = event.get("message", "cancelled; adapter and checkpoint kept")
+            else:
+                self.message = "finished"
+
+
+_BADGE = {"pending": "#6c757d", "running": "#0d6efd", "finished": "#198754", "failed": "#dc3545",
+          "cancelled": "#fd7e14", "lost": "#dc3545"}
+
+
+class Dashboard(widgets.VBox):
+    def __init__(self, run: Any, start: bool = True) -> None:
+        import plotly.graph_objects as go
+
+        self.run = run
+        self.view = RunView()
+        self._offset = 0
+        self._closed = threading.Event()
+        self.figure = go.FigureWidget(empty_figure())
+        self.status_html = widgets.HTML()
+        self.progress = widgets.IntProgress(value=0, min=0, max=1, layout=widgets.Layout(width="260px"))
+        self.stats_html = widgets.HTML()
+        self.cancel_button = widgets.Button(description="Cancel", icon="stop", button_style="warning",
+                                            tooltip="Stop gracefully: the adapter and a checkpoint are saved")
+        self.cancel_button.on_click(lambda _button: self._cancel())
+        self.metrics_html = widgets.HTML()
+        self.samples_html = widgets.HTML()
+        header = widgets.HBox([self.status_html, self.progress, self.stats_html, self.cancel_button],
+                              layout=widgets.Layout(align_items="center", gap="12px"))
+        super().__init__([header, self.figure, self.metrics_html, self.samples_html])
+        self.add_class("nbfinetune-dashboard")
+        self.poll()
+        self.redraw()
+        self._thread = threading.Thread(target=self._follow, name=f"nbfinetune-dashboard-{run.id}", daemon=True)
+        if start and self.view.status not in ("finished", "failed", "cancelled"):
+            self._thread.start()
+
+    # --- event intake ----------------------------------------------------------------------------
+    def poll(self) -> bool:
+        """Fold every complete event written since the last poll; True when something changed."""
+        chunk = read_events(self.run.store.events_path(self.run.id), self._offset)
+        self._offset = chunk.offset
+        for event in chunk.events:
+            self.view.add(event)
+        return bool(chunk.events)
+
+    def _follow(self) -> None:
+        while not self._closed.is_set():
+            changed = self.poll()
+            if changed:
+                self.redraw()
+            if self.view.status in ("finished", "failed", "cancelled"):
+                return
+            if not changed and self.run.backend.is_alive(self.run.id, self.run.store) is False:
+                if not self.poll():
+                    self.view.status, self.view.message = "lost", "the worker stopped without a final event"
+                self.redraw()
+                return
+            time.sleep(REDRAW_INTERVAL_S)
+
+    def close(self) -> None:
+        self._closed.set()
+        super().close()
+
+    def _cancel(self) -> None:
+        self.cancel_button.disabled = True
+        self.cancel_button.description = "Cancelling…"
+        self.run.cancel()
+
+    # --- drawing ---------------------------------------------------------------------------------
+    def redraw(self) -> None:
+        view = self.view
+        with self.figure.batch_update():
+            apply_curves(self.figure, view.curves)
+        color = _BADGE.get(view.status, "#6c757d")
+        self.status_html.value = (
+            f"<b>run {html.escape(self.run.id)}</b> <span style='background:{color};color:white;"
+            f"border-radius:4px;padding:1px 6px'>{html.escape(view.status)}</span> "
+            f"<span style='color:#555'>{html.escape(view.message)}</span>")
+        self.progress.max = max(1, view.total_steps or 1)
+        self.progress.value = min(view.step, self.progress.max)
+        self.stats_html.value = _stats(view)
+        done = view.status in ("finished", "failed", "cancelled", "lost")
+        self.cancel_button.layout.display = "none" if done else None
+        self.metrics_html.value = _metrics_table(view)
+        self.samples_html.value = _samples_table(view.samples)
+
+
+def _stats(view: RunView) -> str:
+    parts = [f"step {view.step}/{view.total_steps or '?'}"]
+    if view.tokens_per_s:
+        parts.append(f"{view.tokens_per_s:,.0f} tok/s")
+    if view.eta_s is not None and view.status == "running":
+        parts.append(f"ETA {_duration(view.eta_s)}")
+    if view.curves.loss:
+        parts.append(f"loss {view.curves.loss[-1]:.4f}")
+    if view.adapter_path:
+        parts.append(f"adapter: <code>{html.escape(view.adapter_path)}</code>")
+    return " · ".join(parts)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else \
+        f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def _metrics_table(view: RunView) -> str:
+    rows = "".join(
+        f"<tr><td>{html.escape(name)}</td><td>{view.base_metrics.get(name, float('nan')):.3f}</td>"
+        f"<td><b>{value:.3f}</b></td></tr>" for name, value in view.metrics.items())
+    warnings = "".join(f"<li>{html.escape(w)}</li>" for w in view.warnings[-5:])
+    out = ""
+    if rows:
+        out += ("<table class='nbft-metrics'><thead><tr><th>metric</th><th>base model</th><th>fine-tuned</th>"
+                f"</tr></thead><tbody>{rows}</tbody></table>")
+    if warnings:
+        out += f"<details><summary>{len(view.warnings)} warning(s)</summary><ul>{warnings}</ul></details>"
+    return out
+
+
+def _samples_table(samples: list[dict[str, str]]) -> str:
+    if not samples:
+        return ""
+    rows = "".join(
+        "<tr>" + "".join(f"<td style='max-width:320px;white-space:pre-wrap;text-align:left'>"
+                         f"{html.escape(str(s.get(k, '')))}</td>" for k in ("prompt", "reference", "base", "current"))
+        + "</tr>" for s in samples[:5])
+    return ("<details><summary>sample generations</summary><table><thead><tr><th>prompt</th><th>reference</th>"
+            f"<th>base</th><th>fine-tuned</th></tr></thead><tbody>{rows}</tbody></table></details>")

@@ -1,0 +1,122 @@
+"""Process entry point for one run: `python -m nbfinetune.worker RUN_DIR`.
+
+Two processes, so a run always ends with a terminal event:
+- the supervisor (this module's main) starts the trainer child and waits for it. If the child dies
+  without writing finished/failed/cancelled — killed, out of memory, segfault — the supervisor
+  appends `failed` (or `cancelled` for a hard cancel) with the reason and the tail of the log.
+- the child (`--child`) reads config.json, runs core.trainer.train and writes events.jsonl.
+SIGTERM asks the child to stop gracefully: it saves the adapter and a checkpoint, then emits `cancelled`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import traceback
+from pathlib import Path
+
+from .events import redact
+from .runs import EventWriter, read_events
+
+CANCEL_MARKER = "cancel-requested"
+HARD_CANCEL_MARKER = "kill-requested"
+CHILD_PID = "train.pid"
+
+
+def run_child(run_dir: Path) -> int:
+    from .config import RunConfig
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    config = RunConfig.from_dict(json.loads((run_dir / "config.json").read_text(encoding="utf-8")))
+    writer = EventWriter(run_dir / "events.jsonl", run_dir.name)
+    try:
+        from .core.trainer import train
+
+        train(config, writer.emit, stop.is_set, run_dir)
+        return 0
+    except BaseException as exc:  # noqa: BLE001 — every failure must become a `failed` event
+        tail = "".join(traceback.format_exception(exc)[-6:])
+        writer.emit("failed", error=type(exc).__name__, message=redact(_human(exc)), traceback=redact(tail))
+        return 1
+    finally:
+        writer.close()
+
+
+def _human(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    if "out of memory" in text.lower() or isinstance(exc, MemoryError):
+        return f"out of memory: {text.splitlines()[0]} — try a smaller batch_size or max_seq_len, or gradient_checkpointing"
+    return text
+
+
+def supervise(run_dir: Path) -> int:
+    log_path = run_dir / "worker.log"
+    child = subprocess.Popen([sys.executable, "-m", "nbfinetune.worker", "--child", str(run_dir)],
+                             stdout=sys.stdout, stderr=sys.stderr)
+    (run_dir / CHILD_PID).write_text(str(child.pid))
+
+    def forward(signum: int, _frame: object) -> None:
+        (run_dir / CANCEL_MARKER).touch()
+        if child.poll() is None:
+            child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    code = child.wait()
+    events = read_events(run_dir / "events.jsonl").events
+    if events and events[-1].terminal:
+        return code
+    writer = EventWriter(run_dir / "events.jsonl", run_dir.name)
+    try:
+        if (run_dir / HARD_CANCEL_MARKER).exists() or (run_dir / CANCEL_MARKER).exists():
+            writer.emit("cancelled", hard=True, message="the training process was killed on request; "
+                                                         "events and checkpoints written so far are kept")
+        else:
+            writer.emit("failed", error=_exit_reason(code), message=_exit_message(code),
+                        traceback=redact(_tail(log_path)))
+    finally:
+        writer.close()
+    return code or 1
+
+
+def _exit_reason(code: int) -> str:
+    if code < 0:
+        return f"Killed({signal.Signals(-code).name})"
+    return f"ExitCode({code})"
+
+
+def _exit_message(code: int) -> str:
+    if code == -signal.SIGKILL:
+        return ("the training process was killed (SIGKILL) — most often the system ran out of memory; "
+                "try a smaller batch_size or max_seq_len")
+    if code < 0:
+        return f"the training process died from signal {signal.Signals(-code).name}"
+    return f"the training process exited with status {code} without reporting an error; see worker.log"
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "".join(path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)[-lines:])
+    except FileNotFoundError:
+        return ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "--child":
+        return run_child(Path(args[1]))
+    if len(args) != 1:
+        print("usage: python -m nbfinetune.worker RUN_DIR", file=sys.stderr)
+        return 2
+    return supervise(Path(args[0]))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main())
