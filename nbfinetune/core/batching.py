@@ -5,6 +5,7 @@ No pad tokens are computed, and only positions that carry a target are sent thro
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -56,7 +57,8 @@ class EpochSampler:
         self.examples = examples
         self.batch_size = batch_size
         self.seed = seed
-        self.position = position or DataPosition()
+        # A copy: the caller's position object (e.g. from a checkpoint) must not move with us.
+        self.position = dataclasses.replace(position) if position else DataPosition()
 
     def _order(self, epoch: int) -> list[int]:
         order = list(range(len(self.examples)))

@@ -1,0 +1,22 @@
+"""Shared helpers for the tests (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from nbfinetune.config import RunConfig
+
+
+def tiny_config(model: str, **train) -> RunConfig:
+    settings = {"max_steps": 12, "lr": 5e-3, "batch_size": 8} | train
+    return RunConfig.from_dict({"model": model, "train": settings, "eval": {"samples": 4, "max_new_tokens": 12}})
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def chat_row(question: str = "hi", answer: str = "hello") -> dict:
+    return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]}

@@ -1,0 +1,94 @@
+"""The dashboard through its widget state: what a browser would receive."""
+
+import json
+
+from nbfinetune.config import RunConfig
+from nbfinetune.events import Event
+from nbfinetune.runs import EventWriter, RunStore
+from nbfinetune.widgets.charts import Curves
+from nbfinetune.widgets.dashboard import Dashboard, RunView
+
+
+class FakeBackend:
+    def __init__(self, alive=True):
+        self.alive = alive
+        self.cancelled = []
+
+    def is_alive(self, run_id, store):
+        return self.alive
+
+    def cancel(self, run_id, store, hard=False):
+        self.cancelled.append(run_id)
+
+
+class FakeRun:
+    def __init__(self, store, run_id, backend):
+        self.store, self.id, self.backend = store, run_id, backend
+
+    def cancel(self):
+        self.backend.cancel(self.id, self.store)
+
+
+def _run(tmp_path, steps=50, finish=True, alive=False):
+    store = RunStore(tmp_path)
+    run_id = store.create(RunConfig())
+    writer = EventWriter(store.events_path(run_id), run_id)
+    writer.emit("started", model="m", device="cpu", total_steps=steps)
+    writer.emit("eval", step=0, eval_loss=3.0, metrics={"json_match": 0.0}, base_metrics={"json_match": 0.0},
+                samples=[{"prompt": "p<b>", "reference": "r", "base": "b", "current": "c"}])
+    for step in range(1, steps + 1):
+        writer.emit("step", step=step, epoch=step / steps, loss=3.0 / step, lr=1e-3, tokens_per_s=100.0, eta_s=1.0)
+    if finish:
+        writer.emit("eval", step=steps, eval_loss=0.5, metrics={"json_match": 0.9})
+        writer.emit("finished", adapter_path="/tmp/adapter")
+    return FakeRun(store, run_id, FakeBackend(alive)), writer
+
+
+def test_replaying_a_finished_run_draws_everything_at_once(tmp_path):
+    run, _ = _run(tmp_path)
+    dash = Dashboard(run, start=False)
+    raw, smooth, evaluation, lr = dash.figure.data
+    assert list(raw.x) == list(range(1, 51)) and raw.y[-1] == 3.0 / 50
+    assert list(evaluation.x) == [0, 50] and list(evaluation.y) == [3.0, 0.5]
+    assert smooth.y[0] == 3.0 and smooth.y[-1] > raw.y[-1]  # smoothing lags a falling curve
+    assert dash.progress.value == dash.progress.max == 50
+    assert "finished" in dash.status_html.value and "/tmp/adapter" in dash.stats_html.value
+    assert "0.900" in dash.metrics_html.value and "0.000" in dash.metrics_html.value
+    assert "p&lt;b&gt;" in dash.samples_html.value  # escaped
+    assert dash.cancel_button.layout.display == "none"
+
+
+def test_live_updates_are_batched_into_few_widget_messages(tmp_path):
+    run, writer = _run(tmp_path, steps=5, finish=False, alive=True)
+    dash = Dashboard(run, start=False)
+    sent = []
+    dash.figure._send_update_msg = lambda *a, **k: sent.append(a)  # the comm seam plotly uses
+    for step in range(6, 506):
+        writer.emit("step", step=step, epoch=1, loss=1.0 / step, lr=1e-3)
+    assert dash.poll()
+    dash.redraw()
+    assert len(dash.figure.data[0].x) == 505
+    assert len(sent) <= 2, f"{len(sent)} update messages for one redraw"
+
+
+def test_cancel_button_cancels_the_run(tmp_path):
+    run, _ = _run(tmp_path, steps=3, finish=False, alive=True)
+    dash = Dashboard(run, start=False)
+    dash.cancel_button.click()
+    assert run.backend.cancelled == [run.id] and dash.cancel_button.disabled
+
+
+def test_follow_thread_stops_at_the_terminal_event(tmp_path):
+    run, writer = _run(tmp_path, steps=3, finish=False, alive=True)
+    dash = Dashboard(run)
+    writer.emit("failed", error="RuntimeError", message="boom")
+    dash._thread.join(5)
+    assert not dash._thread.is_alive() and dash.view.status == "failed" and "boom" in dash.status_html.value
+
+
+def test_run_view_and_curves_handle_resumed_steps():
+    view = RunView()
+    for seq, step in enumerate([1, 2, 3, 2, 3, 4], start=1):
+        view.add(Event("step", "r", seq, 0.0, {"step": step, "epoch": 0, "loss": float(step), "lr": 0.1}))
+    assert view.curves.steps == [1, 2, 3, 4] and view.step == 4
+    assert Curves.from_events([]).steps == []

@@ -1,0 +1,96 @@
+"""Integration: real tiny-model training in the worker subprocess, as a user launches it."""
+
+import json
+import signal
+import time
+
+import pytest
+
+from nbfinetune import api
+from nbfinetune.runs import RunStore, read_events
+
+from tests.helpers import write_jsonl, chat_row
+
+
+def _wait_for(predicate, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError("timed out")
+
+
+def test_subprocess_run_persists_dense_events_and_a_loadable_adapter(home, tiny_model):
+    run = api.finetune(model=tiny_model, steps=12, lr=5e-3, eval_samples=4, display=False)
+    summary = run.wait(timeout=180, progress=False)
+    assert summary.status == "finished", (summary, (run.path / "worker.log").read_text()[-2000:])
+    events = run.events()
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert all(a.time <= b.time for a, b in zip(events, events[1:]))
+    assert events[-1].type == "finished" and all(e.run_id == run.id for e in events)
+    losses = [e["loss"] for e in events if e.type == "step"]
+    assert len(losses) == 12 and losses[-1] < losses[0]
+    assert (home / "runs" / run.id / "events.jsonl").is_file()
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model)
+    model = PeftModel.from_pretrained(base, summary.adapter_path)
+    assert any("lora_" in name for name, _ in model.named_parameters())
+    with torch.no_grad():
+        assert model(torch.tensor([[1, 2, 3]])).logits.shape[-1] == base.config.vocab_size
+    assert [s.run_id for s in api.runs().runs] == [run.id]
+
+
+def test_bad_data_fails_with_the_row_problems_before_training(home, tiny_model, tmp_path):
+    path = write_jsonl(tmp_path / "bad.jsonl", ["{oops", {"messages": [{"role": "user", "content": "no answer"}]}])
+    run = api.finetune(model=tiny_model, data=str(path), steps=3, display=False)
+    summary = run.wait(timeout=120, progress=False)
+    assert summary.status == "failed"
+    failed = run.events()[-1]
+    assert failed["error"] == "DataError"
+    assert "train row 1: invalid JSON" in failed["message"] and "train row 2: no assistant turn" in failed["message"]
+    assert not [e for e in run.events() if e.type == "step"]
+
+
+def test_graceful_cancel_keeps_adapter_and_checkpoint(home, tiny_model):
+    run = api.finetune(model=tiny_model, steps=100000, eval_samples=0, display=False)
+    _wait_for(lambda: any(e.type == "step" and e["step"] >= 3 for e in run.events()))
+    run.cancel()
+    summary = run.wait(timeout=60, progress=False)
+    assert summary.status == "cancelled"
+    kinds = [e.type for e in run.events()]
+    assert kinds[-2:] == ["checkpoint", "cancelled"]
+    assert (run.path / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_killed_worker_ends_as_failed_and_keeps_earlier_events(home, tiny_model):
+    run = api.finetune(model=tiny_model, steps=100000, eval_samples=0, display=False)
+    _wait_for(lambda: any(e.type == "step" for e in run.events()))
+    child = int((run.path / "train.pid").read_text())
+    import os
+
+    os.kill(child, signal.SIGKILL)  # what the OOM killer does
+    summary = run.wait(timeout=60, progress=False)
+    events = run.events()
+    assert summary.status == "failed" and events[-1]["error"] == "Killed(SIGKILL)"
+    assert "ran out of memory" in events[-1]["message"]
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert any(e.type == "step" for e in events)
+
+
+def test_reattach_from_a_fresh_process_replays_everything(home, tiny_model):
+    """A kernel restart loses every in-memory object; the run and its history must not depend on them."""
+    run = api.finetune(model=tiny_model, steps=4, eval_samples=0, display=False)
+    run.wait(timeout=120, progress=False)
+    import subprocess
+    import sys
+
+    code = ("import json, nbfinetune as n; r = n.attach(%r, display=False); "
+            "print(json.dumps([r.status, [e.seq for e in r.follow()]]))" % run.id)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    status, seqs = json.loads(out.stdout.strip().splitlines()[-1])
+    assert status == "finished" and seqs == [e.seq for e in run.events()]

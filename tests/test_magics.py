@@ -1,0 +1,67 @@
+"""Magics in a real InteractiveShell: thin parsing, one-line errors, the Python API underneath."""
+
+from unittest.mock import patch
+
+import pytest
+from IPython.core.error import UsageError
+from IPython.testing.globalipapp import get_ipython
+
+from nbfinetune import api
+from nbfinetune.magics import FinetuneMagics
+
+
+@pytest.fixture(scope="module")
+def ip():
+    shell = get_ipython()
+    shell.extension_manager.load_extension("nbfinetune")
+    return shell
+
+
+def test_flags_map_to_the_python_api(ip, home):
+    with patch.object(api, "finetune", return_value="RUN") as launch:
+        result = ip.run_line_magic("finetune", "--data my.jsonl --steps 5 --lr 2e-4 --r 8 --batch-size 4 --no-dashboard")
+    assert result == "RUN"
+    kwargs = launch.call_args.kwargs
+    assert kwargs["display"] is False
+    assert {k: kwargs[k] for k in ("data", "steps", "lr", "r", "batch_size", "backend")} == \
+        {"data": "my.jsonl", "steps": 5, "lr": 2e-4, "r": 8, "batch_size": 4, "backend": "local"}
+
+
+def test_defaults_come_from_config(ip, home):
+    magics = ip.magics_manager.registry["FinetuneMagics"]
+    magics.default_model = "/models/mine"
+    try:
+        with patch.object(api, "finetune", return_value=None) as launch:
+            ip.run_line_magic("finetune", "--steps 1")
+        assert launch.call_args.kwargs["model"] == "/models/mine"
+        assert launch.call_args.kwargs["data"] == "sample:people"
+    finally:
+        magics.default_model = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+@pytest.mark.parametrize("line, message", [
+    ("--steps many", "argument --steps: invalid int value: 'many'"),
+    ("--bogus 1", "unrecognized arguments: --bogus 1"),
+    ("--lr -5 --model x", "train.lr must be a number"),
+    ("attach no-such-run", "no run 'no-such-run'"),
+    ('--name "unclosed', "cannot parse arguments"),
+])
+def test_bad_input_is_a_one_line_usage_error(ip, home, line, message):
+    with pytest.raises(UsageError, match=message):
+        ip.run_line_magic("finetune", line)
+
+
+def test_help_and_runs(ip, home, capsys):
+    ip.run_line_magic("finetune", "--help")
+    assert "--steps" in capsys.readouterr().out
+    assert repr(ip.run_line_magic("finetune", "runs")) == "no runs yet"
+
+
+def test_end_to_end_train_then_chat_streams(ip, home, tiny_model, capsys):
+    run = ip.run_line_magic("finetune", f"--model {tiny_model} --steps 4 --eval-samples 0 --no-dashboard")
+    assert run.wait(timeout=120, progress=False).status == "finished"
+    capsys.readouterr()
+    answer = ip.run_line_magic("chat", "--max-tokens 8 Extract: Ada, 36, Turin")
+    printed = capsys.readouterr().out
+    assert isinstance(answer, str) and answer.strip() in printed
+    assert ip.run_line_magic("finetune", "runs").runs[0].run_id == run.id

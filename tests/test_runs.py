@@ -1,0 +1,106 @@
+import threading
+import time
+
+import pytest
+
+from nbfinetune.config import RunConfig
+from nbfinetune.events import Event, EventError, redact
+from nbfinetune.runs import EventWriter, RunNotFound, RunStore, read_events, summarize, validate_run_id
+
+
+def test_event_round_trip_and_contract():
+    event = Event("step", "r1", 3, 1.5, {"step": 1, "epoch": 0.1, "loss": 2.0, "lr": 1e-3})
+    again = Event.from_json(event.to_json())
+    assert again == event
+    assert event.to_dict()["v"] == 1
+    with pytest.raises(EventError, match="lacks loss"):
+        Event("step", "r1", 1, 0.0, {"step": 1, "epoch": 0, "lr": 1})
+    with pytest.raises(EventError, match="unknown event type"):
+        Event("bogus", "r1", 1, 0.0, {})
+
+
+def test_writer_seq_is_dense_across_writers(tmp_path):
+    path = tmp_path / "events.jsonl"
+    first = EventWriter(path, "r")
+    first.emit("log", level="info", message="a")
+    first.emit("log", level="info", message="b")
+    first.close()
+    second = EventWriter(path, "r")  # e.g. the supervisor after the trainer died
+    second.emit("failed", error="X", message="boom")
+    assert [e.seq for e in read_events(path).events] == [1, 2, 3]
+
+
+def test_torn_and_corrupt_lines_are_reported_not_fatal(tmp_path):
+    path = tmp_path / "events.jsonl"
+    writer = EventWriter(path, "r")
+    writer.emit("log", level="info", message="ok")
+    with open(path, "a") as handle:
+        handle.write("{not json}\n")
+    writer.emit("log", level="info", message="after")
+    with open(path, "a") as handle:
+        handle.write('{"v":1,"type":"log"')  # a crash mid-write
+    result = read_events(path)
+    assert [e["message"] for e in result.events] == ["ok", "after"]
+    assert result.problems and result.problems[0][0] == 2
+
+
+def test_follow_sees_events_written_later_and_two_readers_agree(tmp_path):
+    store = RunStore(tmp_path)
+    run_id = store.create(RunConfig())
+    writer = EventWriter(store.events_path(run_id), run_id)
+
+    def produce():
+        for step in range(1, 6):
+            writer.emit("step", step=step, epoch=0, loss=1.0 / step, lr=0.1)
+            time.sleep(0.02)
+        writer.emit("finished", adapter_path="x")
+
+    seen: dict[int, list[int]] = {0: [], 1: []}
+
+    def consume(key):
+        seen[key] = [e.seq for e in store.follow(run_id, poll_s=0.01)]
+
+    readers = [threading.Thread(target=consume, args=(k,)) for k in seen]
+    for r in readers:
+        r.start()
+    produce()
+    for r in readers:
+        r.join(5)
+    assert seen[0] == seen[1] == [1, 2, 3, 4, 5, 6]
+    summary = store.summary(run_id)
+    assert (summary.status, summary.step, summary.adapter_path) == ("finished", 5, "x")
+
+
+def test_follow_stops_when_worker_is_gone(tmp_path):
+    store = RunStore(tmp_path)
+    run_id = store.create(RunConfig())
+    EventWriter(store.events_path(run_id), run_id).emit("log", level="info", message="x")
+    assert [e.seq for e in store.follow(run_id, poll_s=0.01, worker_alive=lambda: False)] == [1]
+
+
+def test_store_listing_ids_and_errors(tmp_path):
+    store = RunStore(tmp_path)
+    assert store.list() == []
+    a = store.create(RunConfig(name="first"))
+    b = store.create(RunConfig(name="second"))
+    assert store.ids() == [a, b] and store.latest() == b
+    assert store.list()[0].name == "first" and store.list()[0].status == "pending"
+    with pytest.raises(RunNotFound, match="no run 'nope'"):
+        store.require("nope")
+    for bad in ("../etc", "a/b", "", ".hidden"):
+        with pytest.raises(ValueError, match="malformed run id"):
+            validate_run_id(bad)
+    store.delete(a)
+    assert store.ids() == [b]
+
+
+def test_summary_marks_lost_runs():
+    events = [Event("started", "r", 1, 0.0, {"model": "m", "device": "cpu", "total_steps": 3})]
+    assert summarize("r", {}, events, worker_alive=False).status == "lost"
+    assert summarize("r", {}, events, worker_alive=True).status == "running"
+
+
+def test_redact_removes_tokens(monkeypatch):
+    monkeypatch.setenv("MODAL_TOKEN_SECRET", "as-secretvalue123456789")
+    text = redact("token hf_abcdefghijklmnopqrstuvwxyz123 and as-secretvalue123456789 here")
+    assert "hf_abc" not in text and "secretvalue" not in text and text.count("[redacted]") == 2
