@@ -120,10 +120,11 @@ class Run:
         return self._dashboard
 
     def plot(self) -> Any:
-        """A static plotly figure of the run's curves (survives without a kernel)."""
-        from .widgets.charts import curves_figure
+        """A static chart of the run's curves: it stays in the saved notebook without a kernel.
+        `.figure` is the plotly Figure, to restyle or export."""
+        from .widgets.charts import StaticChart, curves_figure
 
-        return curves_figure(self.events(), title=f"run {self.id}")
+        return StaticChart(curves_figure(self.events(), title=f"run {self.id}"))
 
     def chat(self, message: str | None = None, stream: bool = True, **sampling: Any) -> Any:
         """Ask the fine-tuned model (streamed to the output); without a message, open the chat widget."""

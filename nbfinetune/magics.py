@@ -4,6 +4,7 @@
     run = %finetune --data sample:people --steps 40      # launch; live dashboard in the cell
     %finetune runs | attach [RUN] | cancel [RUN] [--hard] | chat [RUN] [message]
     %chat What is 2 + 2?                                  # ask the latest run's adapter, streamed
+    %%chat --run RUN                                      # the cell body is the (multi-line) message
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import shlex
 from typing import Any
 
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, line_magic, magics_class
+from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from traitlets import Unicode
 
 from . import api
@@ -75,9 +76,12 @@ class FinetuneMagics(Magics):
             return getattr(self, f"_handle_{words[0]}")(words[1:])
         return self._handle_train(words)
 
-    @line_magic
-    def chat(self, line: str) -> Any:
-        """%chat [--run RUN] [--max-tokens N] [--temperature T] message — stream the adapter's answer."""
+    @line_cell_magic
+    def chat(self, line: str, cell: str | None = None) -> Any:
+        """%chat [--run RUN] [--max-tokens N] [--temperature T] message — stream the adapter's answer.
+
+        As a cell magic (%%chat), the cell body is the message, so it may span lines.
+        Without a message, opens the chat widget."""
         parser = _Parser(prog="%chat", add_help=False)
         parser.add_argument("--run")
         parser.add_argument("--max-tokens", dest="max_new_tokens", type=int, default=256)
@@ -86,7 +90,7 @@ class FinetuneMagics(Magics):
         parser.add_argument("message", nargs="*")
         args = parser.parse_args(_split(line))
         run = _guard(lambda: api.attach(args.run, display=False))
-        message = " ".join(args.message) or None
+        message = cell.strip() if cell and cell.strip() else (" ".join(args.message) or None)
         return _guard(lambda: run.chat(message, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                        system=args.system) if message else run.chat())
 

@@ -25,7 +25,7 @@ class ChatModel:
     def __init__(self, model_path: str, adapter_path: str | None = None, device: str | None = None) -> None:
         from peft import PeftModel
 
-        from .core.setup import load_base_model, load_tokenizer, pick_device, pick_precision
+        from .core.setup import load_base_model, load_tokenizer, pick_device, pick_precision, quiet_loading
 
         self.device = device or pick_device()
         self.model_path, self.adapter_path = model_path, adapter_path
@@ -35,8 +35,9 @@ class ChatModel:
         if adapter_path and base_tokenizer.chat_template != self.tokenizer.chat_template:
             self.template_note = "base model's chat template differs from training; using the training template"
             warnings.warn(self.template_note, TemplateMismatchWarning, stacklevel=2)
-        model = load_base_model(model_path, pick_precision("auto", self.device), self.device)
-        self.model = PeftModel.from_pretrained(model, adapter_path) if adapter_path else model
+        with quiet_loading():
+            model = load_base_model(model_path, pick_precision("auto", self.device), self.device)
+            self.model = PeftModel.from_pretrained(model, adapter_path) if adapter_path else model
         self.model.eval()
 
     def describe(self) -> str:

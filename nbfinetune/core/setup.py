@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +20,22 @@ class Loaded:
     precision: str
     trainable_params: int
     total_params: int
+
+
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """No 'Loading weights' bars or library deprecation chatter in cell outputs and worker logs."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+            yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def pick_device() -> str:
@@ -68,13 +87,14 @@ def load_for_training(config: RunConfig, model_path: str) -> Loaded:
     device = pick_device()
     precision = pick_precision(config.train.precision, device)
     tokenizer = load_tokenizer(model_path)
-    base = load_base_model(model_path, precision, device)
-    if config.train.gradient_checkpointing:
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        base.enable_input_require_grads()
-    lora = LoraConfig(r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
-                      target_modules=config.lora.target_modules, task_type="CAUSAL_LM")
-    model = get_peft_model(base, lora)
+    with quiet_loading():
+        base = load_base_model(model_path, precision, device)
+        if config.train.gradient_checkpointing:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            base.enable_input_require_grads()
+        lora = LoraConfig(r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
+                          target_modules=config.lora.target_modules, task_type="CAUSAL_LM")
+        model = get_peft_model(base, lora)
     trainable, total = model.get_nb_trainable_parameters()
     return Loaded(model=model, tokenizer=tokenizer, model_path=model_path, device=device, precision=precision,
                   trainable_params=int(trainable), total_params=int(total))

