@@ -48,6 +48,8 @@ class TrainSettings:
     precision: str = "auto"
     gradient_checkpointing: bool = False
     save_every: int | None = None
+    # "auto": packed rows with flash-attention, padded rows with SDPA/eager (see core/batching.py).
+    batch_layout: str = "auto"
 
 
 @dataclass
@@ -192,6 +194,7 @@ def _problems(config: RunConfig) -> list[str]:
     check(isinstance(t.seed, int), f"train.seed must be an integer, got {t.seed!r}")
     choice("train.precision", t.precision, PRECISIONS)
     positive_int("train.save_every", t.save_every, allow_none=True)
+    choice("train.batch_layout", t.batch_layout, ("auto", "packed", "padded"))
     positive_int("eval.every", config.eval.every, allow_none=True)
     check(isinstance(config.eval.samples, int) and config.eval.samples >= 0,
           f"eval.samples must be >= 0, got {config.eval.samples!r}")

@@ -187,9 +187,9 @@ class RunStore:
     def ids(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        found = [p for p in self.root.iterdir() if (p / "config.json").is_file()]
-        return [p.name for p in sorted(found, key=lambda p: (p.stat().st_mtime, p.name))
-                if _RUN_ID.match(p.name)]
+        found = [p for p in self.root.iterdir() if _RUN_ID.match(p.name) and (p / "config.json").is_file()]
+        # config.json is written once, at creation: its mtime orders runs by when they were launched.
+        return [p.name for p in sorted(found, key=lambda p: ((p / "config.json").stat().st_mtime, p.name))]
 
     def latest(self) -> str | None:
         ids = self.ids()

@@ -4,7 +4,7 @@ import json
 
 import torch
 
-from nbfinetune.core.batching import EpochSampler, pack
+from nbfinetune.core.batching import EpochSampler, collate
 from nbfinetune.core.evaluate import summed_loss
 from nbfinetune.core.metrics import default_metrics, json_match, score
 from nbfinetune.core.trainer import train
@@ -24,8 +24,9 @@ class Recorder:
         return [p for t, p in self.events if t == kind]
 
 
-def test_packed_loss_equals_per_example_loss(tiny_model, tiny_tokenizer):
-    """Padding-free packing must not change the loss: no attention across example boundaries."""
+def test_both_batch_layouts_give_the_stock_loss(tiny_model, tiny_tokenizer):
+    """Packing must not leak attention across examples, padding must not leak into real tokens,
+    and skipping the output layer on untrained positions must not change the loss."""
     from nbfinetune.config import DataSettings
     from nbfinetune.core.setup import load_base_model
     from nbfinetune.data.prepare import prepare
@@ -33,8 +34,9 @@ def test_packed_loss_equals_per_example_loss(tiny_model, tiny_tokenizer):
     model = load_base_model(tiny_model, "fp32", "cpu").eval()
     examples = prepare(DataSettings(), tiny_tokenizer).train[:4]
     with torch.no_grad():
-        packed = summed_loss(model, pack(examples, "cpu"))
-        separate = sum(summed_loss(model, pack([e], "cpu")) for e in examples)
+        packed = summed_loss(model, collate(examples, "cpu", "packed"))
+        padded = summed_loss(model, collate(examples, "cpu", "padded", tiny_tokenizer.pad_token_id))
+        separate = sum(summed_loss(model, collate([e], "cpu", "packed")) for e in examples)
         # Reference: the stock HF loss on each example (labels shifted by the model).
         reference = 0.0
         for e in examples:
@@ -42,6 +44,7 @@ def test_packed_loss_equals_per_example_loss(tiny_model, tiny_tokenizer):
             out = model(input_ids=torch.tensor([e.input_ids]), labels=labels)
             reference += float(out.loss) * e.trained_tokens
     torch.testing.assert_close(packed, separate, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(padded, separate, rtol=1e-4, atol=1e-4)
     assert abs(float(packed) - reference) / reference < 1e-4
 
 

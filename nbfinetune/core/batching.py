@@ -1,6 +1,11 @@
-"""Padding-free batches: several examples concatenated into one row, positions restarting per example.
+"""Batches without wasted output-layer work, in one of two layouts:
 
-No pad tokens are computed, and only positions that carry a target are sent through the output layer.
+- packed: all examples concatenated into one row, positions restarting per example — no pad tokens at all.
+  Best where attention has variable-length kernels (flash-attention); with SDPA/eager the packed row
+  needs a dense block-diagonal T×T mask, so attention cost grows with the square of the whole batch.
+- padded: one row per example, right-padded, with an attention mask — attention stays per example.
+
+Either way only positions that carry a target go through the output layer (see core.evaluate).
 """
 
 from __future__ import annotations
@@ -13,33 +18,43 @@ from typing import Any
 
 from ..data.render import IGNORE, Rendered
 
+LAYOUTS = ("auto", "packed", "padded")
+
 
 @dataclass
-class PackedBatch:
-    input_ids: Any  # LongTensor [1, T]
-    position_ids: Any  # LongTensor [1, T]
-    targets: Any  # LongTensor [T]
-    tokens: int  # real tokens in the batch
+class Batch:
+    input_ids: Any  # LongTensor [B, T]
+    position_ids: Any  # LongTensor [B, T] (packed) or None
+    attention_mask: Any  # LongTensor [B, T] (padded) or None
+    targets: Any  # LongTensor [B, T], IGNORE where nothing is trained
+    tokens: int  # real (non-pad) tokens
     trained_tokens: int  # positions with a target
 
 
-def pack(examples: Sequence[Rendered], device: str) -> PackedBatch:
+def pick_layout(requested: str, model: Any) -> str:
+    if requested != "auto":
+        return requested
+    implementation = getattr(getattr(model, "config", None), "_attn_implementation", "") or ""
+    return "packed" if implementation.startswith("flash_attention") else "padded"
+
+
+def collate(examples: Sequence[Rendered], device: str, layout: str = "padded", pad_id: int = 0) -> Batch:
     import torch
 
-    ids: list[int] = []
-    positions: list[int] = []
-    targets: list[int] = []
-    for example in examples:
-        ids.extend(example.input_ids)
-        positions.extend(range(len(example.input_ids)))
-        targets.extend(example.targets)
-    return PackedBatch(
-        input_ids=torch.tensor([ids], dtype=torch.long, device=device),
-        position_ids=torch.tensor([positions], dtype=torch.long, device=device),
-        targets=torch.tensor(targets, dtype=torch.long, device=device),
-        tokens=len(ids),
-        trained_tokens=sum(1 for t in targets if t != IGNORE),
-    )
+    tokens = sum(len(e.input_ids) for e in examples)
+    trained = sum(e.trained_tokens for e in examples)
+    if layout == "packed":
+        ids = [t for e in examples for t in e.input_ids]
+        positions = [p for e in examples for p in range(len(e.input_ids))]
+        targets = [t for e in examples for t in e.targets]
+        return Batch(torch.tensor([ids], device=device), torch.tensor([positions], device=device), None,
+                     torch.tensor([targets], device=device), tokens, trained)
+    width = max(len(e.input_ids) for e in examples)
+    ids = [e.input_ids + [pad_id] * (width - len(e.input_ids)) for e in examples]
+    mask = [[1] * len(e.input_ids) + [0] * (width - len(e.input_ids)) for e in examples]
+    targets = [e.targets + [IGNORE] * (width - len(e.targets)) for e in examples]
+    return Batch(torch.tensor(ids, device=device), None, torch.tensor(mask, device=device),
+                 torch.tensor(targets, device=device), tokens, trained)
 
 
 @dataclass

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..data.render import Rendered, render_prompt
-from .batching import PackedBatch, batches_in_order, pack
+from .batching import Batch, batches_in_order, collate, pick_layout
 from .metrics import score
 
 
@@ -18,7 +18,7 @@ def causal_lm_parts(model: Any) -> tuple[Any, Any]:
     return base.get_decoder(), base.get_output_embeddings()
 
 
-def summed_loss(model: Any, batch: PackedBatch) -> Any:
+def summed_loss(model: Any, batch: Batch) -> Any:
     """Sum of token cross-entropies over positions that have a target.
 
     The output layer runs only on those positions: with a 49k vocabulary the logits of prompt tokens
@@ -27,13 +27,15 @@ def summed_loss(model: Any, batch: PackedBatch) -> Any:
     import torch.nn.functional as F
 
     decoder, head = causal_lm_parts(model)
-    hidden = decoder(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False).last_hidden_state
+    hidden = decoder(input_ids=batch.input_ids, position_ids=batch.position_ids, attention_mask=batch.attention_mask,
+                     use_cache=False).last_hidden_state
     keep = batch.targets != -100
-    logits = head(hidden[0, keep])
+    logits = head(hidden[keep])
     return F.cross_entropy(logits.float(), batch.targets[keep], reduction="sum")
 
 
-def eval_loss(model: Any, examples: Sequence[Rendered], batch_size: int, device: str) -> float | None:
+def eval_loss(model: Any, examples: Sequence[Rendered], batch_size: int, device: str, pad_id: int = 0,
+              layout: str = "auto") -> float | None:
     import torch
 
     if not examples:
@@ -43,7 +45,7 @@ def eval_loss(model: Any, examples: Sequence[Rendered], batch_size: int, device:
     model.eval()
     with torch.no_grad():
         for chunk in batches_in_order(examples, batch_size):
-            batch = pack(chunk, device)
+            batch = collate(chunk, device, pick_layout(layout, model), pad_id)
             total += float(summed_loss(model, batch))
             count += batch.trained_tokens
     model.train(was_training)

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from ..config import RunConfig
 from ..data.prepare import PreparedData, prepare
-from .batching import DataPosition, EpochSampler, pack
+from .batching import DataPosition, EpochSampler, collate, pick_layout
 from .checkpoints import latest_checkpoint, load_checkpoint, save_adapter, save_checkpoint
 from .evaluate import GenerationEval, eval_loss, evaluate_generation, summed_loss
 from .metrics import default_metrics
@@ -74,6 +74,7 @@ def train(config: RunConfig, emit: Emit, should_stop: Callable[[], bool], run_di
         evaluator.run(0, base=True)
 
     sampler = EpochSampler(data.train, config.train.batch_size, config.train.seed, position)
+    layout, pad_id = pick_layout(config.train.batch_layout, model), loaded.tokenizer.pad_token_id
     model.train()
     first_loss = history.get("first_loss")
     loss_value = None
@@ -84,7 +85,7 @@ def train(config: RunConfig, emit: Emit, should_stop: Callable[[], bool], run_di
             return _stop(emit, run_dir, loaded, optimizer, scheduler, step, sampler.position, evaluator.history,
                          started_at)
         step_start = time.perf_counter()
-        micro = [pack(next(sampler), device) for _ in range(config.train.grad_accum)]
+        micro = [collate(next(sampler), device, layout, pad_id) for _ in range(config.train.grad_accum)]
         trained = sum(b.trained_tokens for b in micro)
         loss_sum = 0.0
         for batch in micro:
@@ -144,9 +145,9 @@ class _Evaluator:
 
     def run(self, step: int, base: bool = False) -> dict[str, Any]:
         loaded = self.loaded
-        payload: dict[str, Any] = {"step": step,
-                                   "eval_loss": eval_loss(loaded.model, self.data.eval, self.config.train.batch_size,
-                                                          loaded.device)}
+        loss = eval_loss(loaded.model, self.data.eval, self.config.train.batch_size, loaded.device,
+                         loaded.tokenizer.pad_token_id, self.config.train.batch_layout)
+        payload: dict[str, Any] = {"step": step, "eval_loss": loss}
         if self.cases:
             result: GenerationEval = evaluate_generation(
                 loaded.model, loaded.tokenizer, self.cases, self.metric_names, self.config.eval.max_new_tokens,
