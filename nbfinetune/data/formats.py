@@ -62,9 +62,9 @@ def normalize(record: Any, fmt: str) -> Example:
     if not isinstance(record, dict):
         raise RowProblem(f"expected a JSON object, got {type(record).__name__}")
     if fmt == CHAT:
-        return Example(messages=_chat(_field(record, "messages", list)))
+        return Example(messages=_turns(_field(record, "messages", list), _CHAT_SCHEMA))
     if fmt == SHAREGPT:
-        return Example(messages=_sharegpt(_field(record, "conversations", list)))
+        return Example(messages=_turns(_field(record, "conversations", list), _SHAREGPT_SCHEMA))
     if fmt == INSTRUCTION:
         instruction = _field(record, "instruction", str)
         extra = record.get("input") or ""
@@ -122,34 +122,33 @@ def _content(value: Any, where: str) -> str:
     raise RowProblem(f"{where}: content must be text or a list of text parts, got {type(value).__name__}")
 
 
-def _chat(messages: list[Any]) -> tuple[dict[str, str], ...]:
-    out = []
-    for index, message in enumerate(messages, start=1):
-        where = f"message {index}"
-        if not isinstance(message, dict):
-            raise RowProblem(f"{where} must be an object with 'role' and 'content'")
-        role = message.get("role")
-        if role not in ROLES:
-            raise RowProblem(f"{where}: unknown role {role!r} (expected one of {', '.join(ROLES)})")
-        if "content" not in message:
-            raise RowProblem(f"{where}: missing field 'content'")
-        out.append({"role": role, "content": _content(message["content"] or "", where)})
-    return _checked(out)
+@dataclass(frozen=True)
+class _TurnSchema:
+    label: str  # what a turn is called in messages: "message" or "turn"
+    role_key: str
+    content_key: str
+    roles: dict[str, str]  # accepted speaker names (lower-case) → our role
+    expected: str
 
 
-def _sharegpt(turns: list[Any]) -> tuple[dict[str, str], ...]:
+_CHAT_SCHEMA = _TurnSchema("message", "role", "content", {r: r for r in ROLES}, ", ".join(ROLES))
+_SHAREGPT_SCHEMA = _TurnSchema("turn", "from", "value", _SHAREGPT_ROLES, "human, gpt or system")
+
+
+def _turns(items: list[Any], schema: _TurnSchema) -> tuple[dict[str, str], ...]:
     out = []
-    for index, turn in enumerate(turns, start=1):
-        where = f"turn {index}"
-        if not isinstance(turn, dict):
-            raise RowProblem(f"{where} must be an object with 'from' and 'value'")
-        speaker = turn.get("from")
-        role = _SHAREGPT_ROLES.get(str(speaker).lower()) if speaker is not None else None
+    for index, item in enumerate(items, start=1):
+        where = f"{schema.label} {index}"
+        if not isinstance(item, dict):
+            raise RowProblem(f"{where} must be an object with '{schema.role_key}' and '{schema.content_key}'")
+        speaker = item.get(schema.role_key)
+        role = schema.roles.get(str(speaker).lower()) if speaker is not None else None
         if role is None:
-            raise RowProblem(f"{where}: unknown speaker {speaker!r} (expected human, gpt or system)")
-        if "value" not in turn:
-            raise RowProblem(f"{where}: missing field 'value'")
-        out.append({"role": role, "content": _content(turn["value"] or "", where)})
+            kind = "role" if schema is _CHAT_SCHEMA else "speaker"
+            raise RowProblem(f"{where}: unknown {kind} {speaker!r} (expected one of {schema.expected})")
+        if schema.content_key not in item:
+            raise RowProblem(f"{where}: missing field '{schema.content_key}'")
+        out.append({"role": role, "content": _content(item[schema.content_key] or "", where)})
     return _checked(out)
 
 
