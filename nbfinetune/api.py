@@ -113,6 +113,26 @@ class Run:
     def cancel(self, hard: bool = False) -> None:
         self.backend.cancel(self.id, self.store, hard=hard)
 
+    def resume(self) -> Run:
+        """Continue a cancelled or failed run from its latest checkpoint (adapter, optimizer, scheduler and
+        data position); the loss curve continues in the same event stream."""
+        self.backend.resume(self.id, self.store)
+        if self._dashboard is not None:
+            self._dashboard.close()
+            self._dashboard = None
+        return self
+
+    def export(self, out_dir: str | Path | None = None) -> dict[str, Any]:
+        """Merge the adapter into the base model and save a standalone model (with tokenizer and chat
+        template), verified by reloading it. Returns {"path", "max_logit_difference"}."""
+        from .core.export import export_merged
+        from .core.models import resolve_model
+
+        adapter = self.adapter_path
+        if not adapter:
+            raise RuntimeError(f"run {self.id} has no adapter yet (status: {self.status})")
+        return export_merged(resolve_model(self.config.model), adapter, out_dir or self.path / "merged")
+
     def dashboard(self) -> Any:
         from .widgets.dashboard import Dashboard
 

@@ -1,4 +1,4 @@
-"""Command line: `nbfinetune train | runs | prepare-model | make-tiny-model`."""
+"""Command line: `nbfinetune train | runs | export | prepare-model | make-tiny-model`."""
 
 from __future__ import annotations
 
@@ -32,6 +32,10 @@ def _parser() -> argparse.ArgumentParser:
 
     runs = sub.add_parser("runs", help="list runs")
     runs.add_argument("--json", action="store_true")
+
+    export = sub.add_parser("export", help="merge a run's adapter into its base model and save it (verified)")
+    export.add_argument("run_id")
+    export.add_argument("--out", help="output directory (default: the run's merged/ folder)")
 
     sub.add_parser("prepare-model", help="make the offline demo model ready (converts the shipped GGUF once)")
     tiny = sub.add_parser("make-tiny-model", help="write a tiny random chat model for smoke tests")
@@ -82,6 +86,14 @@ def _runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from . import api
+
+    result = api.attach(args.run_id, display=False).export(args.out)
+    print(json.dumps(result))
+    return 0
+
+
 def _prepare_model(args: argparse.Namespace) -> int:
     from .config import DEFAULT_MODEL
     from .core.models import resolve_model
@@ -97,7 +109,7 @@ def _make_tiny_model(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"train": _train, "runs": _runs, "prepare-model": _prepare_model, "make-tiny-model": _make_tiny_model}
+_COMMANDS = {"train": _train, "runs": _runs, "export": _export, "prepare-model": _prepare_model, "make-tiny-model": _make_tiny_model}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -2,7 +2,8 @@
 
     %load_ext nbfinetune
     run = %finetune --data sample:people --steps 40      # launch; live dashboard in the cell
-    %finetune runs | attach [RUN] | cancel [RUN] [--hard] | chat [RUN] [message]
+    %finetune runs | attach [RUN] | cancel [RUN] [--hard] | resume [RUN] | export [RUN] [--out DIR]
+    %finetune chat [RUN] [message]
     %chat What is 2 + 2?                                  # ask the latest run's adapter, streamed
     %%chat --run RUN                                      # the cell body is the (multi-line) message
 """
@@ -20,7 +21,7 @@ from traitlets import Unicode
 from . import api
 from .config import ConfigError, default_model, SAMPLE_DATA
 
-SUBCOMMANDS = ("runs", "attach", "cancel", "chat")
+SUBCOMMANDS = ("runs", "attach", "cancel", "resume", "export", "chat")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -30,7 +31,8 @@ class _Parser(argparse.ArgumentParser):
 
 def train_parser() -> _Parser:
     parser = _Parser(prog="%finetune", add_help=False,
-                     description="Launch a LoRA fine-tune. Subcommands: runs, attach RUN, cancel RUN, chat RUN.")
+                     description="Launch a LoRA fine-tune. Subcommands: runs, attach [RUN], cancel [RUN] [--hard], "
+                                 "resume [RUN], export [RUN] [--out DIR], chat [RUN] [message].")
     add = parser.add_argument
     add("--model", help="hub id or local path (default: %%config FinetuneMagics.default_model)")
     add("--data", help="jsonl/json/csv/parquet file, hub dataset id, or sample:people")
@@ -118,6 +120,20 @@ class FinetuneMagics(Magics):
         run = _guard(lambda: api.attach(ids[0] if ids else None, display=False))
         run.cancel(hard=hard)
         print(f"{'killing' if hard else 'cancelling'} run {run.id}; events and checkpoints so far are kept")
+
+    def _handle_resume(self, words: list[str]) -> api.Run:
+        run = _guard(lambda: api.attach(words[0] if words else None, display=False))
+        _guard(run.resume)
+        return _guard(lambda: api.attach(run.id))
+
+    def _handle_export(self, words: list[str]) -> dict[str, Any]:
+        out = words[words.index("--out") + 1] if "--out" in words[:-1] else None
+        ids = [w for w in words if w != "--out" and w != out]
+        run = _guard(lambda: api.attach(ids[0] if ids else None, display=False))
+        result = _guard(lambda: run.export(out))
+        print(f"merged model saved to {result['path']} (verified: max logit difference "
+              f"{result['max_logit_difference']:.1e})")
+        return result
 
     def _handle_chat(self, words: list[str]) -> Any:
         run_id = words[0] if words and _is_run_id(words[0]) else None

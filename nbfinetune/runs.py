@@ -203,12 +203,17 @@ class RunStore:
     def follow(self, run_id: str, since_seq: int = 0, poll_s: float = 0.2,
                should_stop: Callable[[], bool] = lambda: False,
                worker_alive: Callable[[], bool | None] | None = None) -> Iterator[Event]:
-        """Yield stored events, then new ones as they are appended, until a terminal event.
+        """Yield stored events, then new ones as they are appended, until the run has ended.
 
-        Ends early when should_stop() says so, or when the worker is gone with no terminal event.
+        A run has ended when its last event is terminal and its worker is not running (a resumed run
+        continues after an earlier `cancelled`), or when the worker is gone. Ends early on should_stop().
         """
         path = self.require(run_id) / "events.jsonl"
-        offset, line = 0, 1
+        offset, line, last = 0, 1, None
+
+        def alive() -> bool | None:
+            return worker_alive() if worker_alive is not None else None
+
         while True:
             chunk = read_events(path, offset, first_line=line)
             line += len(chunk.events) + len(chunk.problems)
@@ -216,17 +221,17 @@ class RunStore:
             for event in chunk.events:
                 if event.seq > since_seq:
                     yield event
-                if event.terminal:
-                    return
+                last = event
+            if last is not None and last.terminal and not alive():
+                return
             if should_stop():
                 return
-            if not chunk.events:
-                if worker_alive is not None and worker_alive() is False:
-                    # One last read: the worker may have written its final line just before exiting.
-                    tail = read_events(path, offset, first_line=line)
-                    yield from (e for e in tail.events if e.seq > since_seq)
-                    return
-                time.sleep(poll_s)
+            if not chunk.events and alive() is False:
+                # One last read: the worker may have written its final line just before exiting.
+                tail = read_events(path, offset, first_line=line)
+                yield from (e for e in tail.events if e.seq > since_seq)
+                return
+            time.sleep(poll_s)
 
     def summary(self, run_id: str) -> RunSummary:
         config = self.config(run_id)

@@ -94,3 +94,32 @@ def test_reattach_from_a_fresh_process_replays_everything(home, tiny_model):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     status, seqs = json.loads(out.stdout.strip().splitlines()[-1])
     assert status == "finished" and seqs == [e.seq for e in run.events()]
+
+
+def test_resume_after_cancel_continues_the_curve_in_the_same_stream(home, tiny_model):
+    run = api.finetune(model=tiny_model, steps=60, eval_samples=0, display=False)
+    _wait_for(lambda: any(e.type == "step" and e["step"] >= 3 for e in run.events()))
+    run.cancel()
+    assert run.wait(timeout=60, progress=False).status == "cancelled"
+    stopped_at = max(e["step"] for e in run.events() if e.type == "step")
+    run.resume()
+    summary = run.wait(timeout=180, progress=False)
+    assert summary.status == "finished" and summary.step == 60
+    events = run.events()
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    steps = [e["step"] for e in events if e.type == "step"]
+    assert steps == list(range(1, 61)), "the curve continues where it stopped"
+    resumed = [e for e in events if e.type == "started"][-1]
+    assert resumed["resumed_step"] == stopped_at
+
+
+def test_export_merges_and_verifies(home, tiny_model, tmp_path):
+    run = api.finetune(model=tiny_model, steps=3, eval_samples=0, lr=5e-2, display=False)
+    run.wait(timeout=120, progress=False)
+    result = run.export(tmp_path / "merged")
+    assert result["max_logit_difference"] < 1e-3
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(result["path"])
+    assert not any("lora_" in name for name, _ in model.named_parameters())
+    assert AutoTokenizer.from_pretrained(result["path"]).chat_template

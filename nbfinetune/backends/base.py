@@ -17,6 +17,9 @@ class Backend(Protocol):
     def launch(self, config: RunConfig, store: RunStore) -> str:
         """Start the run and return its id; returns as soon as the run is started, not when it ends."""
 
+    def resume(self, run_id: str, store: RunStore) -> None:
+        """Continue a stopped run from its latest checkpoint, appending to the same event stream."""
+
     def cancel(self, run_id: str, store: RunStore, hard: bool = False) -> None:
         """Graceful: the trainer saves adapter + checkpoint, then emits `cancelled`. Hard: kill now."""
 

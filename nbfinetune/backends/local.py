@@ -10,7 +10,7 @@ import sys
 
 from ..config import RunConfig
 from ..runs import RunStore, pid_alive
-from ..worker import CHILD_PID, HARD_CANCEL_MARKER
+from ..worker import CANCEL_MARKER, CHILD_PID, HARD_CANCEL_MARKER
 
 
 class LocalBackend:
@@ -18,6 +18,19 @@ class LocalBackend:
 
     def launch(self, config: RunConfig, store: RunStore) -> str:
         run_id = store.create(config)
+        self._start(run_id, store)
+        return run_id
+
+    def resume(self, run_id: str, store: RunStore) -> None:
+        """Start the worker again on an existing run: it continues from the latest checkpoint."""
+        run_dir = store.require(run_id)
+        if self.is_alive(run_id, store):
+            raise RuntimeError(f"run {run_id} is still running")
+        for marker in (CANCEL_MARKER, HARD_CANCEL_MARKER):
+            (run_dir / marker).unlink(missing_ok=True)
+        self._start(run_id, store)
+
+    def _start(self, run_id: str, store: RunStore) -> None:
         run_dir = store.path(run_id)
         env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
         with open(run_dir / "worker.log", "ab") as log:
@@ -27,7 +40,6 @@ class LocalBackend:
         (run_dir / "worker.pid").write_text(str(process.pid))
         # Keep a reference so the child is reaped when it ends (no zombie while the kernel lives).
         _children[run_id] = process
-        return run_id
 
     def cancel(self, run_id: str, store: RunStore, hard: bool = False) -> None:
         run_dir = store.require(run_id)
