@@ -17,6 +17,7 @@ TRAIN_FLAGS = {"steps": "train.max_steps", "max_steps": "train.max_steps", "epoc
                "lr": "train.lr", "batch_size": "train.batch_size", "grad_accum": "train.grad_accum",
                "seed": "train.seed", "r": "lora.r", "alpha": "lora.alpha", "dropout": "lora.dropout",
                "target_modules": "lora.target_modules", "max_seq_len": "data.max_seq_len",
+               "columns": "data.columns", "on_bad_rows": "data.on_bad_rows", "train_on": "data.train_on",
                "eval_data": "data.eval_path", "format": "data.format", "eval_every": "eval.every",
                "eval_samples": "eval.samples", "metrics": "eval.metrics", "save_every": "train.save_every",
                "precision": "train.precision", "schedule": "train.schedule", "warmup_steps": "train.warmup_steps",
@@ -184,7 +185,13 @@ def finetune(config: RunConfig | dict[str, Any] | str | None = None, *, display:
     """Launch a LoRA fine-tune and return its Run at once; the run trains in the background.
 
     finetune(data="my.jsonl", model="HuggingFaceTB/SmolLM2-135M-Instruct", steps=100, lr=2e-4, r=16)
+
+    data may also be a pandas DataFrame, a datasets.Dataset/DatasetDict or a list of dicts.
     """
+    if "data" in settings or "eval_data" in settings:
+        from .data.materialize import materialize
+
+        settings["data"], settings["eval_data"] = materialize(settings.get("data"), settings.get("eval_data"))
     resolved = build_config(config, **settings)
     store = store or RunStore()
     backend = get_backend(resolved.backend)

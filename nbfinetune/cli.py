@@ -1,4 +1,4 @@
-"""Command line: `nbfinetune train | runs | export | prepare-model | make-tiny-model`."""
+"""Command line: `nbfinetune train | runs | validate | export | prepare-model | make-tiny-model`."""
 
 from __future__ import annotations
 
@@ -36,6 +36,16 @@ def _parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="merge a run's adapter into its base model and save it (verified)")
     export.add_argument("run_id")
     export.add_argument("--out", help="output directory (default: the run's merged/ folder)")
+
+    check = sub.add_parser("validate", help="check a dataset row by row before training (no GPU, no training)")
+    check.add_argument("path", help="file, directory, hub dataset id, or sample:people")
+    check.add_argument("--format", default="auto", choices=("auto", "chat", "sharegpt", "instruction",
+                                                             "prompt_completion", "text"))
+    check.add_argument("--model", default=None, help="whose tokenizer and chat template to check against "
+                                                     f"(default: {default_model()}); 'none' skips token checks")
+    check.add_argument("--max-seq-len", dest="max_seq_len", type=int, default=512)
+    check.add_argument("--strict", action="store_true", help="exit non-zero when any row is bad")
+    check.add_argument("--json", action="store_true", help="print one JSON object")
 
     sub.add_parser("prepare-model", help="make the offline demo model ready (converts the shipped GGUF once)")
     tiny = sub.add_parser("make-tiny-model", help="write a tiny random chat model for smoke tests")
@@ -86,6 +96,41 @@ def _runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _validate(args: argparse.Namespace) -> int:
+    from .data.prepare import DataError
+    from .data.validate import validate
+
+    try:
+        tokenizer = None
+        if (args.model or "").lower() != "none":
+            from .core.models import resolve_model
+            from .core.setup import load_tokenizer
+
+            tokenizer = load_tokenizer(resolve_model(args.model or default_model()))
+        result = validate(args.path, args.format, tokenizer, args.max_seq_len)
+    except (DataError, OSError, ValueError) as exc:
+        # Never a traceback for a bad file: one message, and a JSON object when asked for one.
+        print(json.dumps({"error": str(exc)}) if args.json else f"nbfinetune validate: error: {exc}",
+              file=sys.stdout if args.json else sys.stderr)
+        return 2
+    report = result.report
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        print(f"{args.path}: {report.format} format, {report.valid} of {report.rows} rows usable"
+              + (f", {report.truncated} truncated" if report.truncated else ""))
+        if report.tokens:
+            t = report.tokens
+            print(f"tokens per row: min {t['min']} · median {t['median']} · p95 {t['p95']} · max {t['max']} · "
+                  f"{t['total']} per epoch")
+        for problem in report.problems[:50]:
+            print(f"  {problem}")
+        if report.problem_count > 50:
+            print(f"  ... and {report.problem_count - 50} more")
+    bad = any(p.severity == "error" for p in report.problems)
+    return 0 if result.ok and not (args.strict and bad) else 1
+
+
 def _export(args: argparse.Namespace) -> int:
     from . import api
 
@@ -109,7 +154,7 @@ def _make_tiny_model(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"train": _train, "runs": _runs, "export": _export, "prepare-model": _prepare_model, "make-tiny-model": _make_tiny_model}
+_COMMANDS = {"train": _train, "runs": _runs, "export": _export, "validate": _validate, "prepare-model": _prepare_model, "make-tiny-model": _make_tiny_model}
 
 if __name__ == "__main__":
     sys.exit(main())

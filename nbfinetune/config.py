@@ -61,6 +61,10 @@ class DataSettings:
     max_seq_len: int = 512
     # "completions": loss on assistant turns only; "all": loss on every token.
     train_on: str = "completions"
+    # Our field name -> the file's, for odd schemas: {"prompt": "question", "completion": "answer"}.
+    columns: dict[str, str] | None = None
+    # "skip": bad rows are reported and left out; "strict": any bad row stops the run before training.
+    on_bad_rows: str = "skip"
 
 
 @dataclass
@@ -171,6 +175,11 @@ def _problems(config: RunConfig) -> list[str]:
           "data.path must be a file, a directory, a hub id or 'sample:people'")
     choice("data.format", config.data.format, FORMATS)
     choice("data.train_on", config.data.train_on, ("completions", "all"))
+    choice("data.on_bad_rows", config.data.on_bad_rows, ("skip", "strict"))
+    columns = config.data.columns
+    check(columns is None or (isinstance(columns, dict) and all(isinstance(k, str) and isinstance(v, str)
+                                                                for k, v in columns.items())),
+          "data.columns must map our field names to yours, e.g. {'prompt': 'question', 'completion': 'answer'}")
     number("data.eval_fraction", config.data.eval_fraction, 0.0, 0.5)
     positive_int("data.max_seq_len", config.data.max_seq_len)
     positive_int("lora.r", config.lora.r)

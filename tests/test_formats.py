@@ -47,7 +47,7 @@ def test_row_problems_are_plain_words(record, message):
 def test_bad_rows_are_reported_by_line_number(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [chat_row(), "{broken", chat_row(answer=""), "", chat_row()])
     fmt, examples, report = load_examples(str(path))
-    assert fmt == "chat" and [row for row, _ in examples] == [1, 5]
+    assert fmt == "chat" and [row for row, _, _ in examples] == [1, 5]
     assert [(p.row, p.message.split(" (")[0]) for p in report.problems] == \
         [(2, "invalid JSON"), (3, "the last assistant turn is empty")]
 
@@ -73,5 +73,5 @@ def test_sample_data_is_valid_and_json():
     for path in (train, evaluation):
         fmt, examples, report = load_examples(path)
         assert fmt == "chat" and not report.problems
-        for _, example in examples:
+        for _, example, _ in examples:
             assert set(json.loads(example.messages[-1]["content"])) == {"name", "age", "city"}

@@ -51,6 +51,18 @@ def detect_format(records: Iterable[Any], sample: int = 200) -> str | None:
     return votes.most_common(1)[0][0] if votes else None
 
 
+def apply_columns(record: Any, columns: dict[str, str] | None) -> Any:
+    """Rename a row's fields from the user's schema to ours: columns maps our name -> their name,
+    e.g. {"prompt": "question", "completion": "answer"}."""
+    if not columns or not isinstance(record, dict):
+        return record
+    renamed = dict(record)
+    for ours, theirs in columns.items():
+        if theirs in renamed:
+            renamed[ours] = renamed.pop(theirs)
+    return renamed
+
+
 def format_of(record: dict[str, Any]) -> str | None:
     for name, keys in _SIGNATURES:
         if all(key in record for key in keys):

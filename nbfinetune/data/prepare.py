@@ -3,14 +3,19 @@ plus a report that names every bad row by number before any training starts."""
 
 from __future__ import annotations
 
+import itertools
 import random
 import statistics
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .formats import Example, RowProblem, detect_format, normalize, split_for_generation
+from .formats import Example, RowProblem, apply_columns, detect_format, normalize, split_for_generation
 from .render import Rendered, render
-from .sources import DataSourceError, iter_rows, resolve
+from .sources import DataSourceError, Row, iter_rows, resolve
+
+MAX_LISTED_PROBLEMS = 1000  # the report keeps the first ones; problem_count has them all
+DETECT_ROWS = 200
 
 
 @dataclass
@@ -18,9 +23,17 @@ class Problem:
     row: int
     message: str
     split: str = "train"
+    file: str | None = None
+    # "error": the row is skipped; "warning": the row is used as noted (e.g. truncated).
+    severity: str = "error"
 
     def __str__(self) -> str:
-        return f"{self.split} row {self.row}: {self.message}"
+        where = f"{self.file} " if self.file else ""
+        return f"{self.split} {where}row {self.row}: {self.message}"
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"row": self.row, "message": self.message, "split": self.split, "severity": self.severity}
+        return out | ({"file": self.file} if self.file else {})
 
 
 @dataclass
@@ -29,12 +42,22 @@ class DataReport:
     rows: int = 0
     valid: int = 0
     problems: list[Problem] = field(default_factory=list)
+    problem_count: int = 0
     truncated: int = 0
     tokens: dict[str, float] = field(default_factory=dict)
 
+    def add(self, problem: Problem) -> None:
+        self.problem_count += 1
+        if len(self.problems) < MAX_LISTED_PROBLEMS:
+            self.problems.append(problem)
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
     def to_dict(self) -> dict[str, Any]:
         return {"format": self.format, "rows": self.rows, "valid": self.valid, "truncated": self.truncated,
-                "problems": [{"row": p.row, "message": p.message, "split": p.split} for p in self.problems],
+                "problem_count": self.problem_count, "problems": [p.to_dict() for p in self.problems],
                 "tokens": self.tokens}
 
 
@@ -48,55 +71,87 @@ class PreparedData:
 
 
 class DataError(ValueError):
-    """No usable training data; the message includes the first problems found."""
+    """No usable training data (or bad rows under the strict policy); the message lists the first problems."""
 
 
-def load_examples(source: str, fmt: str = "auto", split: str = "train") -> tuple[str, list[tuple[int, Example]], DataReport]:
-    rows = list(iter_rows(source))
+def iter_examples(source: str, fmt: str = "auto", columns: dict[str, str] | None = None
+                  ) -> tuple[str | None, Iterator[tuple[Row, Example | None, str | None]]]:
+    """(format, stream of (row, example or None, problem message or None)); reads the source once, lazily."""
+    try:
+        rows = iter_rows(source)
+        head = list(itertools.islice(rows, DETECT_ROWS))
+    except DataSourceError as exc:
+        raise DataError(str(exc)) from None
+    records = [apply_columns(r.record, columns) for r in head if r.error is None]
     if fmt == "auto":
-        detected = detect_format(r.record for r in rows if r.error is None)
-        if detected is None:
-            keys = next((sorted(r.record) for r in rows if isinstance(r.record, dict)), [])
+        detected = detect_format(records)
+        if detected is None and any(isinstance(r, dict) for r in records):
+            keys = next((sorted(r) for r in records if isinstance(r, dict)), [])
             raise DataError(f"{source}: could not detect the data format from fields {keys}; expected one of "
                             "messages, conversations, instruction/output, prompt/completion or text "
-                            "(or pass format=... explicitly)")
+                            "(pass format=... explicitly, or map your columns with columns={...})")
         fmt = detected
-    report = DataReport(format=fmt, rows=len(rows))
-    examples: list[tuple[int, Example]] = []
-    for row in rows:
-        if row.error is not None:
-            report.problems.append(Problem(row.number, row.error, split))
-            continue
+
+    def stream() -> Iterator[tuple[Row, Example | None, str | None]]:
         try:
-            examples.append((row.number, normalize(row.record, fmt)))
-        except RowProblem as problem:
-            report.problems.append(Problem(row.number, str(problem), split))
+            for row in itertools.chain(head, rows):
+                if row.error is not None:
+                    yield row, None, row.error
+                    continue
+                if fmt is None:  # nothing in the first rows was even an object: report each row
+                    yield row, None, f"expected a JSON object, got {type(row.record).__name__}"
+                    continue
+                try:
+                    yield row, normalize(apply_columns(row.record, columns), fmt), None
+                except RowProblem as problem:
+                    yield row, None, str(problem)
+        except DataSourceError as exc:
+            raise DataError(str(exc)) from None
+
+    return fmt, stream()
+
+
+def load_examples(source: str, fmt: str = "auto", split: str = "train", columns: dict[str, str] | None = None
+                  ) -> tuple[str, list[tuple[int, Example, str | None]], DataReport]:
+    fmt, stream = iter_examples(source, fmt, columns)
+    report = DataReport(format=fmt)
+    examples: list[tuple[int, Example, str | None]] = []
+    for row, example, problem in stream:
+        report.rows += 1
+        if example is None:
+            report.add(Problem(row.number, problem or "unusable row", split, row.file))
+        else:
+            examples.append((row.number, example, row.file))
     return fmt, examples, report
 
 
 def prepare(settings: Any, tokenizer: Any, seed: int = 42) -> PreparedData:
-    """settings: a config.DataSettings. Bad rows are skipped and reported."""
+    """settings: a config.DataSettings. Bad rows are skipped and reported (or refused when strict)."""
     train_source, eval_source = resolve(settings.path, settings.eval_path)
-    try:
-        fmt, examples, report = load_examples(train_source, settings.format)
-        if eval_source:
-            _, eval_examples, eval_report = load_examples(eval_source, fmt, split="eval")
-            report.rows += eval_report.rows
-            report.problems += eval_report.problems
-        else:
-            examples, eval_examples = _split(examples, settings.eval_fraction, seed)
-    except DataSourceError as exc:
-        raise DataError(str(exc)) from None
+    columns = getattr(settings, "columns", None)
+    fmt, examples, report = load_examples(train_source, settings.format, columns=columns)
+    if eval_source:
+        _, eval_examples, eval_report = load_examples(eval_source, fmt, split="eval", columns=columns)
+        report.rows += eval_report.rows
+        for problem in eval_report.problems:
+            report.add(problem)
+    else:
+        examples, eval_examples = _split(examples, settings.eval_fraction, seed)
     train = _render_all(tokenizer, examples, settings, report, "train")
     evaluation = _render_all(tokenizer, eval_examples, settings, report, "eval")
+    errors = report.errors
+    if getattr(settings, "on_bad_rows", "skip") == "strict" and errors:
+        raise DataError(f"{len(errors)} bad row(s) and on_bad_rows='strict' — " + _first(errors))
     if not train:
-        first = "; ".join(str(p) for p in report.problems[:5])
-        raise DataError(f"no usable training rows in {train_source}" + (f" — {first}" if first else ""))
+        raise DataError(f"no usable training rows in {train_source}" + (f" — {_first(errors)}" if errors else ""))
     report.valid = len(train) + len(evaluation)
-    lengths = [len(r.input_ids) for r in train]
-    report.tokens = token_stats(lengths)
-    cases = [case for _, example in eval_examples if (case := split_for_generation(example))]
+    report.tokens = token_stats([len(r.input_ids) for r in train])
+    cases = [case for _, example, _ in eval_examples if (case := split_for_generation(example))]
     return PreparedData(train=train, eval=evaluation, eval_cases=cases, report=report)
+
+
+def _first(problems: list[Problem], n: int = 5) -> str:
+    return "; ".join(str(p) for p in problems[:n]) + (f"; and {len(problems) - n} more" if len(problems) > n else "")
 
 
 def token_stats(lengths: list[int]) -> dict[str, float]:
@@ -108,7 +163,7 @@ def token_stats(lengths: list[int]) -> dict[str, float]:
             "total": sum(ordered)}
 
 
-def _split(examples: list[tuple[int, Example]], fraction: float, seed: int) -> tuple[list, list]:
+def _split(examples: list[tuple[int, Example, str | None]], fraction: float, seed: int) -> tuple[list, list]:
     if fraction <= 0 or len(examples) < 2:
         return examples, []
     order = list(range(len(examples)))
@@ -119,18 +174,26 @@ def _split(examples: list[tuple[int, Example]], fraction: float, seed: int) -> t
             [e for i, e in enumerate(examples) if i in eval_idx])
 
 
-def _render_all(tokenizer: Any, examples: list[tuple[int, Example]], settings: Any, report: DataReport,
-                split: str) -> list[Rendered]:
+def render_checked(tokenizer: Any, example: Example, settings: Any, row: int) -> tuple[Rendered | None, str | None, str]:
+    """(rendered or None, problem or None, severity) for one row — shared by training and validation."""
+    try:
+        rendered = render(tokenizer, example, settings.max_seq_len, settings.train_on, row=row)
+    except RowProblem as problem:
+        return None, str(problem), "error"
+    if rendered.truncated:
+        return rendered, (f"{rendered.full_length} tokens, longer than max_seq_len={settings.max_seq_len}: "
+                          "truncated"), "warning"
+    return rendered, None, ""
+
+
+def _render_all(tokenizer: Any, examples: list[tuple[int, Example, str | None]], settings: Any,
+                report: DataReport, split: str) -> list[Rendered]:
     out = []
-    for row, example in examples:
-        try:
-            rendered = render(tokenizer, example, settings.max_seq_len, settings.train_on, row=row)
-        except RowProblem as problem:
-            report.problems.append(Problem(row, str(problem), split))
-            continue
-        if rendered.truncated:
-            report.truncated += 1
-            report.problems.append(Problem(row, f"{rendered.full_length} tokens, longer than max_seq_len="
-                                                f"{settings.max_seq_len}: truncated", split))
-        out.append(rendered)
+    for row, example, file in examples:
+        rendered, problem, severity = render_checked(tokenizer, example, settings, row)
+        if problem:
+            report.add(Problem(row, problem, split, file, severity))
+        if rendered is not None:
+            report.truncated += rendered.truncated
+            out.append(rendered)
     return out

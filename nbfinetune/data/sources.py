@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ class Row:
     number: int
     record: Any = None
     error: str | None = None
+    file: str | None = None  # set when the source is a directory of files
 
 
 def sample_files(name: str) -> tuple[str, str]:
@@ -42,6 +44,16 @@ def resolve(path: str, eval_path: str | None) -> tuple[str, str | None]:
 
 
 def iter_rows(source: str) -> Iterator[Row]:
+    """Rows of a file, of every supported file in a directory (sorted by name), or of a hub dataset."""
+    source = os.path.expanduser(source)
+    if os.path.isdir(source):
+        files = sorted(f for f in os.listdir(source) if os.path.splitext(f)[1].lower() in _FILE_KINDS)
+        if not files:
+            raise DataSourceError(f"{source}: no .jsonl, .json, .csv or .parquet files in this directory")
+        for name in files:
+            for row in iter_rows(os.path.join(source, name)):
+                yield dataclasses.replace(row, file=name)
+        return
     kind = _FILE_KINDS.get(os.path.splitext(source)[1].lower())
     if os.path.exists(source):
         if kind is None:

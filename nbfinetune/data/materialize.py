@@ -1,0 +1,60 @@
+"""In-memory data (pandas DataFrame, datasets.Dataset / DatasetDict, list of dicts) → a JSONL file.
+
+A run's config must be plain JSON (it crosses process and machine boundaries), so objects from the
+notebook are written once to $NBFINETUNE_HOME/datasets/<content hash>.jsonl and referred to by path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ..config import nbfinetune_home
+
+EVAL_SPLITS = ("validation", "eval", "test")
+
+
+def materialize(data: Any, eval_data: Any = None) -> tuple[Any, Any]:
+    """(data, eval_data) with in-memory objects replaced by file paths; strings pass through."""
+    if _is_dataset_dict(data):
+        splits = dict(data)
+        if "train" not in splits:
+            raise ValueError(f"the DatasetDict has no 'train' split (splits: {', '.join(splits)})")
+        eval_data = eval_data if eval_data is not None else next((splits[s] for s in EVAL_SPLITS if s in splits), None)
+        data = splits["train"]
+    return _as_path(data), (None if eval_data is None else _as_path(eval_data))
+
+
+def _is_dataset_dict(data: Any) -> bool:
+    return type(data).__name__ in ("DatasetDict", "IterableDatasetDict")
+
+
+def _records(data: Any) -> list[dict[str, Any]] | None:
+    if hasattr(data, "to_dict") and hasattr(data, "columns") and hasattr(data, "iloc"):  # pandas
+        return data.to_dict(orient="records")
+    if hasattr(data, "features") and hasattr(data, "to_list"):  # datasets.Dataset
+        return data.to_list()
+    if isinstance(data, list) and all(isinstance(r, dict) for r in data):
+        return data
+    return None
+
+
+def _as_path(data: Any) -> Any:
+    if isinstance(data, (str, os.PathLike)) or data is None:
+        return None if data is None else str(data)
+    records = _records(data)
+    if records is None:
+        raise ValueError(f"data must be a path, a hub id, a pandas DataFrame, a datasets.Dataset or a list of "
+                         f"dicts, got {type(data).__name__}")
+    text = "".join(json.dumps(r, default=str, ensure_ascii=False) + "\n" for r in records)
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+    path = Path(nbfinetune_home()) / "datasets" / f"{digest}.jsonl"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    return str(path)

@@ -1,0 +1,59 @@
+"""Validate a dataset without training: every row checked, streaming, in bounded memory.
+
+Keeps only counts, token lengths (one int per row) and the first problems and examples, so a file
+of any size can be checked before a GPU second is spent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+from .prepare import DataReport, Problem, iter_examples, render_checked, token_stats
+from .render import Rendered
+from .sources import resolve
+
+
+@dataclass
+class Validation:
+    report: DataReport
+    max_seq_len: int
+    lengths: list[int] = field(default_factory=list)  # full token length of each usable row
+    preview: list[Rendered] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.report.valid > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.report.to_dict() | {"max_seq_len": self.max_seq_len}
+
+
+def validate(source: str, fmt: str = "auto", tokenizer: Any = None, max_seq_len: int = 512,
+             train_on: str = "completions", columns: dict[str, str] | None = None, preview: int = 3) -> Validation:
+    source, _ = resolve(source, None)
+    fmt, stream = iter_examples(source, fmt, columns)
+    report = DataReport(format=fmt)
+    result = Validation(report=report, max_seq_len=max_seq_len)
+    settings = SimpleNamespace(max_seq_len=max_seq_len, train_on=train_on)
+    for row, example, problem in stream:
+        report.rows += 1
+        if example is None:
+            report.add(Problem(row.number, problem or "unusable row", file=row.file))
+            continue
+        if tokenizer is None:
+            report.valid += 1
+            continue
+        rendered, problem, severity = render_checked(tokenizer, example, settings, row.number)
+        if problem:
+            report.add(Problem(row.number, problem, file=row.file, severity=severity))
+        if rendered is None:
+            continue
+        report.valid += 1
+        report.truncated += rendered.truncated
+        result.lengths.append(rendered.full_length)
+        if len(result.preview) < preview:
+            result.preview.append(rendered)
+    report.tokens = token_stats([min(n, max_seq_len) for n in result.lengths])
+    return result
