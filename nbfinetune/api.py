@@ -246,6 +246,13 @@ class RunList:
         return len(self.runs)
 
 
+def preflight(data: Any = None, model: str | None = None, max_seq_len: int = 512) -> Any:
+    """The pre-flight view of a dataset: format, row problems, token lengths, rendered examples."""
+    from .widgets.preflight import Preflight
+
+    return Preflight(data, model, max_seq_len)
+
+
 def runs(store: RunStore | None = None) -> RunList:
     return RunList((store or RunStore()).list())
 

@@ -2,6 +2,7 @@
 
     %load_ext nbfinetune
     run = %finetune --data sample:people --steps 40      # launch; live dashboard in the cell
+    %finetune check [DATA]                                # pre-flight view of a dataset
     %finetune runs | attach [RUN] | cancel [RUN] [--hard] | resume [RUN] | export [RUN] [--out DIR]
     %finetune chat [RUN] [message]
     %chat What is 2 + 2?                                  # ask the latest run's adapter, streamed
@@ -21,7 +22,7 @@ from traitlets import Unicode
 from . import api
 from .config import ConfigError, default_model, SAMPLE_DATA
 
-SUBCOMMANDS = ("runs", "attach", "cancel", "resume", "export", "chat")
+SUBCOMMANDS = ("runs", "check", "attach", "cancel", "resume", "export", "chat")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -31,7 +32,7 @@ class _Parser(argparse.ArgumentParser):
 
 def train_parser() -> _Parser:
     parser = _Parser(prog="%finetune", add_help=False,
-                     description="Launch a LoRA fine-tune. Subcommands: runs, attach [RUN], cancel [RUN] [--hard], "
+                     description="Launch a LoRA fine-tune. Subcommands: check [DATA], runs, attach [RUN], cancel [RUN] [--hard], "
                                  "resume [RUN], export [RUN] [--out DIR], chat [RUN] [message].")
     add = parser.add_argument
     add("--model", help="hub id or local path (default: %%config FinetuneMagics.default_model)")
@@ -110,6 +111,14 @@ class FinetuneMagics(Magics):
 
     def _handle_runs(self, words: list[str]) -> api.RunList:
         return api.runs()
+
+    def _handle_check(self, words: list[str]) -> Any:
+        parser = _Parser(prog="%finetune check", add_help=False)
+        parser.add_argument("data", nargs="?", default=self.default_data)
+        parser.add_argument("--model", default=self.default_model)
+        parser.add_argument("--max-seq-len", dest="max_seq_len", type=int, default=512)
+        args = parser.parse_args(words)
+        return api.preflight(args.data, args.model, args.max_seq_len)
 
     def _handle_attach(self, words: list[str]) -> api.Run:
         return _guard(lambda: api.attach(words[0] if words else None))

@@ -95,3 +95,16 @@ def _render_chat(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str, l
 
 def _inside(start: int, end: int, spans: list[tuple[int, int]]) -> bool:
     return end > start and any(s <= start and end <= e for s, e in spans)
+
+
+def trained_spans(tokenizer: Any, rendered: Rendered) -> list[tuple[str, bool]]:
+    """The example as the model sees it, cut into (text, trained?) runs — token i is trained when the
+    target after token i-1 is set."""
+    flags = [False] + [t != IGNORE for t in rendered.targets[:-1]]
+    runs: list[tuple[str, bool]] = []
+    start = 0
+    for index in range(1, len(flags) + 1):
+        if index == len(flags) or flags[index] != flags[start]:
+            runs.append((tokenizer.decode(rendered.input_ids[start:index]), flags[start]))
+            start = index
+    return runs

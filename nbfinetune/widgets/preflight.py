@@ -1,0 +1,145 @@
+"""Pre-flight view: what the model will be trained on, and what is wrong with the data, before any
+GPU second is spent — detected format, the validation report, token lengths against max_seq_len, and
+examples rendered exactly as the model sees them with the trained spans highlighted."""
+
+from __future__ import annotations
+
+import html
+import threading
+from pathlib import Path
+from typing import Any
+
+import ipywidgets as widgets
+
+from ..config import SAMPLE_DATA, default_model, nbfinetune_home
+
+FORMATS = ("auto", "chat", "sharegpt", "instruction", "prompt_completion", "text")
+
+
+class Preflight(widgets.VBox):
+    def __init__(self, data: Any = None, model: str | None = None, max_seq_len: int = 512,
+                 namespace: dict[str, Any] | None = None) -> None:
+        import plotly.graph_objects as go
+
+        self.namespace = namespace if namespace is not None else _user_namespace()
+        self.source = widgets.Text(value=data if isinstance(data, str) else (SAMPLE_DATA if data is None else ""),
+                                   description="data", placeholder="file, folder, hub id (org/name) or sample:people",
+                                   layout=widgets.Layout(width="60%"))
+        self.variable = widgets.Dropdown(options=[("—", "")] + [(n, n) for n in _data_variables(self.namespace)],
+                                         description="or variable")
+        self.upload = widgets.FileUpload(accept=".jsonl,.json,.csv,.parquet", multiple=False, description="Upload")
+        self.format = widgets.Dropdown(options=FORMATS, value="auto", description="format")
+        self.model = widgets.Text(value=model or default_model(), description="model",
+                                  layout=widgets.Layout(width="50%"))
+        self.max_seq_len = widgets.BoundedIntText(value=max_seq_len, min=8, max=131072, description="max_seq_len")
+        self.check_button = widgets.Button(description="Check data", button_style="primary", icon="search")
+        self.check_button.on_click(lambda _b: self.check())
+        self.status = widgets.HTML()
+        self.summary = widgets.HTML()
+        self.histogram = go.FigureWidget(layout={"height": 240, "margin": {"l": 40, "r": 10, "t": 30, "b": 40},
+                                                 "title": "tokens per row", "template": "plotly_white",
+                                                 "xaxis": {"title": "tokens"}, "yaxis": {"title": "rows"}})
+        self.histogram.add_histogram(x=[], nbinsx=40, name="rows")
+        self.problems = widgets.HTML()
+        self.preview = widgets.HTML()
+        self._data_object = data if data is not None and not isinstance(data, str) else None
+        self.validation: Any = None
+        inputs = widgets.VBox([widgets.HBox([self.source, self.variable, self.upload]),
+                               widgets.HBox([self.format, self.model, self.max_seq_len, self.check_button])])
+        super().__init__([inputs, self.status, self.summary, self.histogram, self.problems, self.preview])
+        self.add_class("nbfinetune-preflight")
+        if data is not None:
+            self.check(wait=True)
+
+    # --- which data ------------------------------------------------------------------------------
+    def selected_source(self) -> str:
+        """The chosen data as a path or hub id: an upload, a notebook variable, or the text box."""
+        from ..data.materialize import materialize
+
+        if self.upload.value:
+            item = self.upload.value[0]
+            target = Path(nbfinetune_home()) / "uploads" / Path(item["name"]).name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(bytes(item["content"]))
+            return str(target)
+        if self.variable.value:
+            return materialize(self.namespace[self.variable.value])[0]
+        if self._data_object is not None:
+            return materialize(self._data_object)[0]
+        return self.source.value.strip()
+
+    # --- checking --------------------------------------------------------------------------------
+    def check(self, wait: bool = False) -> None:
+        thread = threading.Thread(target=self._check, daemon=True)
+        thread.start()
+        if wait:
+            thread.join()
+
+    def _check(self) -> None:
+        from ..core.models import resolve_model
+        from ..core.setup import load_tokenizer
+        from ..data.validate import validate
+
+        self.check_button.disabled = True
+        self.status.value = "<i>checking…</i>"
+        try:
+            source = self.selected_source()
+            tokenizer = load_tokenizer(resolve_model(self.model.value.strip()))
+            self.validation = validate(source, self.format.value, tokenizer, self.max_seq_len.value)
+            self.status.value = ""
+            self._show(tokenizer)
+        except Exception as exc:  # shown in the widget: a bad file must never become a traceback
+            self.status.value = f"<span style='color:#dc3545'><b>cannot check:</b> {html.escape(str(exc))}</span>"
+        finally:
+            self.check_button.disabled = False
+
+    def _show(self, tokenizer: Any) -> None:
+        from ..data.render import trained_spans
+
+        result = self.validation
+        report = result.report
+        ok_color = "#198754" if report.valid and not report.errors else ("#fd7e14" if report.valid else "#dc3545")
+        tokens = report.tokens
+        stats = (f" · tokens per row: min {tokens['min']}, median {tokens['median']}, p95 {tokens['p95']}, "
+                 f"max {tokens['max']} · {tokens['total']:,} tokens per epoch") if tokens else ""
+        self.summary.value = (
+            f"<b>format:</b> {html.escape(str(report.format))} · <b style='color:{ok_color}'>{report.valid} of "
+            f"{report.rows} rows usable</b>" + (f" · {report.truncated} truncated" if report.truncated else "") + stats)
+        with self.histogram.batch_update():
+            self.histogram.data[0].x = result.lengths
+            self.histogram.layout.shapes = [{"type": "line", "x0": result.max_seq_len, "x1": result.max_seq_len,
+                                             "y0": 0, "y1": 1, "yref": "paper",
+                                             "line": {"color": "#dc3545", "dash": "dash"}}]
+            self.histogram.layout.annotations = [{"x": result.max_seq_len, "y": 1, "yref": "paper",
+                                                  "text": "max_seq_len", "showarrow": False, "yanchor": "bottom"}]
+        rows = "".join(f"<tr><td>{html.escape(p.file or '')} {p.row}</td><td>{html.escape(p.severity)}</td>"
+                       f"<td style='text-align:left'>{html.escape(p.message)}</td></tr>" for p in report.problems[:50])
+        more = f"<p>… and {report.problem_count - 50} more</p>" if report.problem_count > 50 else ""
+        self.problems.value = (f"<details open><summary>{report.problem_count} problem(s)</summary><table><thead><tr>"
+                               f"<th>row</th><th>kind</th><th>problem</th></tr></thead><tbody>{rows}</tbody></table>"
+                               f"{more}</details>") if report.problem_count else "<p>No problems found.</p>"
+        examples = []
+        for rendered in result.preview:
+            body = "".join(
+                f"<span style='background:#d1e7dd' title='trained'>{html.escape(text)}</span>" if trained
+                else f"<span style='color:#666'>{html.escape(text)}</span>"
+                for text, trained in trained_spans(tokenizer, rendered))
+            examples.append(f"<div style='white-space:pre-wrap;font-family:monospace;border:1px solid #ddd;"
+                            f"padding:6px;margin:4px 0'><b>row {rendered.row}</b>\n{body}</div>")
+        self.preview.value = ("<details><summary>examples as the model sees them (green: trained on)</summary>"
+                              + "".join(examples) + "</details>")
+
+
+def _user_namespace() -> dict[str, Any]:
+    try:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+        return shell.user_ns if shell is not None else {}
+    except ImportError:
+        return {}
+
+
+def _data_variables(namespace: dict[str, Any]) -> list[str]:
+    kinds = ("DataFrame", "Dataset", "DatasetDict")
+    return sorted(n for n, v in namespace.items() if not n.startswith("_") and type(v).__name__ in kinds)
