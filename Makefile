@@ -42,9 +42,12 @@ test-slow: setup
 	$(PY) -m nbfinetune.cli prepare-model
 	$(PY) -m pytest -m slow
 
+## make bench: trainer vs HF baselines, event/dashboard overhead and launch latency, validation speed
 bench: setup
 	$(PY) -m nbfinetune.cli prepare-model
 	$(PY) bench/bench_trainer.py
+	$(PY) bench/bench_overhead.py
+	$(PY) bench/bench_validate.py
 
 clean:
 	rm -rf $(BUILD) .pytest_cache

@@ -123,3 +123,13 @@ def test_export_merges_and_verifies(home, tiny_model, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(result["path"])
     assert not any("lora_" in name for name, _ in model.named_parameters())
     assert AutoTokenizer.from_pretrained(result["path"]).chat_template
+
+
+def test_hard_cancel_ends_as_cancelled_and_keeps_events(home, tiny_model):
+    run = api.finetune(model=tiny_model, steps=100000, eval_samples=0, display=False)
+    _wait_for(lambda: any(e.type == "step" for e in run.events()))
+    run.cancel(hard=True)
+    summary = run.wait(timeout=60, progress=False)
+    events = run.events()
+    assert summary.status == "cancelled" and events[-1]["hard"] is True
+    assert any(e.type == "step" for e in events)

@@ -115,3 +115,21 @@ def test_metrics():
     assert default_metrics([ref]) == ["json_match", "json_valid"] and default_metrics(["Paris"]) == ["exact_match"]
     assert score(["exact_match", "contains"], ["Paris", "It is paris."], ["Paris", "Paris"]) == \
         {"exact_match": 0.5, "contains": 1.0}
+
+
+def test_gradient_checkpointing_gives_the_same_losses(tiny_model, tmp_path):
+    plain, checkpointed = Recorder(), Recorder()
+    train(tiny_config(tiny_model, max_steps=3), plain, lambda: False, tmp_path / "a")
+    train(tiny_config(tiny_model, max_steps=3, gradient_checkpointing=True), checkpointed, lambda: False, tmp_path / "b")
+    torch.testing.assert_close([s["loss"] for s in checkpointed.of("step")], [s["loss"] for s in plain.of("step")],
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_user_metric_by_module_path(tiny_model, tmp_path):
+    emit = Recorder()
+    config = tiny_config(tiny_model, max_steps=2)
+    config.eval.metrics = ["tests.helpers:starts_like_reference", "contains"]
+    train(config, emit, lambda: False, tmp_path)
+    final = emit.of("eval")[-1]
+    assert set(final["metrics"]) == {"tests.helpers:starts_like_reference", "contains"}
+    assert set(final["base_metrics"]) == set(final["metrics"])

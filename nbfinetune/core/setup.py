@@ -82,6 +82,7 @@ def load_base_model(model_path: str, precision: str, device: str) -> Any:
 
 
 def load_for_training(config: RunConfig, model_path: str) -> Loaded:
+    import torch
     from peft import LoraConfig, get_peft_model
 
     device = pick_device()
@@ -94,6 +95,7 @@ def load_for_training(config: RunConfig, model_path: str) -> Loaded:
             base.enable_input_require_grads()
         lora = LoraConfig(r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
                           target_modules=config.lora.target_modules, task_type="CAUSAL_LM")
+        torch.manual_seed(config.train.seed)  # LoRA A is initialised randomly: same seed, same run
         model = get_peft_model(base, lora)
     trainable, total = model.get_nb_trainable_parameters()
     return Loaded(model=model, tokenizer=tokenizer, model_path=model_path, device=device, precision=precision,
