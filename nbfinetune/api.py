@@ -246,6 +246,14 @@ class RunList:
         return len(self.runs)
 
 
+def compare(run_ids: list[str | Run], store: RunStore | None = None) -> Any:
+    """Overlay several runs' curves in one figure, with a DataFrame (`.table`) of settings and final metrics."""
+    from .widgets.compare import Comparison
+
+    store = store or RunStore()
+    return Comparison([r if isinstance(r, Run) else Run(r, store) for r in run_ids])
+
+
 def preflight(data: Any = None, model: str | None = None, max_seq_len: int = 512) -> Any:
     """The pre-flight view of a dataset: format, row problems, token lengths, rendered examples."""
     from .widgets.preflight import Preflight

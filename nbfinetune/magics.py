@@ -2,7 +2,9 @@
 
     %load_ext nbfinetune
     run = %finetune --data sample:people --steps 40      # launch; live dashboard in the cell
+    %%finetune --steps 100                                # the cell body is a YAML config
     %finetune check [DATA]                                # pre-flight view of a dataset
+    %finetune compare RUN RUN ...                         # curves overlaid + a table of settings and metrics
     %finetune runs | attach [RUN] | cancel [RUN] [--hard] | resume [RUN] | export [RUN] [--out DIR]
     %finetune chat [RUN] [message]
     %chat What is 2 + 2?                                  # ask the latest run's adapter, streamed
@@ -22,7 +24,7 @@ from traitlets import Unicode
 from . import api
 from .config import ConfigError, default_model, SAMPLE_DATA
 
-SUBCOMMANDS = ("runs", "check", "attach", "cancel", "resume", "export", "chat")
+SUBCOMMANDS = ("runs", "compare", "check", "attach", "cancel", "resume", "export", "chat")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -69,9 +71,13 @@ class FinetuneMagics(Magics):
         if not self.default_model:
             self.default_model = default_model()
 
-    @line_magic
-    def finetune(self, line: str) -> Any:
+    @line_cell_magic
+    def finetune(self, line: str, cell: str | None = None) -> Any:
+        """%finetune [flags] | SUBCOMMAND ...; as %%finetune, the cell body is a YAML config and the line's
+        flags override it."""
         words = _split(line)
+        if cell is not None and cell.strip():
+            return self._handle_train(words, yaml_config=cell)
         if not words or words[0] in ("-h", "--help", "help"):
             print(train_parser().format_help())
             return None
@@ -98,16 +104,25 @@ class FinetuneMagics(Magics):
                                        system=args.system) if message else run.chat())
 
     # --- handlers --------------------------------------------------------------------------------
-    def _handle_train(self, words: list[str]) -> api.Run | None:
+    def _handle_train(self, words: list[str], yaml_config: str | None = None) -> api.Run | None:
         args = train_parser().parse_args(words)
         if args.help:
             print(train_parser().format_help())
             return None
         settings = {k: v for k, v in vars(args).items() if k not in ("dashboard", "help") and v is not None}
-        settings.setdefault("model", self.default_model)
-        settings.setdefault("data", self.default_data)
-        settings.setdefault("backend", self.default_backend)
-        return _guard(lambda: api.finetune(display=None if args.dashboard else False, **settings))
+        base = _yaml_settings(yaml_config) if yaml_config is not None else {}
+        # The magic's defaults fill what neither the YAML cell nor the flags set.
+        base.setdefault("model", self.default_model)
+        base.setdefault("backend", self.default_backend)
+        if not isinstance(base.setdefault("data", {}), dict):
+            raise UsageError("'data' in the YAML config must be a mapping, e.g. data: {path: train.jsonl}")
+        base["data"].setdefault("path", self.default_data)
+        return _guard(lambda: api.finetune(base, display=None if args.dashboard else False, **settings))
+
+    def _handle_compare(self, words: list[str]) -> Any:
+        if len(words) < 1:
+            raise UsageError("%finetune compare RUN [RUN ...]")
+        return _guard(lambda: api.compare(words))
 
     def _handle_runs(self, words: list[str]) -> api.RunList:
         return api.runs()
@@ -149,6 +164,18 @@ class FinetuneMagics(Magics):
         message = " ".join(words[1:] if run_id else words) or None
         run = _guard(lambda: api.attach(run_id, display=False))
         return _guard(lambda: run.chat(message))
+
+
+def _yaml_settings(text: str) -> dict[str, Any]:
+    import yaml
+
+    try:
+        values = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise UsageError(f"the cell is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(values, dict):
+        raise UsageError("the cell must be a YAML mapping of settings, e.g. 'train: {lr: 2e-4}'")
+    return values
 
 
 def _is_run_id(word: str) -> bool:

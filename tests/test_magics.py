@@ -23,8 +23,10 @@ def test_flags_map_to_the_python_api(ip, home):
     assert result == "RUN"
     kwargs = launch.call_args.kwargs
     assert kwargs["display"] is False
-    assert {k: kwargs[k] for k in ("data", "steps", "lr", "r", "batch_size", "backend")} == \
-        {"data": "my.jsonl", "steps": 5, "lr": 2e-4, "r": 8, "batch_size": 4, "backend": "local"}
+    assert {k: kwargs[k] for k in ("data", "steps", "lr", "r", "batch_size")} == \
+        {"data": "my.jsonl", "steps": 5, "lr": 2e-4, "r": 8, "batch_size": 4}
+    config = api.build_config(launch.call_args.args[0], **{k: v for k, v in kwargs.items() if k != "display"})
+    assert (config.backend, config.data.path, config.train.max_steps) == ("local", "my.jsonl", 5)
 
 
 def test_defaults_come_from_config(ip, home):
@@ -33,8 +35,8 @@ def test_defaults_come_from_config(ip, home):
     try:
         with patch.object(api, "finetune", return_value=None) as launch:
             ip.run_line_magic("finetune", "--steps 1")
-        assert launch.call_args.kwargs["model"] == "/models/mine"
-        assert launch.call_args.kwargs["data"] == "sample:people"
+        base = launch.call_args.args[0]
+        assert base["model"] == "/models/mine" and base["data"]["path"] == "sample:people"
     finally:
         magics.default_model = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
@@ -65,3 +67,27 @@ def test_end_to_end_train_then_chat_streams(ip, home, tiny_model, capsys):
     printed = capsys.readouterr().out
     assert isinstance(answer, str) and answer.strip() in printed
     assert ip.run_line_magic("finetune", "runs").runs[0].run_id == run.id
+
+
+def test_yaml_cell_magic_with_flag_overrides(ip, home):
+    with patch.object(api, "finetune", return_value="RUN") as launch:
+        ip.run_cell_magic("finetune", "--steps 7 --no-dashboard", "model: m\ntrain:\n  lr: 0.002\n  max_steps: 99\n")
+    base = launch.call_args.args[0]
+    config = api.build_config(base, **{k: v for k, v in launch.call_args.kwargs.items() if k != "display"})
+    assert (config.model, config.train.lr, config.train.max_steps, config.data.path) == ("m", 0.002, 7, "sample:people")
+    with pytest.raises(UsageError, match="not valid YAML"):
+        ip.run_cell_magic("finetune", "", "train: [unclosed")
+    with pytest.raises(UsageError, match="unknown setting 'train.learnrate'"):
+        ip.run_cell_magic("finetune", "--no-dashboard", "train:\n  learnrate: 1\n")
+
+
+def test_compare_two_runs(ip, home, tiny_model):
+    runs = [api.finetune(model=tiny_model, steps=s, eval_samples=2, display=False) for s in (2, 3)]
+    for run in runs:
+        assert run.wait(timeout=120, progress=False).status == "finished"
+    comparison = ip.run_line_magic("finetune", f"compare {runs[0].id} {runs[1].id}")
+    assert list(comparison.table.index) == [r.id for r in runs]
+    assert list(comparison.table["steps"]) == [2, 3] and "base json_match" in comparison.table.columns
+    assert len(comparison.figure.data) == 4 and list(comparison.figure.data[2].x) == [1, 2, 3]
+    bundle = comparison._repr_mimebundle_()
+    assert "application/vnd.plotly.v1+json" in bundle and "<table" in bundle["text/html"]
