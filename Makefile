@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 TORCH  ?= torch==2.13.0
 BUILD  := build
 
-.PHONY: setup demo lab test test-fast test-slow bench clean
+.PHONY: setup browser demo lab test test-fast test-slow bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,12 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+# Debian's Chromium for the browser tests (Playwright drives it; no browser is downloaded).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+		else echo "install Debian's chromium (sudo apt-get install chromium) to run the browser test"; fi; }
 
 ## make demo: set up, prepare the offline demo model, run notebooks/quickstart.ipynb headless → build/
 demo: setup
@@ -35,7 +41,7 @@ lab: setup
 ## make test: set up, then the whole suite (fast tests first, then the slow real-model checks)
 test: setup test-fast test-slow
 
-test-fast: setup
+test-fast: setup browser
 	$(PY) -m pytest -m "not slow"
 
 test-slow: setup
@@ -50,4 +56,4 @@ bench: setup
 	$(PY) bench/bench_validate.py
 
 clean:
-	rm -rf $(BUILD) .pytest_cache
+	rm -rf $(BUILD) .pytest_cache test-artifacts

@@ -52,7 +52,7 @@ def test_replaying_a_finished_run_draws_everything_at_once(tmp_path):
     assert list(evaluation.x) == [0, 50] and list(evaluation.y) == [3.0, 0.5]
     assert smooth.y[0] == 3.0 and smooth.y[-1] > raw.y[-1]  # smoothing lags a falling curve
     assert dash.progress.value == dash.progress.max == 50
-    assert "finished" in dash.status_html.value and "/tmp/adapter" in dash.stats_html.value
+    assert "finished" in dash.status_html.value and "/tmp/adapter" in dash.metrics_html.value
     assert "0.900" in dash.metrics_html.value and "0.000" in dash.metrics_html.value
     assert "p&lt;b&gt;" in dash.samples_html.value  # escaped
     assert dash.cancel_button.layout.display == "none"

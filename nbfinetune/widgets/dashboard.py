@@ -84,7 +84,7 @@ class Dashboard(widgets.VBox):
         self._closed = threading.Event()
         self.figure = go.FigureWidget(empty_figure())
         self.status_html = widgets.HTML()
-        self.progress = widgets.IntProgress(value=0, min=0, max=1, layout=widgets.Layout(width="260px"))
+        self.progress = widgets.IntProgress(value=0, min=0, max=1, layout=widgets.Layout(width="220px", min_width="160px"))
         self.stats_html = widgets.HTML()
         self.cancel_button = widgets.Button(description="Cancel", icon="stop", button_style="warning",
                                             tooltip="Stop gracefully: the adapter and a checkpoint are saved")
@@ -160,8 +160,6 @@ def _stats(view: RunView) -> str:
         parts.append(f"ETA {_duration(view.eta_s)}")
     if view.curves.loss:
         parts.append(f"loss {view.curves.loss[-1]:.4f}")
-    if view.adapter_path:
-        parts.append(f"adapter: <code>{html.escape(view.adapter_path)}</code>")
     return " · ".join(parts)
 
 
@@ -176,7 +174,7 @@ def _metrics_table(view: RunView) -> str:
         f"<tr><td>{html.escape(name)}</td><td>{view.base_metrics.get(name, float('nan')):.3f}</td>"
         f"<td><b>{value:.3f}</b></td></tr>" for name, value in view.metrics.items())
     warnings = "".join(f"<li>{html.escape(w)}</li>" for w in view.warnings[-5:])
-    out = ""
+    out = f"<div>adapter: <code>{html.escape(view.adapter_path)}</code></div>" if view.adapter_path else ""
     if rows:
         out += ("<table class='nbft-metrics'><thead><tr><th>metric</th><th>base model</th><th>fine-tuned</th>"
                 f"</tr></thead><tbody>{rows}</tbody></table>")

@@ -1,0 +1,134 @@
+"""End to end in a real browser: JupyterLab started here, Debian's Chromium driven by Playwright.
+
+Opens notebooks/quickstart.ipynb, runs every cell, and checks what a person would see: the live chart
+renders and its loss trace grows while training runs, and the chat cell answers. Screenshots are saved
+under test-artifacts/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).parent.parent
+ARTIFACTS = REPO / "test-artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--no-first-run", "--disable-sync", "--disable-quic"]
+
+pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
+                                reason="Debian chromium is not installed (`make test` installs it)")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def lab(tmp_path, tmp_path_factory):
+    """A JupyterLab server on loopback, rooted in a folder holding a copy of the quickstart."""
+    from nbfinetune.testing import make_tiny_model
+
+    # Bigger than the unit-test model, so 40 steps take a few seconds and the chart visibly grows.
+    model = make_tiny_model(tmp_path_factory.mktemp("small") / "model", layers=4, hidden=256)
+    root = tmp_path / "lab"
+    root.mkdir()
+    shutil.copy(REPO / "notebooks" / "quickstart.ipynb", root / "quickstart.ipynb")
+    port, token = _free_port(), secrets.token_hex(16)
+    env = dict(os.environ, NBFINETUNE_HOME=str(tmp_path / "home"), NBFINETUNE_DEFAULT_MODEL=str(model),
+               HF_HUB_OFFLINE="1", JUPYTER_CONFIG_DIR=str(tmp_path / "jupyter-config"))
+    log = open(tmp_path / "lab.log", "w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
+         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}", "--allow-root",
+         "--LabApp.news_url=", "--ServerApp.disable_check_xsrf=False"],
+        stdout=log, stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status?token={token}", timeout=2) as reply:
+                json.load(reply)
+            break
+        except OSError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                server.kill()
+                pytest.fail("JupyterLab did not start:\n" + (tmp_path / "lab.log").read_text()[-3000:])
+            time.sleep(0.5)
+    yield f"http://127.0.0.1:{port}", token
+    server.terminate()
+    try:
+        server.wait(20)
+    except subprocess.TimeoutExpired:
+        server.kill()
+    log.close()
+
+
+def test_quickstart_in_jupyterlab(lab):
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+    from playwright.sync_api import sync_playwright
+
+    base, token = lab
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        try:
+            page.goto(f"{base}/lab/tree/quickstart.ipynb?token={token}")
+            page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+            try:  # JupyterLab may still ask which kernel to start; the preselected one is ours
+                page.click(".jp-Dialog button.jp-mod-accept", timeout=15_000)
+            except PlaywrightTimeout:
+                pass
+            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000)
+            page.click(".lm-MenuBar-item:has-text('Run')")
+            page.click(".lm-Menu-item:has-text('Run All Cells')")
+
+            page.wait_for_selector(".nbfinetune-dashboard .js-plotly-plot", timeout=120_000)
+            page.screenshot(path=str(ARTIFACTS / "browser-dashboard-live.png"))
+            lengths = []
+            deadline = time.monotonic() + 240
+            while time.monotonic() < deadline:
+                length = page.evaluate("""() => {
+                    const plot = document.querySelector('.nbfinetune-dashboard .js-plotly-plot');
+                    return plot && plot.data && plot.data[0].x ? plot.data[0].x.length : 0; }""")
+                if not lengths or length != lengths[-1]:
+                    lengths.append(length)
+                if length >= 40:
+                    break
+                time.sleep(0.1)
+            assert lengths[-1] == 40, lengths
+            assert len([n for n in lengths if 0 < n < 40]) >= 1, f"the trace never grew while training: {lengths}"
+            assert lengths == sorted(lengths)
+
+            # The chat cell answers (its output is the streamed text), and the last cell ran.
+            chat_cell = page.locator(".jp-CodeCell:has(.jp-InputArea:has-text('%%chat'))")
+            chat_cell.locator(".jp-OutputArea-output").first.wait_for(timeout=240_000)
+            page.wait_for_function("""() => {
+                const cells = [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')];
+                return cells.length && /\\[\\d+\\]/.test(cells[cells.length - 1].textContent); }""", timeout=240_000)
+            answer = chat_cell.locator(".jp-OutputArea-output").all_inner_texts()
+            assert "".join(answer).strip(), "the chat cell printed nothing"
+            errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']"
+                                  ":has-text('Traceback')")
+            assert errors.count() == 0, errors.all_inner_texts()
+            chat_cell.scroll_into_view_if_needed()
+            page.screenshot(path=str(ARTIFACTS / "browser-chat.png"))
+            page.locator(".nbfinetune-dashboard").scroll_into_view_if_needed()
+            page.locator(".nbfinetune-dashboard").screenshot(path=str(ARTIFACTS / "browser-dashboard-final.png"))
+        except Exception:
+            page.screenshot(path=str(ARTIFACTS / "browser-failure.png"))
+            raise
+        finally:
+            browser.close()
