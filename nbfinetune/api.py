@@ -107,6 +107,12 @@ class Run:
         if bar is not None:
             bar.close()
         summary = self.summary()
+        if self._dashboard is not None:
+            # From the waiting cell's thread, so notebook runners that only listen to the running cell
+            # (nbclient, `make demo`) also store the final static snapshot under the dashboard.
+            self._dashboard.poll()
+            self._dashboard.redraw()
+            self._dashboard.refresh_static()
         if show or self._dashboard is not None:
             print(describe(summary))
         return summary

@@ -43,7 +43,10 @@ def check_quickstart(notebook) -> None:
     errors = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors, errors
     launch = outputs_of(notebook, "run = %finetune")
-    assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in launch)
+    dashboard = next(o.data for o in launch if "application/vnd.jupyter.widget-view+json" in o.get("data", {}))
+    # Without a kernel the widget vanishes; the static snapshot of the finished run stays.
+    assert "finished" in dashboard["text/html"] and "application/vnd.plotly.v1+json" not in dashboard
+    assert "Plotly.newPlot" in dashboard["text/html"]
     chart = outputs_of(notebook, "run.plot()")
     figure = next(o.data["application/vnd.plotly.v1+json"] for o in chart if "data" in o)
     assert len(figure["data"][0]["x"]) == 40  # train loss, one point per step

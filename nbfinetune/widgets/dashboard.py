@@ -95,6 +95,7 @@ class Dashboard(widgets.VBox):
                               layout=widgets.Layout(align_items="center", gap="12px"))
         super().__init__([header, self.figure, self.metrics_html, self.samples_html])
         self.add_class("nbfinetune-dashboard")
+        self._display_handle: Any = None
         self.poll()
         self.redraw()
         self._thread = threading.Thread(target=self._follow, name=f"nbfinetune-dashboard-{run.id}", daemon=True)
@@ -116,6 +117,7 @@ class Dashboard(widgets.VBox):
             if changed:
                 self.redraw()
             if self.view.status in ("finished", "failed", "cancelled"):
+                self.refresh_static()
                 return
             if not changed and self.run.backend.is_alive(self.run.id, self.run.store) is False:
                 if not self.poll():
@@ -127,6 +129,31 @@ class Dashboard(widgets.VBox):
     def close(self) -> None:
         self._closed.set()
         super().close()
+
+    # --- display: the live widget, plus a static copy for places without a kernel ---------------
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        self._display_handle = display(self.mimebundle(), raw=True, display_id=True)
+
+    def mimebundle(self) -> dict[str, Any]:
+        """The widget view for live frontends, and an HTML snapshot that viewers without a kernel show
+        (nbviewer, GitHub, a notebook reopened later) — widgets alone vanish there."""
+        from .charts import StaticChart
+
+        bundle = {"application/vnd.jupyter.widget-view+json": {"version_major": 2, "version_minor": 0,
+                                                               "model_id": self.model_id},
+                  "text/plain": f"<nbfinetune dashboard: run {self.run.id}, {self.view.status}>"}
+        static = f"<div>{self.status_html.value}<br>{self.stats_html.value}</div>"
+        if self.view.curves.steps or self.view.curves.eval_steps:
+            static += StaticChart(self.figure)._repr_mimebundle_()["text/html"]
+        bundle["text/html"] = static + self.metrics_html.value
+        return bundle
+
+    def refresh_static(self) -> None:
+        """Replace the static snapshot in the saved output with the current state (e.g. when the run ends)."""
+        if self._display_handle is not None:
+            self._display_handle.update(self.mimebundle(), raw=True)
 
     def _cancel(self) -> None:
         self.cancel_button.disabled = True
