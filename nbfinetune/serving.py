@@ -17,6 +17,14 @@ from typing import Any
 from .data.render import render_prompt
 
 
+class StreamedAnswer(str):
+    """The answer text, already shown while it streamed: displaying it again as a cell result would
+    print it twice, so its notebook display is empty."""
+
+    def _ipython_display_(self) -> None:
+        return None
+
+
 class TemplateMismatchWarning(UserWarning):
     """The base model's chat template differs from the one the adapter was trained with."""
 
@@ -92,6 +100,7 @@ class ChatModel:
                 sys.stdout.flush()
         if stream:
             sys.stdout.write("\n")
+            return StreamedAnswer("".join(chunks).strip())
         return "".join(chunks).strip()
 
 

@@ -18,9 +18,12 @@ class ChatWidget(widgets.VBox):
         self.transcript = widgets.HTML(layout=widgets.Layout(max_height="420px", overflow="auto"))
         self.system = widgets.Text(placeholder="system prompt (optional)", layout=widgets.Layout(width="100%"))
         self.prompt = widgets.Textarea(placeholder="Ask the fine-tuned model…", layout=widgets.Layout(width="100%"))
-        self.temperature = widgets.FloatSlider(value=0.0, min=0.0, max=1.5, step=0.05, description="temperature")
-        self.max_tokens = widgets.IntSlider(value=256, min=16, max=2048, step=16, description="max tokens")
-        self.compare = widgets.Checkbox(value=False, description="also answer with the base model")
+        self.temperature = widgets.FloatSlider(value=0.0, min=0.0, max=1.5, step=0.05, description="temperature",
+                                               style={"description_width": "initial"})
+        self.max_tokens = widgets.IntSlider(value=256, min=16, max=2048, step=16, description="max tokens",
+                                             style={"description_width": "initial"})
+        self.compare = widgets.Checkbox(value=False, description="also answer with the base model",
+                                    style={"description_width": "initial"}, indent=False)
         self.send = widgets.Button(description="Send", button_style="primary", icon="paper-plane")
         self.stop_button = widgets.Button(description="Stop", icon="stop", disabled=True)
         self.clear = widgets.Button(description="Clear", icon="trash")
