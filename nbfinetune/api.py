@@ -252,6 +252,13 @@ class RunList:
         return len(self.runs)
 
 
+def launcher(**settings: Any) -> Any:
+    """The launcher widget: data pre-flight, settings, estimate, Launch (which turns into the dashboard)."""
+    from .widgets.launcher import Launcher
+
+    return Launcher(build_config(**settings) if settings else None)
+
+
 def compare(run_ids: list[str | Run], store: RunStore | None = None) -> Any:
     """Overlay several runs' curves in one figure, with a DataFrame (`.table`) of settings and final metrics."""
     from .widgets.compare import Comparison

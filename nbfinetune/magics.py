@@ -1,6 +1,7 @@
 """IPython magics: parse the line, call the Python API, display. Nothing else lives here.
 
     %load_ext nbfinetune
+    %finetune                                             # the launcher widget
     run = %finetune --data sample:people --steps 40      # launch; live dashboard in the cell
     %%finetune --steps 100                                # the cell body is a YAML config
     %finetune check [DATA]                                # pre-flight view of a dataset
@@ -78,7 +79,9 @@ class FinetuneMagics(Magics):
         words = _split(line)
         if cell is not None and cell.strip():
             return self._handle_train(words, yaml_config=cell)
-        if not words or words[0] in ("-h", "--help", "help"):
+        if not words:
+            return api.launcher(model=self.default_model, data=self.default_data)
+        if words[0] in ("-h", "--help", "help"):
             print(train_parser().format_help())
             return None
         if words[0] in SUBCOMMANDS:

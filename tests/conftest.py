@@ -26,3 +26,14 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("NBFINETUNE_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     return tmp_path / "home"
+
+
+@pytest.fixture(scope="session")
+def ip():
+    """One real IPython shell for the whole session, with the extension loaded."""
+    from IPython import get_ipython
+    from IPython.testing.globalipapp import start_ipython
+
+    shell = start_ipython() or get_ipython()  # start_ipython returns None once it has run
+    shell.extension_manager.load_extension("nbfinetune")
+    return shell

@@ -4,17 +4,9 @@ from unittest.mock import patch
 
 import pytest
 from IPython.core.error import UsageError
-from IPython.testing.globalipapp import get_ipython
 
 from nbfinetune import api
 from nbfinetune.magics import FinetuneMagics
-
-
-@pytest.fixture(scope="module")
-def ip():
-    shell = get_ipython()
-    shell.extension_manager.load_extension("nbfinetune")
-    return shell
 
 
 def test_flags_map_to_the_python_api(ip, home):

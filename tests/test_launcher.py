@@ -1,0 +1,32 @@
+"""The launcher through its widget state: settings become a RunConfig, Launch turns into the dashboard."""
+
+from nbfinetune import api
+from nbfinetune.widgets.launcher import Launcher
+
+
+def test_settings_estimate_and_launch(home, tiny_model):
+    launched = []
+    launcher = Launcher(api.build_config(model=tiny_model), launch=lambda cfg: launched.append(cfg) or
+                        api.finetune(cfg, display=False))
+    assert "Check the data" in launcher.estimate.value
+    launcher.preflight.check(wait=True)
+    launcher.steps.value = 5
+    assert "tokens per step" in launcher.estimate.value and "epochs" in launcher.estimate.value
+    launcher.lr.value, launcher.r.value = 0.002, 4
+    run = launcher.submit()
+    config = launched[0]
+    assert (config.model, config.train.max_steps, config.train.lr, config.lora.r, config.data.path) == \
+        (tiny_model, 5, 0.002, 4, "sample:people")
+    assert "launched run" in launcher.children[0].value and launcher.children[1] is run._dashboard
+    assert run.wait(timeout=120, progress=False).status == "finished"
+
+
+def test_bad_settings_are_shown_not_raised(home, tiny_model):
+    launcher = Launcher(api.build_config(model=tiny_model))
+    launcher.preflight.source.value = "/no/such.jsonl"
+    assert launcher.submit() is None
+    assert launcher.error.value  # a message in the widget
+
+
+def test_bare_magic_opens_the_launcher(home, ip):
+    assert isinstance(ip.run_line_magic("finetune", ""), Launcher)
