@@ -31,6 +31,10 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'nbfinetune' has no attribute {name!r}")
 
 
+def _jupyter_server_extension_points() -> list[dict[str, str]]:
+    return [{"module": "nbfinetune.server"}]
+
+
 def load_ipython_extension(ipython: Any) -> None:
     from .magics import FinetuneMagics
 

@@ -1,0 +1,115 @@
+"""Jupyter server extension: an authenticated REST API over the RunStore, for the JupyterLab sidebar.
+
+    GET  /nbfinetune/api/runs                          every run's summary, newest first
+    GET  /nbfinetune/api/runs/<id>                     one run: summary + config
+    GET  /nbfinetune/api/runs/<id>/events?since=N&limit=M   events after seq N (paged)
+    POST /nbfinetune/api/runs/<id>/cancel              graceful cancel (body {"hard": true} to kill)
+
+Every handler requires Jupyter's authentication. Imports no torch: it only reads run directories.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import tornado.web
+from jupyter_server.base.handlers import APIHandler
+from jupyter_server.utils import url_path_join
+
+from .events import redact
+from .runs import RunNotFound, RunStore, validate_run_id
+
+API = "nbfinetune/api"
+MAX_PAGE = 1000
+
+
+class _RunsHandler(APIHandler):
+    def initialize(self, store: RunStore | None = None) -> None:
+        self._store = store
+
+    @property
+    def store(self) -> RunStore:
+        # Read per request, so NBFINETUNE_HOME set for the server process applies.
+        return self._store or RunStore()
+
+    def run_dir(self, run_id: str) -> str:
+        try:
+            validate_run_id(run_id)
+        except ValueError as exc:
+            raise tornado.web.HTTPError(400, str(exc)) from None
+        try:
+            self.store.require(run_id)
+        except RunNotFound:
+            raise tornado.web.HTTPError(404, f"no run {run_id!r}") from None
+        return run_id
+
+    def write_json(self, value: Any) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.finish(redact(json.dumps(value, default=str)))
+
+
+class RunListHandler(_RunsHandler):
+    @tornado.web.authenticated
+    def get(self) -> None:
+        runs = [summary.to_dict() for summary in reversed(self.store.list())]
+        self.write_json({"runs": runs})
+
+
+class RunHandler(_RunsHandler):
+    @tornado.web.authenticated
+    def get(self, run_id: str) -> None:
+        run_id = self.run_dir(run_id)
+        self.write_json({"run": self.store.summary(run_id).to_dict(), "config": self.store.config(run_id)})
+
+
+class EventsHandler(_RunsHandler):
+    @tornado.web.authenticated
+    def get(self, run_id: str) -> None:
+        run_id = self.run_dir(run_id)
+        try:
+            since = int(self.get_query_argument("since", "0"))
+            limit = min(MAX_PAGE, int(self.get_query_argument("limit", str(MAX_PAGE))))
+        except ValueError:
+            raise tornado.web.HTTPError(400, "since and limit must be integers") from None
+        if since < 0 or limit < 1:
+            raise tornado.web.HTTPError(400, "since must be >= 0 and limit >= 1")
+        result = self.store.events(run_id, since)
+        page = result.events[:limit]
+        self.write_json({"events": [e.to_dict() for e in page], "next_since": page[-1].seq if page else since,
+                         "more": len(result.events) > limit,
+                         "problems": [{"line": n, "message": m} for n, m in result.problems]})
+
+
+class CancelHandler(_RunsHandler):
+    @tornado.web.authenticated
+    def post(self, run_id: str) -> None:
+        from .backends.base import get_backend
+
+        run_id = self.run_dir(run_id)
+        try:
+            body = json.loads(self.request.body or b"{}")
+        except json.JSONDecodeError:
+            raise tornado.web.HTTPError(400, "the body must be JSON") from None
+        backend = get_backend(self.store.config(run_id).get("backend", "local"))
+        backend.cancel(run_id, self.store, hard=bool(body.get("hard")))
+        self.write_json({"run_id": run_id, "cancelling": True, "hard": bool(body.get("hard"))})
+
+
+_ID = r"(?P<run_id>[^/]+)"
+
+
+def handlers(base_url: str, store: RunStore | None = None) -> list[tuple[str, type, dict[str, Any]]]:
+    options = {"store": store}
+    return [
+        (url_path_join(base_url, API, "runs") + "/?", RunListHandler, options),
+        (url_path_join(base_url, API, "runs", _ID) + "/?", RunHandler, options),
+        (url_path_join(base_url, API, "runs", _ID, "events") + "/?", EventsHandler, options),
+        (url_path_join(base_url, API, "runs", _ID, "cancel") + "/?", CancelHandler, options),
+    ]
+
+
+def load_jupyter_server_extension(server_app: Any) -> None:
+    web_app = server_app.web_app
+    web_app.add_handlers(".*$", handlers(web_app.settings["base_url"]))
+    server_app.log.info("nbfinetune: REST API at /%s", API)

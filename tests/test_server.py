@@ -1,0 +1,86 @@
+"""The server extension's REST API with pytest-jupyter: auth, id validation, listing a real run."""
+
+import json
+
+import pytest
+import tornado.httpclient
+
+from nbfinetune import api
+from nbfinetune.config import RunConfig
+from nbfinetune.runs import EventWriter, RunStore
+
+pytest_plugins = ["pytest_jupyter.jupyter_server"]
+
+
+@pytest.fixture
+def jp_server_config(home):
+    return {"ServerApp": {"jpserver_extensions": {"nbfinetune": True}},
+            "IdentityProvider": {"token": "secret-token"}}
+
+
+@pytest.fixture
+def finished_run(home, tiny_model):
+    run = api.finetune(model=tiny_model, steps=3, eval_samples=2, display=False)
+    assert run.wait(timeout=120, progress=False).status == "finished"
+    return run
+
+
+async def test_list_and_details_of_a_real_run(jp_fetch, finished_run):
+    reply = await jp_fetch("nbfinetune", "api", "runs")
+    runs = json.loads(reply.body)["runs"]
+    assert [r["run_id"] for r in runs] == [finished_run.id]
+    run = runs[0]
+    assert (run["status"], run["step"], run["total_steps"]) == ("finished", 3, 3)
+    assert run["last_loss"] > 0 and run["adapter_path"].endswith("adapter") and "json_match" in run["metrics"]
+    details = json.loads((await jp_fetch("nbfinetune", "api", "runs", finished_run.id)).body)
+    assert details["config"]["train"]["max_steps"] == 3
+
+
+async def test_events_are_paged(jp_fetch, home):
+    store = RunStore()
+    run_id = store.create(RunConfig())
+    writer = EventWriter(store.events_path(run_id), run_id)
+    for step in range(1, 8):
+        writer.emit("step", step=step, epoch=0, loss=1.0, lr=0.1)
+    first = json.loads((await jp_fetch("nbfinetune", "api", "runs", run_id, "events",
+                                       params={"since": 0, "limit": 5})).body)
+    assert [e["seq"] for e in first["events"]] == [1, 2, 3, 4, 5] and first["more"] is True
+    rest = json.loads((await jp_fetch("nbfinetune", "api", "runs", run_id, "events",
+                                      params={"since": first["next_since"]})).body)
+    assert [e["seq"] for e in rest["events"]] == [6, 7] and rest["more"] is False
+
+
+@pytest.mark.parametrize("path, code", [
+    (("runs", "no-such-run"), 404),
+    (("runs", "no-such-run", "events"), 404),
+    (("runs", "bad%20id"), 400),
+    (("runs", "..%2F..%2Fetc"), 400),
+])
+async def test_bad_and_unknown_ids(jp_fetch, home, path, code):
+    with pytest.raises(tornado.httpclient.HTTPClientError) as info:
+        await jp_fetch("nbfinetune", "api", *path)
+    assert info.value.code == code
+
+
+async def test_every_endpoint_requires_auth(jp_fetch, jp_base_url, jp_http_port, home):
+    store = RunStore()
+    run_id = store.create(RunConfig())
+    client = tornado.httpclient.AsyncHTTPClient()
+    for path, method in ((f"runs", "GET"), (f"runs/{run_id}", "GET"), (f"runs/{run_id}/events", "GET"),
+                         (f"runs/{run_id}/cancel", "POST")):
+        url = f"http://localhost:{jp_http_port}{jp_base_url}nbfinetune/api/{path}"
+        with pytest.raises(tornado.httpclient.HTTPClientError) as info:
+            await client.fetch(url, method=method, body="{}" if method == "POST" else None)
+        assert info.value.code == 403, path
+
+
+async def test_cancel_a_live_run(jp_fetch, home, tiny_model):
+    import time
+
+    run = api.finetune(model=tiny_model, steps=100000, eval_samples=0, display=False)
+    deadline = time.monotonic() + 60
+    while not any(e.type == "step" for e in run.events()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    reply = await jp_fetch("nbfinetune", "api", "runs", run.id, "cancel", method="POST", body="{}")
+    assert json.loads(reply.body)["cancelling"] is True
+    assert run.wait(timeout=60, progress=False).status == "cancelled"
