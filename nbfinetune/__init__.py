@@ -35,6 +35,10 @@ def _jupyter_server_extension_points() -> list[dict[str, str]]:
     return [{"module": "nbfinetune.server"}]
 
 
+def _jupyter_labextension_paths() -> list[dict[str, str]]:
+    return [{"src": "labextension", "dest": "nbfinetune"}]
+
+
 def load_ipython_extension(ipython: Any) -> None:
     from .magics import FinetuneMagics
 

@@ -123,14 +123,27 @@ class RunSummary:
     error: str | None = None
     started: float | None = None
     ended: float | None = None
+    # Train loss downsampled to at most SPARK_POINTS values, for sparklines in run lists.
+    loss_trace: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
+SPARK_POINTS = 40
+
+
+def _downsample(values: list[float], points: int = SPARK_POINTS) -> list[float]:
+    if len(values) <= points:
+        return values
+    stride = len(values) / points
+    return [values[min(len(values) - 1, int(i * stride))] for i in range(points - 1)] + [values[-1]]
+
+
 def summarize(run_id: str, config: dict[str, Any], events: list[Event], worker_alive: bool | None) -> RunSummary:
     summary = RunSummary(run_id=run_id, status="pending", name=config.get("name"), model=config.get("model"),
                          data=(config.get("data") or {}).get("path"), backend=config.get("backend"))
+    losses: list[float] = []
     for event in events:
         summary.started = summary.started or event.time
         if event.type == "started":
@@ -139,6 +152,7 @@ def summarize(run_id: str, config: dict[str, Any], events: list[Event], worker_a
         elif event.type == "step":
             summary.step = event["step"]
             summary.last_loss = event["loss"]
+            losses.append(event["loss"])
         elif event.type == "eval":
             summary.eval_loss = event.get("eval_loss", summary.eval_loss)
             summary.metrics = event.get("metrics") or summary.metrics
@@ -149,6 +163,7 @@ def summarize(run_id: str, config: dict[str, Any], events: list[Event], worker_a
             summary.adapter_path = event.get("adapter_path")
             if event.type == "failed":
                 summary.error = f"{event['error']}: {event['message']}"
+    summary.loss_trace = _downsample(losses)
     if not (events and events[-1].terminal) and worker_alive is False and summary.status in ("pending", "running"):
         summary.status = "lost"
     return summary

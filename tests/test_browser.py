@@ -66,7 +66,7 @@ def lab(tmp_path, tmp_path_factory):
                 server.kill()
                 pytest.fail("JupyterLab did not start:\n" + (tmp_path / "lab.log").read_text()[-3000:])
             time.sleep(0.5)
-    yield f"http://127.0.0.1:{port}", token
+    yield f"http://127.0.0.1:{port}", token, model
     server.terminate()
     try:
         server.wait(20)
@@ -75,23 +75,28 @@ def lab(tmp_path, tmp_path_factory):
     log.close()
 
 
-def test_quickstart_in_jupyterlab(lab):
+def open_notebook(page, url: str) -> None:
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    page.goto(url)
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+    try:  # JupyterLab may still ask which kernel to start; the preselected one is ours
+        page.click(".jp-Dialog button.jp-mod-accept", timeout=15_000)
+    except PlaywrightTimeout:
+        pass
+    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000)
+
+
+def test_quickstart_in_jupyterlab(lab):
     from playwright.sync_api import sync_playwright
 
-    base, token = lab
+    base, token, _model = lab
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         try:
-            page.goto(f"{base}/lab/tree/quickstart.ipynb?token={token}")
-            page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
-            try:  # JupyterLab may still ask which kernel to start; the preselected one is ours
-                page.click(".jp-Dialog button.jp-mod-accept", timeout=15_000)
-            except PlaywrightTimeout:
-                pass
-            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000)
+            open_notebook(page, f"{base}/lab/tree/quickstart.ipynb?token={token}")
             page.click(".lm-MenuBar-item:has-text('Run')")
             page.click(".lm-Menu-item:has-text('Run All Cells')")
 
@@ -129,6 +134,47 @@ def test_quickstart_in_jupyterlab(lab):
             page.locator(".nbfinetune-dashboard").screenshot(path=str(ARTIFACTS / "browser-dashboard-final.png"))
         except Exception:
             page.screenshot(path=str(ARTIFACTS / "browser-failure.png"))
+            raise
+        finally:
+            browser.close()
+
+
+def test_fine_tunes_sidebar_is_live_and_attaches(lab, home):
+    """The labextension: the sidebar lists runs, a status changes live, clicking attaches the dashboard."""
+    from playwright.sync_api import sync_playwright
+
+    from nbfinetune import api
+
+    base, token, model = lab
+    ARTIFACTS.mkdir(exist_ok=True)
+    done = api.finetune(model=str(model), steps=3, eval_samples=0, display=False, name="finished-one")
+    assert done.wait(timeout=120, progress=False).status == "finished"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        try:
+            open_notebook(page, f"{base}/lab/tree/quickstart.ipynb?token={token}")
+            page.click("li.lm-TabBar-tab[data-id='nbfinetune-runs']")
+            finished = page.locator(f".nbft-run[data-run-id='{done.id}']")
+            finished.wait_for(timeout=30_000)
+            assert finished.get_attribute("data-status") == "finished"
+            assert "finished-one" in finished.inner_text()
+
+            live = api.finetune(model=str(model), steps=150, eval_samples=0, display=False)
+            item = page.locator(f".nbft-run[data-run-id='{live.id}']")
+            page.wait_for_selector(f".nbft-run[data-run-id='{live.id}'][data-status='running']", timeout=60_000)
+            assert item.locator(".nbft-cancel").count() == 1
+            page.screenshot(path=str(ARTIFACTS / "sidebar-running.png"))
+            page.wait_for_selector(f".nbft-run[data-run-id='{live.id}'][data-status='finished']", timeout=180_000)
+            assert item.locator("polyline").count() == 1  # the loss sparkline
+
+            item.click()  # inserts and runs `nbft.attach(...)` in the open notebook
+            chart = page.locator(".jp-CodeCell:has-text('nbft.attach') .nbfinetune-dashboard .js-plotly-plot")
+            chart.wait_for(timeout=120_000)
+            assert chart.evaluate("plot => plot.data[0].x.length") == 150  # replayed at once
+            page.screenshot(path=str(ARTIFACTS / "sidebar-attached.png"))
+        except Exception:
+            page.screenshot(path=str(ARTIFACTS / "sidebar-failure.png"))
             raise
         finally:
             browser.close()

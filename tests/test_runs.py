@@ -104,3 +104,10 @@ def test_redact_removes_tokens(monkeypatch):
     monkeypatch.setenv("MODAL_TOKEN_SECRET", "as-secretvalue123456789")
     text = redact("token hf_abcdefghijklmnopqrstuvwxyz123 and as-secretvalue123456789 here")
     assert "hf_abc" not in text and "secretvalue" not in text and text.count("[redacted]") == 2
+
+
+def test_loss_trace_is_downsampled_for_sparklines():
+    events = [Event("step", "r", i, 0.0, {"step": i, "epoch": 0, "loss": float(i), "lr": 0.1}) for i in range(1, 501)]
+    trace = summarize("r", {}, events, worker_alive=None).loss_trace
+    assert len(trace) == 40 and trace[0] == 1.0 and trace[-1] == 500.0 and trace == sorted(trace)
+    assert summarize("r", {}, events[:5], worker_alive=None).loss_trace == [1.0, 2.0, 3.0, 4.0, 5.0]
