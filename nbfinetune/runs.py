@@ -123,6 +123,8 @@ class RunSummary:
     error: str | None = None
     started: float | None = None
     ended: float | None = None
+    # GPU spend so far in USD; None where nothing is billed (local runs).
+    cost_usd: float | None = None
     # Train loss downsampled to at most SPARK_POINTS values, for sparklines in run lists.
     loss_trace: list[float] = field(default_factory=list)
 

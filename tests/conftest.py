@@ -4,6 +4,8 @@ from pathlib import Path
 
 import pytest
 
+# jp_fetch, jp_serverapp, ... for the server extension tests (tests/test_server.py).
+pytest_plugins = ["pytest_jupyter.jupyter_server"]
 
 
 @pytest.fixture(scope="session")

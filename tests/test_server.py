@@ -9,9 +9,6 @@ from nbfinetune import api
 from nbfinetune.config import RunConfig
 from nbfinetune.runs import EventWriter, RunStore
 
-pytest_plugins = ["pytest_jupyter.jupyter_server"]
-
-
 @pytest.fixture
 def jp_server_config(home):
     return {"ServerApp": {"jpserver_extensions": {"nbfinetune": True}},
