@@ -161,7 +161,9 @@ class Run:
         if message is None:
             from .widgets.chat import ChatWidget
 
-            return ChatWidget(model)
+            checkpoints = {p.name: str(p) for p in sorted((self.path / "checkpoints").glob("step-*"),
+                                                           key=lambda p: int(p.name.split("-")[1]))}
+            return ChatWidget(model, checkpoints, name=self.id)
         return model.ask(message, stream=stream, **sampling)
 
     def __repr__(self) -> str:

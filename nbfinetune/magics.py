@@ -57,6 +57,8 @@ def train_parser() -> _Parser:
     add("--seed", type=int)
     add("--name")
     add("--no-dashboard", dest="dashboard", action="store_false")
+    add("--background", action="store_true",
+        help="in a terminal (no widgets), return at once instead of showing progress until the run ends")
     add("-h", "--help", action="store_true")
     return parser
 
@@ -112,7 +114,8 @@ class FinetuneMagics(Magics):
         if args.help:
             print(train_parser().format_help())
             return None
-        settings = {k: v for k, v in vars(args).items() if k not in ("dashboard", "help") and v is not None}
+        settings = {k: v for k, v in vars(args).items()
+                    if k not in ("dashboard", "help", "background") and v is not None}
         base = _yaml_settings(yaml_config) if yaml_config is not None else {}
         # The magic's defaults fill what neither the YAML cell nor the flags set.
         base.setdefault("model", self.default_model)
@@ -120,7 +123,12 @@ class FinetuneMagics(Magics):
         if not isinstance(base.setdefault("data", {}), dict):
             raise UsageError("'data' in the YAML config must be a mapping, e.g. data: {path: train.jsonl}")
         base["data"].setdefault("path", self.default_data)
-        return _guard(lambda: api.finetune(base, display=None if args.dashboard else False, **settings))
+        run = _guard(lambda: api.finetune(base, display=None if args.dashboard else False, **settings))
+        if args.dashboard and not args.background and not api._in_notebook():
+            # No widgets here (terminal IPython, a script): show progress as text and end with a summary.
+            print(f"run {run.id} started: {run.path}")
+            run.wait(progress=True)
+        return run
 
     def _handle_compare(self, words: list[str]) -> Any:
         if len(words) < 1:

@@ -47,14 +47,25 @@ class ChatModel:
             model = load_base_model(model_path, pick_precision("auto", self.device), self.device)
             self.model = PeftModel.from_pretrained(model, adapter_path) if adapter_path else model
         self.model.eval()
+        self.adapters = ["default"] if adapter_path else []
+
+    def add_checkpoint(self, name: str, path: str) -> None:
+        """Load a checkpoint's adapter beside the final one, to answer with it by name."""
+        from .core.setup import quiet_loading
+
+        if name not in self.adapters:
+            with quiet_loading():
+                self.model.load_adapter(path, adapter_name=name)
+            self.adapters.append(name)
 
     def describe(self) -> str:
         adapter = f" + adapter {self.adapter_path}" if self.adapter_path else " (no adapter)"
         return f"{self.model_path}{adapter} on {self.device}; {self.template_note}"
 
     def stream(self, messages: list[dict[str, str]], max_new_tokens: int = 256, temperature: float = 0.0,
-               top_p: float = 1.0, use_adapter: bool = True, stop: threading.Event | None = None) -> Iterator[str]:
-        """Yield text chunks as they are generated. temperature 0 means greedy."""
+               top_p: float = 1.0, adapter: str = "default", stop: threading.Event | None = None) -> Iterator[str]:
+        """Yield text chunks as they are generated. temperature 0 means greedy. adapter: "default" (the
+        trained adapter), "base" (the model without it), or a checkpoint name added with add_checkpoint."""
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
@@ -75,7 +86,10 @@ class ChatModel:
 
         def work() -> None:
             try:
-                adapter_off = self.model.disable_adapter() if (not use_adapter and self.adapter_path) else contextlib.nullcontext()
+                use_base = adapter == "base" and bool(self.adapters)
+                if self.adapters and not use_base:
+                    self.model.set_adapter(adapter)
+                adapter_off = self.model.disable_adapter() if use_base else contextlib.nullcontext()
                 with torch.no_grad(), adapter_off:
                     self.model.generate(**kwargs)
             except BaseException as exc:  # noqa: BLE001 — re-raised in the caller's thread

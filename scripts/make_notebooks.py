@@ -59,6 +59,40 @@ QUICKSTART = [
 ]
 
 
+EVALUATE_AND_COMPARE = [
+    new_markdown_cell(
+        "# Evaluate and compare runs\n\n"
+        "Check the data, train the same model with two learning rates, compare their curves and scores, "
+        "chat with the best one next to the base model, and export it as a standalone model. Runs on the "
+        "CPU with the offline demo model (about 5 minutes on 2 cores)."),
+    new_code_cell("%load_ext nbfinetune\nimport nbfinetune as nbft"),
+    new_markdown_cell("## 1. Look at the data before training\n\nFormat, bad rows by number, token lengths "
+                      "against `max_seq_len`, and examples exactly as the model sees them (green: trained on)."),
+    new_code_cell("nbft.preflight(\"sample:people\", max_seq_len=256)"),
+    new_markdown_cell("## 2. Two runs, one setting apart\n\nEach shows its own live dashboard; evaluation every "
+                      "10 steps puts eval loss and the JSON score on the curve while it trains."),
+    new_code_cell(
+        "runs = []\n"
+        "for lr in (3e-4, 1e-3):\n"
+        "    run = nbft.finetune(data=\"sample:people\", steps=20, lr=lr, eval_every=10, name=f\"lr={lr}\")\n"
+        "    run.wait()\n"
+        "    runs.append(run)"),
+    new_markdown_cell("## 3. Compare\n\nCurves overlaid, and a table of settings and final metrics "
+                      "(with the base model's score beside each)."),
+    new_code_cell("comparison = nbft.compare(runs)\ncomparison"),
+    new_code_cell("comparison.table"),
+    new_code_cell(
+        "best = comparison.table[\"json_match\"].idxmax()\n"
+        "print(\"best run:\", best, \"with\", comparison.table.loc[best, \"json_match\"], \"exact JSON matches\")"),
+    new_markdown_cell("## 4. Chat with the best run\n\nPick *also answer with: the base model* to see both "
+                      "answers side by side; *Save as eval cases* writes the conversation as chat rows."),
+    new_code_cell("best_run = nbft.attach(best, display=False)\nbest_run.chat()"),
+    new_markdown_cell("## 5. Export\n\nMerge the adapter into the base model; the result is checked by loading "
+                      "it back and comparing its outputs with base + adapter."),
+    new_code_cell("best_run.export()"),
+]
+
+
 def write(path: str, cells: list) -> None:
     notebook = new_notebook(cells=cells, metadata={"kernelspec": KERNELSPEC, "language_info": {"name": "python"}})
     nbformat.validate(notebook)
@@ -67,4 +101,5 @@ def write(path: str, cells: list) -> None:
 
 if __name__ == "__main__":
     write("notebooks/quickstart.ipynb", QUICKSTART)
-    print("wrote notebooks/quickstart.ipynb")
+    write("notebooks/evaluate-and-compare.ipynb", EVALUATE_AND_COMPARE)
+    print("wrote notebooks/quickstart.ipynb and notebooks/evaluate-and-compare.ipynb")

@@ -10,9 +10,14 @@ from tests.helpers import tiny_config
 
 
 @pytest.fixture(scope="module")
-def chat(tiny_model, tmp_path_factory):
+def run_dir(tiny_model, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("chat-run")
-    train(tiny_config(tiny_model, max_steps=3), lambda *a, **k: None, lambda: False, run_dir)
+    train(tiny_config(tiny_model, max_steps=4, save_every=2, lr=5e-2), lambda *a, **k: None, lambda: False, run_dir)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def chat(tiny_model, run_dir):
     return ChatModel(tiny_model, str(run_dir / "adapter"))
 
 
@@ -24,18 +29,36 @@ def test_stream_yields_chunks_and_ask_prints_once(chat, capsys):
     assert "same chat template as training" in chat.describe()
 
 
-def test_widget_multi_turn_and_base_comparison(chat):
-    widget = ChatWidget(chat)
+def test_widget_multi_turn_base_and_checkpoint_comparison(chat, run_dir, tmp_path):
+    widget = ChatWidget(chat, {"step-2": str(run_dir / "checkpoints" / "step-2")})
     widget.max_tokens.value = 16
     widget.submit("first question", wait=True)
-    widget.compare.value = True
+    widget.compare_with.value = "base"
     widget.submit("second question", wait=True)
+    widget.compare_with.value = "step-2"
+    widget.submit("third question", wait=True)
     roles = [m["role"] for m in widget.history]
-    assert roles == ["user", "assistant", "user", "assistant"]
-    assert [who for who, _ in widget._turns] == ["user", "fine-tuned", "user", "fine-tuned", "base"]
-    assert "second question" in widget.transcript.value and not widget.send.disabled
+    assert roles == ["user", "assistant"] * 3
+    assert [who for who, _ in widget._turns] == ["user", "fine-tuned", "user", "fine-tuned", "base",
+                                                 "user", "fine-tuned", "checkpoint step-2"]
+    assert "error" not in [who for who, _ in widget._turns]
+    assert "third question" in widget.transcript.value and not widget.send.disabled
+
+    path = widget.save_transcript(str(tmp_path / "cases.jsonl"))
+    from nbfinetune.data.prepare import load_examples
+
+    fmt, examples, report = load_examples(path)
+    assert fmt == "chat" and len(examples) == 3 and not report.problems
+    assert examples[-1][1].messages[-2]["content"] == "third question"
     widget.reset()
     assert widget.history == [] and widget.transcript.value == ""
+
+
+def test_answers_differ_between_adapters(chat):
+    messages = [{"role": "user", "content": "Extract: Ada, 36, Turin"}]
+    tuned = "".join(chat.stream(messages, max_new_tokens=12))
+    base = "".join(chat.stream(messages, max_new_tokens=12, adapter="base"))
+    assert tuned != base  # lr 5e-2 for 4 steps moves a tiny model visibly
 
 
 def test_stop_ends_generation_early(chat):

@@ -83,3 +83,12 @@ def test_compare_two_runs(ip, home, tiny_model):
     assert len(comparison.figure.data) == 4 and list(comparison.figure.data[2].x) == [1, 2, 3]
     bundle = comparison._repr_mimebundle_()
     assert "application/vnd.plotly.v1+json" in bundle and "<table" in bundle["text/html"]
+
+
+def test_terminal_shell_shows_text_progress_and_a_summary(ip, home, tiny_model, capsys):
+    """No widgets in a terminal IPython: the magic still works and prints progress and a summary."""
+    run = ip.run_line_magic("finetune", f"--model {tiny_model} --steps 3 --eval-samples 0")
+    out = capsys.readouterr()
+    assert run.status == "finished"
+    assert f"run {run.id} started" in out.out and "finished · step 3/3" in out.out
+    assert "3/3" in out.err  # the tqdm bar

@@ -77,3 +77,14 @@ def test_quickstart_on_the_demo_model_improves_the_score(tmp_path):
     assert tuned >= base + 50, scores
     answer = text_of(outputs_of(notebook, "%%chat"))
     assert '"name": "Ada"' in answer and '"age": 36' in answer, answer
+
+
+def test_evaluate_and_compare_executes_with_a_tiny_model(tmp_path, tiny_model):
+    env = {"NBFINETUNE_HOME": str(tmp_path / "home"), "NBFINETUNE_DEFAULT_MODEL": tiny_model, "HF_HUB_OFFLINE": "1"}
+    notebook = execute("evaluate-and-compare.ipynb", env, tmp_path, timeout=600)
+    errors = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    assert not errors, errors
+    assert "best run:" in text_of(outputs_of(notebook, "best = "))
+    table = text_of(outputs_of(notebook, "comparison.table"))
+    assert "lr=0.0003" in table or "0.0003" in table
+    assert "max_logit_difference" in text_of(outputs_of(notebook, "best_run.export()"))

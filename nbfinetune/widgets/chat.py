@@ -10,8 +10,10 @@ import ipywidgets as widgets
 
 
 class ChatWidget(widgets.VBox):
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, checkpoints: dict[str, str] | None = None, name: str = "chat") -> None:
         self.model = model
+        self.checkpoints = checkpoints or {}
+        self.name = name
         self.history: list[dict[str, str]] = []
         self._stop = threading.Event()
         self.info = widgets.HTML(f"<span style='color:#555'>{html.escape(model.describe())}</span>")
@@ -22,16 +24,21 @@ class ChatWidget(widgets.VBox):
                                                style={"description_width": "initial"})
         self.max_tokens = widgets.IntSlider(value=256, min=16, max=2048, step=16, description="max tokens",
                                              style={"description_width": "initial"})
-        self.compare = widgets.Checkbox(value=False, description="also answer with the base model",
-                                    style={"description_width": "initial"}, indent=False)
+        options = [("nothing", ""), ("the base model", "base")] + [(f"checkpoint {n}", n) for n in self.checkpoints]
+        self.compare_with = widgets.Dropdown(options=options, value="", description="also answer with",
+                                             style={"description_width": "initial"})
+        self.save_button = widgets.Button(description="Save as eval cases", icon="save",
+                                          tooltip="Write this conversation's turns as chat rows (JSONL)")
+        self.save_button.on_click(lambda _b: self.save_transcript())
+        self.saved = widgets.HTML()
         self.send = widgets.Button(description="Send", button_style="primary", icon="paper-plane")
         self.stop_button = widgets.Button(description="Stop", icon="stop", disabled=True)
         self.clear = widgets.Button(description="Clear", icon="trash")
         self.send.on_click(lambda _b: self.submit())
         self.stop_button.on_click(lambda _b: self._stop.set())
         self.clear.on_click(lambda _b: self.reset())
-        controls = widgets.HBox([self.send, self.stop_button, self.clear, self.compare])
-        settings = widgets.HBox([self.temperature, self.max_tokens])
+        controls = widgets.HBox([self.send, self.stop_button, self.clear, self.compare_with])
+        settings = widgets.HBox([self.temperature, self.max_tokens, self.save_button, self.saved])
         super().__init__([self.info, self.transcript, self.system, self.prompt, controls, settings])
         self.add_class("nbfinetune-chat")
         self._turns: list[tuple[str, str]] = []
@@ -58,21 +65,47 @@ class ChatWidget(widgets.VBox):
         messages = ([{"role": "system", "content": self.system.value}] if self.system.value.strip() else []) + self.history
         self._turns.append(("user", text))
         try:
-            answer = self._stream_into("fine-tuned", messages, use_adapter=True)
+            answer = self._stream_into("fine-tuned", messages, "default")
             self.history.append({"role": "assistant", "content": answer})
-            if self.compare.value and self.model.adapter_path:
-                self._stream_into("base", messages, use_adapter=False)
+            other = self.compare_with.value
+            if other and self.model.adapter_path:
+                if other != "base":
+                    self.model.add_checkpoint(other, self.checkpoints[other])
+                self._stream_into("base" if other == "base" else f"checkpoint {other}", messages, other)
         except Exception as exc:  # shown in the transcript; the widget stays usable
             self._turns.append(("error", f"{type(exc).__name__}: {exc}"))
             self._render()
         finally:
             self.send.disabled, self.stop_button.disabled = False, True
 
-    def _stream_into(self, who: str, messages: list[dict[str, str]], use_adapter: bool) -> str:
+    def save_transcript(self, path: str | None = None) -> str | None:
+        """Each user turn with the answer it got becomes one chat row (the conversation so far as context),
+        ready to use as eval data: nbft.finetune(..., eval_data=path)."""
+        import json
+        import time
+        from pathlib import Path
+
+        from ..config import nbfinetune_home
+
+        rows = []
+        system = [{"role": "system", "content": self.system.value}] if self.system.value.strip() else []
+        for index, message in enumerate(self.history):
+            if message["role"] == "assistant":
+                rows.append({"messages": system + self.history[: index + 1]})
+        if not rows:
+            self.saved.value = "<i>nothing to save yet</i>"
+            return None
+        target = Path(path) if path else Path(nbfinetune_home()) / "eval-cases" / f"{self.name}-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        self.saved.value = f"saved {len(rows)} case(s) to <code>{html.escape(str(target))}</code>"
+        return str(target)
+
+    def _stream_into(self, who: str, messages: list[dict[str, str]], adapter: str) -> str:
         self._turns.append((who, ""))
         text = ""
         for chunk in self.model.stream(messages, max_new_tokens=self.max_tokens.value,
-                                       temperature=self.temperature.value, use_adapter=use_adapter, stop=self._stop):
+                                       temperature=self.temperature.value, adapter=adapter, stop=self._stop):
             text += chunk
             self._turns[-1] = (who, text)
             self._render()
@@ -80,7 +113,7 @@ class ChatWidget(widgets.VBox):
         return text.strip()
 
     def _render(self) -> None:
-        colors = {"user": "#eef", "fine-tuned": "#efe", "base": "#f4f4f4", "error": "#fdd"}
+        colors = {"user": "#eef", "fine-tuned": "#efe", "base": "#f4f4f4", "error": "#fdd"}  # checkpoints: white
         self.transcript.value = "".join(
             f"<div style='background:{colors.get(who, '#fff')};padding:4px 8px;margin:2px 0;border-radius:4px;"
             f"white-space:pre-wrap'><b>{html.escape(who)}:</b> {html.escape(text)}</div>"
