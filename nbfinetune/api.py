@@ -21,7 +21,8 @@ TRAIN_FLAGS = {"steps": "train.max_steps", "max_steps": "train.max_steps", "epoc
                "eval_data": "data.eval_path", "format": "data.format", "eval_every": "eval.every",
                "eval_samples": "eval.samples", "metrics": "eval.metrics", "save_every": "train.save_every",
                "precision": "train.precision", "schedule": "train.schedule", "warmup_steps": "train.warmup_steps",
-               "data": "data.path", "model": "model", "backend": "backend", "name": "name"}
+               "data": "data.path", "model": "model", "backend": "backend", "name": "name", "gpu": "gpu",
+               "budget_usd": "budget_usd", "budget": "budget_usd"}
 
 
 def build_config(config: RunConfig | dict[str, Any] | str | None = None, **settings: Any) -> RunConfig:

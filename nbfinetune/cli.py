@@ -1,4 +1,4 @@
-"""Command line: `nbfinetune train | runs | validate | export | prepare-model | make-tiny-model`."""
+"""Command line: `nbfinetune train | runs | validate | export | deploy | prepare-model | make-tiny-model`."""
 
 from __future__ import annotations
 
@@ -46,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--max-seq-len", dest="max_seq_len", type=int, default=512)
     check.add_argument("--strict", action="store_true", help="exit non-zero when any row is bad")
     check.add_argument("--json", action="store_true", help="print one JSON object")
+
+    sub.add_parser("deploy", help="deploy the Modal app (GPU trainer + chat server); needs Modal credentials")
 
     sub.add_parser("prepare-model", help="make the offline demo model ready (converts the shipped GGUF once)")
     tiny = sub.add_parser("make-tiny-model", help="write a tiny random chat model for smoke tests")
@@ -139,6 +141,17 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _deploy(args: argparse.Namespace) -> int:
+    from .backends.modal_backend import ModalSetupError, deploy
+
+    try:
+        print(f"deployed Modal app {deploy()!r}")
+    except ModalSetupError as exc:
+        print(f"nbfinetune deploy: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _prepare_model(args: argparse.Namespace) -> int:
     from .config import DEFAULT_MODEL
     from .core.models import resolve_model
@@ -154,7 +167,7 @@ def _make_tiny_model(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"train": _train, "runs": _runs, "export": _export, "validate": _validate, "prepare-model": _prepare_model, "make-tiny-model": _make_tiny_model}
+_COMMANDS = {"train": _train, "runs": _runs, "export": _export, "validate": _validate, "deploy": _deploy, "prepare-model": _prepare_model, "make-tiny-model": _make_tiny_model}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -90,6 +90,9 @@ class RunConfig:
     train: TrainSettings = field(default_factory=TrainSettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
     backend: str = "local"
+    # Modal only: GPU type ("A10", "H100", "H100:2", ...) and an optional spending cap in USD.
+    gpu: str = "A10"
+    budget_usd: float | None = None
     name: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -213,6 +216,14 @@ def _problems(config: RunConfig) -> list[str]:
           "eval.metrics must be a list of metric names (exact_match, json_valid, json_match, contains) "
           "or 'module:function' references")
     choice("backend", config.backend, BACKENDS)
+    from .pricing import UnknownGPU, parse_gpu
+
+    try:
+        parse_gpu(config.gpu) if isinstance(config.gpu, str) else out.append("gpu must be text like 'H100' or 'H100:2'")
+    except UnknownGPU as exc:
+        out.append(str(exc))
+    if config.budget_usd is not None:
+        number("budget_usd", config.budget_usd, 0.0, low_open=True)
     return out
 
 

@@ -166,6 +166,13 @@ def summarize(run_id: str, config: dict[str, Any], events: list[Event], worker_a
             if event.type == "failed":
                 summary.error = f"{event['error']}: {event['message']}"
     summary.loss_trace = _downsample(losses)
+    if config.get("backend") == "modal" and summary.started is not None:
+        from .pricing import UnknownGPU, cost_so_far
+
+        try:  # GPU-seconds × price, from the first event to the end (or now, while running)
+            summary.cost_usd = cost_so_far(config.get("gpu", "A10"), (summary.ended or time.time()) - summary.started)
+        except UnknownGPU:
+            pass
     if not (events and events[-1].terminal) and worker_alive is False and summary.status in ("pending", "running"):
         summary.status = "lost"
     return summary

@@ -32,4 +32,12 @@ def get_backend(name: str) -> Backend:
         from .local import LocalBackend
 
         return LocalBackend()
-    raise ValueError(f"backend {name!r} is not available yet (available: local)")
+    if name == "modal":
+        from .modal_backend import ModalBackend
+
+        return _modal_backend.setdefault("instance", ModalBackend())
+    raise ValueError(f"unknown backend {name!r} (available: local, modal)")
+
+
+# One Modal backend per process: it owns the threads that mirror remote runs into the local store.
+_modal_backend: dict[str, Backend] = {}

@@ -1,0 +1,287 @@
+"""Modal backend, client side: launch on a serverless GPU, mirror the live events into the local RunStore,
+reattach after a kernel restart, cancel, and watch the budget.
+
+Everything that talks to Modal goes through the small `ModalClient` protocol; `RealModalClient` is the
+only code that calls Modal's API, and the tests run the rest against a fake of that protocol.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..config import RunConfig
+from ..events import Event
+from ..pricing import cost_so_far, parse_gpu
+from ..runs import RunStore, read_events
+
+MIRROR_POLL_S = 5.0
+STATUS_CACHE_S = 5.0
+
+
+class ModalSetupError(RuntimeError):
+    """Modal cannot be used as configured; the message says what to do."""
+
+
+class ModalClient(Protocol):
+    def check_ready(self) -> None:
+        """Raise ModalSetupError when credentials are missing or the app is not deployed."""
+
+    def upload(self, local_path: str, remote_path: str) -> None: ...
+
+    def spawn(self, config: dict[str, Any], run_id: str, gpu: str) -> str:
+        """Start the remote training call; return its call id."""
+
+    def poll_events(self, run_id: str, timeout_s: float) -> list[dict[str, Any]]:
+        """Live events published since the last poll (may be empty)."""
+
+    def read_history(self, run_id: str) -> bytes | None:
+        """The run's events.jsonl from the Volume, or None when it has none yet."""
+
+    def call_status(self, call_id: str) -> str:
+        """'running', 'finished', or 'failed: <reason>'."""
+
+    def cancel(self, call_id: str, run_id: str, hard: bool) -> None: ...
+
+
+class ModalBackend:
+    name = "modal"
+
+    def __init__(self, client: ModalClient | None = None) -> None:
+        self._client = client
+        self._mirrors: dict[str, threading.Thread] = {}
+        self._status: dict[str, tuple[float, str]] = {}
+
+    @property
+    def client(self) -> ModalClient:
+        if self._client is None:
+            self._client = RealModalClient()
+        return self._client
+
+    # --- Backend protocol ------------------------------------------------------------------------
+    def launch(self, config: RunConfig, store: RunStore) -> str:
+        parse_gpu(config.gpu)  # unknown GPU types fail here, before anything is created
+        self.client.check_ready()
+        remote = RunConfig.from_dict(config.to_dict())
+        remote.data.path = self._upload_if_local(config.data.path)
+        if config.data.eval_path:
+            remote.data.eval_path = self._upload_if_local(config.data.eval_path)
+        run_id = store.create(config)
+        call_id = self.client.spawn(remote.to_dict(), run_id, config.gpu)
+        (store.path(run_id) / "modal.json").write_text(json.dumps({"call_id": call_id, "gpu": config.gpu}))
+        self._start_mirror(run_id, store)
+        return run_id
+
+    def resume(self, run_id: str, store: RunStore) -> None:
+        config = RunConfig.from_dict(store.config(run_id))
+        call_id = self.client.spawn(config.to_dict(), run_id, config.gpu)  # resumes from its checkpoint
+        (store.path(run_id) / "modal.json").write_text(json.dumps({"call_id": call_id, "gpu": config.gpu}))
+        self._start_mirror(run_id, store)
+
+    def cancel(self, run_id: str, store: RunStore, hard: bool = False) -> None:
+        self.client.cancel(self._call_id(run_id, store), run_id, hard)
+
+    def is_alive(self, run_id: str, store: RunStore) -> bool | None:
+        mirror = self._mirrors.get(run_id)
+        if mirror is not None and mirror.is_alive():
+            return True
+        if self._remote_status(run_id, store) == "running":
+            self._start_mirror(run_id, store)  # reattach: e.g. after a kernel restart
+            return True
+        return False
+
+    # --- mirroring -------------------------------------------------------------------------------
+    def _start_mirror(self, run_id: str, store: RunStore) -> None:
+        if run_id in self._mirrors and self._mirrors[run_id].is_alive():
+            return
+        thread = threading.Thread(target=self._mirror, args=(run_id, store), daemon=True,
+                                  name=f"nbfinetune-modal-{run_id}")
+        self._mirrors[run_id] = thread
+        thread.start()
+
+    def _mirror(self, run_id: str, store: RunStore) -> None:
+        """Copy remote events into the local events.jsonl, in seq order, without duplicates; replay the
+        Volume's history when the local copy is behind; stop at a terminal event; survive network loss.
+        One mirror per run on this machine: a second kernel watching the same run only reads the file."""
+        import fcntl
+
+        with open(store.path(run_id) / "mirror.lock", "w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                while self._remote_status(run_id, store) == "running":
+                    time.sleep(MIRROR_POLL_S)  # someone else mirrors; stay "alive" while the run is
+                return
+            self._mirror_locked(run_id, store)
+
+    def _mirror_locked(self, run_id: str, store: RunStore) -> None:
+        path = store.events_path(run_id)
+        last = max((e.seq for e in read_events(path).events), default=0)
+        last = self._replay_history(run_id, path, last)
+        failures = 0
+        budget = RunConfig.from_dict(store.config(run_id)).budget_usd
+        while True:
+            try:
+                incoming = self.client.poll_events(run_id, MIRROR_POLL_S)
+                failures = 0
+            except Exception:  # network lost: keep the run, back off, reconnect
+                failures += 1
+                time.sleep(min(30.0, 2.0 ** failures))
+                continue
+            events = sorted((Event.from_dict(e) for e in incoming), key=lambda e: e.seq)
+            if events and events[0].seq > last + 1:  # a gap: the tail lost something; the Volume has it
+                last = self._replay_history(run_id, path, last)
+            fresh = [e for e in events if e.seq > last]
+            _append(path, fresh)
+            last = fresh[-1].seq if fresh else last
+            if any(e.terminal for e in fresh):
+                return
+            if budget is not None and (store.summary(run_id).cost_usd or 0.0) >= budget:
+                self.cancel(run_id, store)  # the budget cap: a graceful cancel keeps adapter and checkpoint
+                budget = None
+            if not events and self._remote_status(run_id, store) != "running":
+                self._replay_history(run_id, path, last)
+                return
+
+    def _replay_history(self, run_id: str, path: Path, last: int) -> int:
+        try:
+            history = self.client.read_history(run_id)
+        except Exception:
+            return last
+        if not history:
+            return last
+        older = [Event.from_json(line) for line in history.decode("utf-8").splitlines() if line.strip()]
+        fresh = [e for e in older if e.seq > last]
+        _append(path, fresh)
+        return fresh[-1].seq if fresh else last
+
+    def _remote_status(self, run_id: str, store: RunStore) -> str:
+        cached = self._status.get(run_id)
+        if cached and time.monotonic() - cached[0] < STATUS_CACHE_S:
+            return cached[1]
+        try:
+            status = self.client.call_status(self._call_id(run_id, store))
+        except Exception:
+            status = "unknown"
+        self._status[run_id] = (time.monotonic(), status)
+        return status
+
+    @staticmethod
+    def _call_id(run_id: str, store: RunStore) -> str:
+        try:
+            return json.loads((store.require(run_id) / "modal.json").read_text())["call_id"]
+        except FileNotFoundError:
+            raise ModalSetupError(f"run {run_id} has no Modal call recorded") from None
+
+    def _upload_if_local(self, data: str) -> str:
+        """Local files go to the Volume (hub ids and packaged samples are loaded remotely)."""
+        if not os.path.exists(os.path.expanduser(data)):
+            return data
+        local = os.path.expanduser(data)
+        digest = hashlib.sha256(Path(local).read_bytes()).hexdigest()[:16] if os.path.isfile(local) else \
+            hashlib.sha256(local.encode()).hexdigest()[:16]
+        remote = f"/data/{digest}/{os.path.basename(local.rstrip('/'))}"
+        self.client.upload(local, remote)
+        return "/runs" + remote
+
+
+def _append(path: Path, events: list[Event]) -> None:
+    """Mirror remote events verbatim (their own seq numbers), each line flushed and fsync'd."""
+    if not events:
+        return
+    with open(path, "a", encoding="utf-8") as handle:
+        for event in events:
+            handle.write(event.to_json() + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def require_credentials() -> None:
+    import modal
+
+    if not (os.environ.get("MODAL_TOKEN_ID") and os.environ.get("MODAL_TOKEN_SECRET")) and \
+            modal.config.config.get("token_id") is None:
+        raise ModalSetupError("no Modal credentials: run `modal token new` in a terminal, or set "
+                              "MODAL_TOKEN_ID and MODAL_TOKEN_SECRET in the environment")
+
+
+def deploy() -> str:
+    """Deploy the nbfinetune app (image build progress is printed); returns the app name."""
+    import modal
+
+    from . import modal_app
+
+    require_credentials()
+    with modal.enable_output():
+        modal_app.app.deploy(name=modal_app.APP_NAME)
+    return modal_app.APP_NAME
+
+
+class RealModalClient:
+    """The only code that calls Modal. Not run against real Modal from our machines (no network to it)."""
+
+    def __init__(self) -> None:
+        import modal  # noqa: F401 — fail early with a clear message if the package is broken
+
+        from . import modal_app
+
+        self.app = modal_app
+
+    def check_ready(self) -> None:
+        import modal
+
+        require_credentials()
+        try:
+            modal.Cls.from_name(self.app.APP_NAME, "Trainer").hydrate()
+        except modal.exception.AuthError as exc:
+            raise ModalSetupError(f"Modal rejected the credentials: {exc}") from None
+        except modal.exception.NotFoundError:
+            raise ModalSetupError("the nbfinetune app is not deployed to Modal yet: run `nbfinetune deploy`") from None
+
+    def upload(self, local_path: str, remote_path: str) -> None:
+        with self.app.volume.batch_upload(force=True) as batch:
+            if os.path.isdir(local_path):
+                batch.put_directory(local_path, remote_path)
+            else:
+                batch.put_file(local_path, remote_path)
+
+    def spawn(self, config: dict[str, Any], run_id: str, gpu: str) -> str:
+        import modal
+
+        trainer = modal.Cls.from_name(self.app.APP_NAME, "Trainer").with_options(gpu=gpu)
+        return trainer().train.spawn(config, run_id).object_id
+
+    def poll_events(self, run_id: str, timeout_s: float) -> list[dict[str, Any]]:
+        import modal
+
+        queue = modal.Queue.from_name(self.app.EVENTS_QUEUE, create_if_missing=True)
+        return list(queue.get_many(500, timeout=timeout_s, partition=run_id))
+
+    def read_history(self, run_id: str) -> bytes | None:
+        try:
+            return b"".join(self.app.volume.read_file(f"{run_id}/events.jsonl"))
+        except FileNotFoundError:
+            return None
+
+    def call_status(self, call_id: str) -> str:
+        import modal
+
+        try:
+            result = modal.FunctionCall.from_id(call_id).get(timeout=0)
+        except TimeoutError:
+            return "running"
+        except modal.exception.Error as exc:
+            return f"failed: {type(exc).__name__}: {exc}"
+        return "finished" if not isinstance(result, dict) else result.get("status", "finished")
+
+    def cancel(self, call_id: str, run_id: str, hard: bool) -> None:
+        import modal
+
+        modal.Dict.from_name(self.app.CANCEL_DICT, create_if_missing=True)[run_id] = True
+        if hard:
+            modal.FunctionCall.from_id(call_id).cancel()

@@ -1,0 +1,67 @@
+"""The body of the remote training function, free of Modal imports so it runs (and is tested) anywhere.
+
+It calls the same `train()` as the local worker. Every event goes to the run's events.jsonl on the
+Volume (the durable history) and is published for the live tail; the Volume is committed every few
+events and at every checkpoint, so a preempted container restarts from the last checkpoint (train()
+resumes from it) with its history on disk.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..config import RunConfig
+from ..events import redact
+from ..runs import EventWriter, validate_run_id
+
+COMMIT_EVERY = 20
+CANCEL_CHECK_S = 5.0
+
+
+def remote_train(config: dict[str, Any], run_id: str, runs_root: str, publish: Callable[[dict[str, Any]], None],
+                 commit: Callable[[], None], cancelled: Callable[[], bool]) -> dict[str, Any]:
+    run_dir = Path(runs_root) / validate_run_id(run_id)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    run_config = RunConfig.from_dict(config)
+    if not (run_dir / "config.json").exists():
+        (run_dir / "config.json").write_text(run_config.to_json(), encoding="utf-8")
+    writer = EventWriter(run_dir / "events.jsonl", run_id)
+    written = 0
+
+    def emit(type: str, **payload: Any) -> None:
+        nonlocal written
+        event = writer.emit(type, **payload)
+        written += 1
+        try:
+            publish(event.to_dict())
+        except Exception:  # noqa: BLE001 — the live tail is best effort; the Volume has every event
+            pass
+        if written % COMMIT_EVERY == 0 or type in ("checkpoint", "eval") or event.terminal:
+            commit()
+
+    last_check = [0.0]
+    stop = [False]
+
+    def should_stop() -> bool:
+        # A cancel flag lives in a remote dict: look it up every few seconds, not every step.
+        if not stop[0] and time.monotonic() - last_check[0] > CANCEL_CHECK_S:
+            last_check[0] = time.monotonic()
+            stop[0] = bool(cancelled())
+        return stop[0]
+
+    try:
+        from ..core.trainer import train
+
+        return {"status": "finished", **train(run_config, emit, should_stop, run_dir)}
+    except Exception as exc:  # reported as an event; the call itself ends normally (no pointless retries)
+        tail = "".join(traceback.format_exception(exc)[-6:])
+        emit("failed", error=type(exc).__name__, message=redact(str(exc) or type(exc).__name__),
+             traceback=redact(tail))
+        return {"status": "failed", "error": f"{type(exc).__name__}: {redact(str(exc))}"}
+    finally:
+        writer.close()
+        commit()

@@ -1,0 +1,245 @@
+"""Modal backend without network: the app definition, the remote body run locally with the tiny model,
+and the client side against a fake of our thin ModalClient interface."""
+
+import json
+import os
+import queue
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from nbfinetune import api
+from nbfinetune.backends.modal_backend import ModalBackend, ModalSetupError
+from nbfinetune.backends.remote import remote_train
+from nbfinetune.config import ConfigError
+from nbfinetune.data.sources import sample_files
+from nbfinetune.pricing import UnknownGPU, cost_so_far, estimate, parse_gpu
+from nbfinetune.runs import RunStore
+
+
+class FakeModal:
+    """Stands in for Modal: runs the real remote body in a thread, a directory as the Volume."""
+
+    def __init__(self, volume: Path, fail_polls: int = 0):
+        self.volume = volume
+        self.queues: dict[str, queue.Queue] = {}
+        self.calls: dict[str, threading.Thread] = {}
+        self.flags: dict[str, bool] = {}
+        self.fail_polls = fail_polls
+        self.spawned: list[tuple[str, str]] = []
+        self.ready_error: str | None = None
+
+    def check_ready(self):
+        if self.ready_error:
+            raise ModalSetupError(self.ready_error)
+
+    def upload(self, local_path, remote_path):
+        target = self.volume / remote_path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(local_path, target)
+
+    def spawn(self, config, run_id, gpu):
+        config = json.loads(json.dumps(config).replace('"/runs/', f'"{self.volume}/'))  # the mount point
+        events = self.queues.setdefault(run_id, queue.Queue())
+        call = threading.Thread(target=remote_train, daemon=True, args=(
+            config, run_id, str(self.volume), events.put, lambda: None, lambda: self.flags.get(run_id, False)))
+        call_id = f"fc-{len(self.calls)}"
+        self.calls[call_id] = call
+        self.spawned.append((run_id, gpu))
+        call.start()
+        return call_id
+
+    def poll_events(self, run_id, timeout_s):
+        if self.fail_polls:
+            self.fail_polls -= 1
+            raise ConnectionError("network lost")
+        out, events = [], self.queues.setdefault(run_id, queue.Queue())
+        try:
+            out.append(events.get(timeout=min(timeout_s, 0.2)))
+            while True:
+                out.append(events.get_nowait())
+        except queue.Empty:
+            return out
+
+    def read_history(self, run_id):
+        path = self.volume / run_id / "events.jsonl"
+        return path.read_bytes() if path.exists() else None
+
+    def call_status(self, call_id):
+        return "running" if self.calls[call_id].is_alive() else "finished"
+
+    def cancel(self, call_id, run_id, hard):
+        self.flags[run_id] = True
+
+
+@pytest.fixture
+def fake(tmp_path, monkeypatch):
+    monkeypatch.setattr("nbfinetune.backends.remote.CANCEL_CHECK_S", 0.0)
+    monkeypatch.setattr("nbfinetune.backends.modal_backend.MIRROR_POLL_S", 0.2)
+    monkeypatch.setattr("nbfinetune.backends.modal_backend.STATUS_CACHE_S", 0.0)
+    client = FakeModal(tmp_path / "volume")
+    backend = ModalBackend(client)
+    monkeypatch.setattr("nbfinetune.backends.base._modal_backend", {"instance": backend})
+    return client
+
+
+def _wait_for(predicate, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError("timed out")
+
+
+def test_app_definition_imports_light_and_declares_gpu_volume_retries():
+    import subprocess
+    import sys
+
+    code = ("import sys, warnings; warnings.simplefilter('ignore'); from nbfinetune.backends import modal_app as m; "
+            "print(any(k in sys.modules for k in ('torch', 'transformers')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env=dict(os.environ, MODAL_TOKEN_ID="", MODAL_TOKEN_SECRET=""))
+    assert out.stdout.strip() == "False", out.stderr[-2000:]
+    import warnings
+
+    from nbfinetune.backends import modal_app
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        spec = modal_app.app.registered_functions["Trainer.*"]._spec_
+    assert spec.gpus == "A10" and list(spec.volumes) == ["/runs"]
+    assert modal_app.TIMEOUT_S == 24 * 3600
+    assert all("==" in p for p in modal_app.PACKAGES[:6])
+
+
+def test_remote_body_emits_the_same_events_as_the_local_backend(tiny_model, tmp_path, home):
+    published, commits = [], []
+    config = api.build_config(model=tiny_model, steps=4, eval_samples=2).to_dict()
+    result = remote_train(config, "r1", str(tmp_path), published.append, lambda: commits.append(1), lambda: False)
+    assert result["status"] == "finished"
+    stored = [json.loads(line) for line in (tmp_path / "r1" / "events.jsonl").read_text().splitlines()]
+    assert published == stored and [e["seq"] for e in stored] == list(range(1, len(stored) + 1))
+    local = api.finetune(model=tiny_model, steps=4, eval_samples=2, display=False)
+    local.wait(timeout=120, progress=False)
+    assert [e["type"] for e in stored] == [e.type for e in local.events()]
+    assert commits  # the Volume is committed as it goes
+
+
+def test_remote_failure_is_an_event_and_never_leaks_the_hf_token(tmp_path, monkeypatch, tiny_model):
+    token = "hf_" + "x" * 30
+    monkeypatch.setenv("HF_TOKEN", token)
+    config = api.build_config(model=tiny_model, data=f"/nowhere/{token}.jsonl").to_dict()
+    published = []
+    result = remote_train(config, "r2", str(tmp_path), published.append, lambda: None, lambda: False)
+    assert result["status"] == "failed" and published[-1]["type"] == "failed"
+    assert token not in json.dumps(published) and token not in result["error"]
+    assert "[redacted]" in published[-1]["message"]
+
+
+def test_launch_streams_events_into_the_local_store_with_cost(fake, home, tiny_model, tmp_path):
+    data = tmp_path / "train.jsonl"
+    shutil.copy(sample_files("people")[0], data)
+    run = api.finetune(model=tiny_model, data=str(data), backend="modal", gpu="H100", steps=5, eval_samples=2,
+                       display=False)
+    summary = run.wait(timeout=120, progress=False)
+    assert summary.status == "finished", run.events()[-1]
+    events = run.events()
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert fake.spawned == [(run.id, "H100")]
+    assert list((fake.volume / "data").glob("*/train.jsonl"))  # the local file was uploaded
+    assert summary.cost_usd is not None and summary.cost_usd > 0
+    assert summary.cost_usd == pytest.approx(cost_so_far("H100", summary.ended - summary.started))
+
+
+class KernelThatDies:
+    """The client as seen by a kernel that is about to restart: after `die()` it never hears back."""
+
+    def __init__(self, inner):
+        self.inner, self.dead = inner, False
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def poll_events(self, run_id, timeout_s):
+        events = [] if self.dead else self.inner.poll_events(run_id, timeout_s)
+        if self.dead:  # including a poll that was in flight when the kernel died: its threads end
+            raise SystemExit("this kernel is gone")
+        return events
+
+
+def test_reattach_replays_the_volume_history_then_follows(fake, home, tiny_model, monkeypatch):
+    old_kernel = KernelThatDies(fake)
+    monkeypatch.setattr("nbfinetune.backends.base._modal_backend", {"instance": ModalBackend(old_kernel)})
+    run = api.finetune(model=tiny_model, backend="modal", steps=40, eval_samples=0, display=False)
+    _wait_for(lambda: any(e.type == "step" for e in run.events()))
+    old_kernel.dead = True
+    # A kernel restart: a new backend (no mirror thread) and a local copy that lost its tail.
+    path = RunStore().events_path(run.id)
+    path.write_text("".join(path.read_text().splitlines(keepends=True)[:2]))
+    fresh_backend = ModalBackend(fake)
+    reattached = api.Run(run.id, RunStore(), fresh_backend)
+    assert reattached.wait(timeout=120, progress=False).status == "finished"
+    events = reattached.events()
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert [e["step"] for e in events if e.type == "step"] == list(range(1, 41))
+
+
+def test_cancel_and_network_loss(fake, home, tiny_model):
+    fake.fail_polls = 3  # the first polls fail: the mirror must back off and reconnect, keeping the run
+    run = api.finetune(model=tiny_model, backend="modal", steps=100000, eval_samples=0, display=False)
+    _wait_for(lambda: any(e.type == "step" for e in run.events()), timeout=180)
+    run.cancel()
+    summary = run.wait(timeout=120, progress=False)
+    assert summary.status == "cancelled" and (fake.volume / run.id / "adapter").is_dir()
+
+
+def test_budget_cap_cancels_the_run(fake, home, tiny_model):
+    run = api.finetune(model=tiny_model, backend="modal", gpu="B200:8", budget=0.0001, steps=100000,
+                       eval_samples=0, display=False)
+    summary = run.wait(timeout=180, progress=False)
+    assert summary.status == "cancelled" and summary.cost_usd >= 0.0001
+
+
+def test_setup_errors_say_what_to_do(fake, home, tiny_model, monkeypatch, tmp_path):
+    fake.ready_error = "the nbfinetune app is not deployed to Modal yet: run `nbfinetune deploy`"
+    with pytest.raises(ModalSetupError, match="nbfinetune deploy"):
+        api.finetune(model=tiny_model, backend="modal", display=False)
+    with pytest.raises(ConfigError, match="unknown GPU type 'V100'"):
+        api.finetune(model=tiny_model, backend="modal", gpu="V100", display=False)
+    from nbfinetune.backends.modal_backend import RealModalClient
+
+    monkeypatch.delenv("MODAL_TOKEN_ID", raising=False)
+    monkeypatch.delenv("MODAL_TOKEN_SECRET", raising=False)
+    monkeypatch.setenv("MODAL_CONFIG_PATH", str(tmp_path / "no-modal.toml"))
+    import importlib
+
+    import modal.config
+
+    importlib.reload(modal.config)
+    with pytest.raises(ModalSetupError, match="modal token new"):
+        RealModalClient().check_ready()
+
+
+def test_gpu_specs_prices_and_estimates():
+    assert parse_gpu("a10g") == ("A10", 1) and parse_gpu("H100:4") == ("H100", 4)
+    for bad in ("V100", "H100:9", "H100:x"):
+        with pytest.raises(UnknownGPU):
+            parse_gpu(bad)
+    assert cost_so_far("H100:2", 100) == pytest.approx(2 * 100 * 0.001097)
+    guess = estimate("A10", tokens=1_000_000, parameters=135_000_000)
+    assert guess.usd > 0 and "prices of 2026-07-01" in str(guess) and "of peak bf16" in str(guess)
+
+
+def test_deploy_without_credentials_says_how_to_get_them(tmp_path):
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODAL_")}
+    env["MODAL_CONFIG_PATH"] = str(tmp_path / "none.toml")
+    out = subprocess.run([sys.executable, "-m", "nbfinetune.cli", "deploy"], capture_output=True, text=True,
+                         timeout=60, env=env)
+    assert out.returncode == 2 and "modal token new" in out.stderr and "Traceback" not in out.stderr
