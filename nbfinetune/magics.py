@@ -126,7 +126,7 @@ class FinetuneMagics(Magics):
             raise UsageError("'data' in the YAML config must be a mapping, e.g. data: {path: train.jsonl}")
         base["data"].setdefault("path", self.default_data)
         run = _guard(lambda: api.finetune(base, display=None if args.dashboard else False, **settings))
-        if args.dashboard and not args.background and not api._in_notebook():
+        if run is not None and args.dashboard and not args.background and not api._in_notebook():
             # No widgets here (terminal IPython, a script): show progress as text and end with a summary.
             print(f"run {run.id} started: {run.path}")
             run.wait(progress=True)
