@@ -262,6 +262,18 @@ def launcher(**settings: Any) -> Any:
     return Launcher(build_config(**settings) if settings else None)
 
 
+def sweep(grid: dict[str, list[Any]], metric: str = "eval_loss", samples: int | None = None,
+          **settings: Any) -> Any:
+    """Launch one run per combination of `grid` (or `samples` random ones) and return the Sweep: live
+    overlay (display it), `.wait()`, `.results()` DataFrame, `.best()` run by `metric`.
+
+    sweep({"lr": [1e-4, 3e-4], "r": [8, 16]}, data="train.jsonl", steps=200, backend="modal", gpu="A10")
+    """
+    from .sweep import Sweep
+
+    return Sweep(grid, metric=metric, samples=samples, **settings)
+
+
 def compare(run_ids: list[str | Run], store: RunStore | None = None) -> Any:
     """Overlay several runs' curves in one figure, with a DataFrame (`.table`) of settings and final metrics."""
     from .widgets.compare import Comparison

@@ -135,9 +135,41 @@ def chat_model(model_path: str, adapter_path: str | None) -> ChatModel:
     return _loaded[key]
 
 
-def chat_model_for_run(run: Any) -> ChatModel:
+class RemoteChatModel:
+    """Chat with a Modal run's adapter through the deployed `Chat` class (scale to zero), streaming text.
+    Written to the modal 1.6 API; not run against real Modal from our machines."""
+
+    def __init__(self, run_id: str) -> None:
+        import modal
+
+        from .backends.modal_app import APP_NAME
+
+        self.run_id = run_id
+        self.adapter_path = f"/runs/{run_id}/adapter"
+        self.adapters = ["default"]
+        self._chat = modal.Cls.from_name(APP_NAME, "Chat")(run_id=run_id)
+
+    def describe(self) -> str:
+        return f"run {self.run_id}'s adapter served on Modal (the training chat template, from the Volume)"
+
+    def add_checkpoint(self, name: str, path: str) -> None:
+        raise NotImplementedError("checkpoint comparison is local-only for now")
+
+    def stream(self, messages: list[dict[str, str]], max_new_tokens: int = 256, temperature: float = 0.0,
+               top_p: float = 1.0, adapter: str = "default", stop: threading.Event | None = None) -> Iterator[str]:
+        for chunk in self._chat.generate.remote_gen(messages, max_new_tokens=max_new_tokens, temperature=temperature):
+            if stop is not None and stop.is_set():
+                return
+            yield chunk
+
+    ask = ChatModel.ask
+
+
+def chat_model_for_run(run: Any) -> ChatModel | RemoteChatModel:
     from .core.models import resolve_model
 
+    if run.config.backend == "modal":
+        return RemoteChatModel(run.id)
     summary = run.summary()
     if not summary.adapter_path:
         raise RuntimeError(f"run {run.id} has no adapter yet (status: {summary.status}); wait for it to finish "

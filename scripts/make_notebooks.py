@@ -93,6 +93,61 @@ EVALUATE_AND_COMPARE = [
 ]
 
 
+SWEEP = [
+    new_markdown_cell(
+        "# Sweep: try several settings, keep the best\n\n"
+        "`nbft.sweep` launches one run per combination. On Modal they all start at once; on this machine they "
+        "run one after another. All curves are overlaid live in one figure."),
+    new_code_cell("%load_ext nbfinetune\nimport nbfinetune as nbft"),
+    new_code_cell(
+        "sweep = nbft.sweep({\"lr\": [3e-4, 1e-3], \"r\": [8, 16]}, metric=\"eval_loss\",\n"
+        "                   data=\"sample:people\", steps=10, eval_samples=0)\n"
+        "sweep  # the live overlay"),
+    new_code_cell("results = sweep.wait()\nresults"),
+    new_code_cell("best = sweep.best()\nprint(\"best run:\", best.id, \"— eval loss\", results.loc[best.id, \"eval_loss\"])"),
+    new_markdown_cell("On Modal the same call fans out in parallel: add `backend=\"modal\", gpu=\"A10\"` "
+                      "(see the modal notebook for the one-time set-up)."),
+]
+
+MODAL = [
+    new_markdown_cell(
+        "# Fine-tune on a Modal GPU from this notebook\n\n"
+        "**Set-up, once, in a terminal:**\n\n"
+        "```bash\npip install nbfinetune          # modal comes with it\nmodal token new                 # opens a browser to "
+        "create a token (or set MODAL_TOKEN_ID / MODAL_TOKEN_SECRET)\nnbfinetune deploy               # builds the image and "
+        "deploys the GPU trainer and chat server\n```\n\n"
+        "Cells that need Modal are skipped with a note when no credentials are set. Nothing in nbfinetune has been "
+        "run against real Modal by its authors' test machines, which cannot reach it — see the README."),
+    new_code_cell(
+        "%load_ext nbfinetune\n"
+        "import nbfinetune as nbft\n"
+        "from nbfinetune.backends.modal_backend import ModalSetupError, require_credentials\n"
+        "try:\n    require_credentials()\n    MODAL = True\n"
+        "except ModalSetupError as exc:\n    MODAL = False\n    print(\"Modal cells will be skipped:\", exc)"),
+    new_markdown_cell("## What it will cost\n\nAn estimate before launch, from the token count, an assumed "
+                      "throughput and the dated price table (the assumptions are printed with it):"),
+    new_code_cell(
+        "from nbfinetune.pricing import estimate\n"
+        "for gpu in (\"L4\", \"A10\", \"H100\"):\n"
+        "    print(gpu, estimate(gpu, tokens=3 * 480 * 95, parameters=135_000_000))"),
+    new_markdown_cell("## Launch\n\nThe same magic, with `--backend modal`. Events stream back live into the "
+                      "dashboard; `--budget` cancels the run if its GPU cost reaches the cap."),
+    new_code_cell(
+        "if MODAL:\n"
+        "    run = nbft.finetune(data=\"sample:people\", steps=60, backend=\"modal\", gpu=\"A10\", budget=1.0)\n"
+        "else:\n    print(\"skipped (no Modal credentials)\")"),
+    new_code_cell("if MODAL:\n    summary = run.wait()\n    print(f\"cost so far: ${summary.cost_usd:.4f}\")\n"
+                  "else:\n    print(\"skipped (no Modal credentials)\")"),
+    new_markdown_cell("## Reattach after a kernel restart\n\n`nbft.attach(run_id)` replays the history from the "
+                      "Volume and follows the live tail again."),
+    new_code_cell("if MODAL:\n    nbft.attach(run.id)\nelse:\n    print(\"skipped (no Modal credentials)\")"),
+    new_markdown_cell("## Chat with the served adapter\n\nThe `Chat` class on Modal loads the base model and "
+                      "this run's adapter from the Volume and streams tokens; it scales to zero when idle."),
+    new_code_cell("if MODAL:\n    run.chat(\"Extract the person's name, age and city as JSON: Ada, 36, lives in "
+                  "Turin.\")\nelse:\n    print(\"skipped (no Modal credentials)\")"),
+]
+
+
 def write(path: str, cells: list) -> None:
     notebook = new_notebook(cells=cells, metadata={"kernelspec": KERNELSPEC, "language_info": {"name": "python"}})
     nbformat.validate(notebook)
@@ -102,4 +157,6 @@ def write(path: str, cells: list) -> None:
 if __name__ == "__main__":
     write("notebooks/quickstart.ipynb", QUICKSTART)
     write("notebooks/evaluate-and-compare.ipynb", EVALUATE_AND_COMPARE)
-    print("wrote notebooks/quickstart.ipynb and notebooks/evaluate-and-compare.ipynb")
+    write("notebooks/sweep.ipynb", SWEEP)
+    write("notebooks/modal.ipynb", MODAL)
+    print("wrote notebooks/{quickstart,evaluate-and-compare,sweep,modal}.ipynb")

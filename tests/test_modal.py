@@ -31,6 +31,7 @@ class FakeModal:
         self.fail_polls = fail_polls
         self.spawned: list[tuple[str, str]] = []
         self.ready_error: str | None = None
+        self.one_container_at_a_time = threading.Lock()
 
     def check_ready(self):
         if self.ready_error:
@@ -44,8 +45,14 @@ class FakeModal:
     def spawn(self, config, run_id, gpu):
         config = json.loads(json.dumps(config).replace('"/runs/', f'"{self.volume}/'))  # the mount point
         events = self.queues.setdefault(run_id, queue.Queue())
-        call = threading.Thread(target=remote_train, daemon=True, args=(
-            config, run_id, str(self.volume), events.put, lambda: None, lambda: self.flags.get(run_id, False)))
+        def container():
+            # Real containers are separate processes; threads of one process must not load models
+            # at the same time (transformers' meta-device loading is process-global).
+            with self.one_container_at_a_time:
+                remote_train(config, run_id, str(self.volume), events.put, lambda: None,
+                             lambda: self.flags.get(run_id, False))
+
+        call = threading.Thread(target=container, daemon=True)
         call_id = f"fc-{len(self.calls)}"
         self.calls[call_id] = call
         self.spawned.append((run_id, gpu))

@@ -88,3 +88,25 @@ def test_evaluate_and_compare_executes_with_a_tiny_model(tmp_path, tiny_model):
     table = text_of(outputs_of(notebook, "comparison.table"))
     assert "lr=0.0003" in table or "0.0003" in table
     assert "max_logit_difference" in text_of(outputs_of(notebook, "best_run.export()"))
+
+
+def _runs_clean(notebook) -> None:
+    errors = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    assert not errors, errors
+
+
+def test_sweep_notebook_executes_with_a_tiny_model(tmp_path, tiny_model):
+    env = {"NBFINETUNE_HOME": str(tmp_path / "home"), "NBFINETUNE_DEFAULT_MODEL": tiny_model, "HF_HUB_OFFLINE": "1"}
+    notebook = execute("sweep.ipynb", env, tmp_path, timeout=600)
+    _runs_clean(notebook)
+    assert "best run:" in text_of(outputs_of(notebook, "best = "))
+
+
+def test_modal_notebook_skips_visibly_without_credentials(tmp_path, tiny_model):
+    env = {"NBFINETUNE_HOME": str(tmp_path / "home"), "NBFINETUNE_DEFAULT_MODEL": tiny_model, "HF_HUB_OFFLINE": "1",
+           "MODAL_TOKEN_ID": "", "MODAL_TOKEN_SECRET": "", "MODAL_CONFIG_PATH": str(tmp_path / "none.toml")}
+    notebook = execute("modal.ipynb", env, tmp_path, timeout=300)
+    _runs_clean(notebook)
+    assert "Modal cells will be skipped" in text_of(outputs_of(notebook, "%load_ext"))
+    assert "skipped (no Modal credentials)" in text_of(outputs_of(notebook, "if MODAL:\n    run = "))
+    assert "prices of 2026-07-01" in text_of(outputs_of(notebook, "from nbfinetune.pricing"))

@@ -204,8 +204,8 @@ def _append(path: Path, events: list[Event]) -> None:
 def require_credentials() -> None:
     import modal
 
-    if not (os.environ.get("MODAL_TOKEN_ID") and os.environ.get("MODAL_TOKEN_SECRET")) and \
-            modal.config.config.get("token_id") is None:
+    # Empty values count as missing (an exported-but-empty MODAL_TOKEN_ID is a common slip).
+    if not (modal.config.config.get("token_id") and modal.config.config.get("token_secret")):
         raise ModalSetupError("no Modal credentials: run `modal token new` in a terminal, or set "
                               "MODAL_TOKEN_ID and MODAL_TOKEN_SECRET in the environment")
 

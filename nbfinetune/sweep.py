@@ -1,0 +1,136 @@
+"""Sweeps: a grid (or random sample of it) of settings, launched as ordinary runs.
+
+On Modal every run is spawned at once (Modal's fan-out runs them in parallel, capped by the workspace's
+GPU limit); locally they run one after another in a background thread, since they would only fight
+over the same cores. All curves are overlaid live in one figure; results are a DataFrame; the best run
+is picked by an eval metric.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import threading
+import time
+from typing import Any
+
+from .api import Run, build_config
+from .backends.base import get_backend
+from .config import RunConfig
+from .runs import RunStore
+
+REDRAW_INTERVAL_S = 0.2
+
+
+def grid_points(grid: dict[str, list[Any]], samples: int | None = None, seed: int = 0) -> list[dict[str, Any]]:
+    """Every combination of the grid's values, or `samples` of them drawn without replacement."""
+    if not grid or any(not isinstance(v, (list, tuple)) or not v for v in grid.values()):
+        raise ValueError("grid must map setting names to non-empty lists, e.g. {'lr': [1e-4, 3e-4], 'r': [8, 16]}")
+    keys = list(grid)
+    points = [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
+    if samples is not None and samples < len(points):
+        points = random.Random(seed).sample(points, samples)
+    return points
+
+
+class Sweep:
+    def __init__(self, grid: dict[str, list[Any]], metric: str = "eval_loss", samples: int | None = None,
+                 store: RunStore | None = None, **settings: Any) -> None:
+        self.store = store or RunStore()
+        self.metric = metric
+        self.points = grid_points(grid, samples)
+        self.configs: list[RunConfig] = [build_config(**(settings | point)) for point in self.points]
+        backends = {c.backend for c in self.configs}
+        if len(backends) != 1:
+            raise ValueError("all runs of a sweep use one backend")
+        self.backend = get_backend(backends.pop())
+        self.runs: list[Run] = []
+        self._done = threading.Event()
+        self._figure: Any = None
+        if self.backend.name == "local":
+            self._launcher = threading.Thread(target=self._launch_in_turn, daemon=True, name="nbfinetune-sweep")
+            self._launcher.start()
+            while len(self.runs) < 1 and self._launcher.is_alive():
+                time.sleep(0.05)
+        else:
+            for config in self.configs:
+                self.runs.append(Run(self.backend.launch(config, self.store), self.store, self.backend))
+            self._done.set()
+
+    def _launch_in_turn(self) -> None:
+        for config in self.configs:
+            run = Run(self.backend.launch(config, self.store), self.store, self.backend)
+            self.runs.append(run)
+            run.wait(progress=False)
+        self._done.set()
+
+    # --- results ---------------------------------------------------------------------------------
+    def wait(self, timeout: float | None = None) -> Any:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._done.wait(timeout)
+        for run in list(self.runs):
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            run.wait(timeout=left, progress=False)
+        return self.results()
+
+    def results(self) -> Any:
+        """One row per run: the swept settings, status, losses and metrics."""
+        from .widgets.compare import comparison_table
+
+        table = comparison_table(self.runs)
+        for key in self.points[0]:
+            table[f"swept {key}"] = [point[key] for point in self.points[: len(table)]]
+        return table
+
+    def best(self) -> Run | None:
+        """The finished run with the best metric: lowest for losses, highest for scores."""
+        table = self.results()
+        table = table[table["status"] == "finished"]
+        if self.metric not in table or table[self.metric].isna().all():
+            return None
+        lower_is_better = "loss" in self.metric
+        run_id = table[self.metric].idxmin() if lower_is_better else table[self.metric].idxmax()
+        return next(run for run in self.runs if run.id == run_id)
+
+    # --- live overlay ----------------------------------------------------------------------------
+    def figure(self) -> Any:
+        """A live FigureWidget: each run's smoothed train loss (solid) and eval loss (dotted)."""
+        import plotly.graph_objects as go
+
+        if self._figure is None:
+            self._figure = go.FigureWidget(layout={"height": 420, "template": "plotly_white", "xaxis_title": "step",
+                                                   "yaxis_title": "loss", "title": f"sweep over {', '.join(self.points[0])}"})
+            self._redraw()
+            threading.Thread(target=self._follow, daemon=True, name="nbfinetune-sweep-view").start()
+        return self._figure
+
+    def _redraw(self) -> None:
+        from plotly.colors import qualitative
+
+        from .widgets.charts import Curves
+
+        figure = self._figure
+        with figure.batch_update():
+            for index, (run, point) in enumerate(zip(list(self.runs), self.points)):
+                curves = Curves.from_events(run.events())
+                label = ", ".join(f"{k}={v}" for k, v in point.items())
+                color = qualitative.Plotly[index % len(qualitative.Plotly)]
+                while len(figure.data) < 2 * (index + 1):
+                    figure.add_scatter(mode="lines", line={"color": color})
+                train, evaluation = figure.data[2 * index], figure.data[2 * index + 1]
+                train.update(x=curves.steps, y=curves.smoothed, name=f"{label} train", line={"color": color})
+                evaluation.update(x=curves.eval_steps, y=curves.eval_loss, name=f"{label} eval", mode="lines+markers",
+                                  line={"color": color, "dash": "dot"})
+
+    def _follow(self) -> None:
+        while True:
+            self._redraw()
+            if self._done.is_set() and all(r.status not in ("pending", "running") for r in self.runs):
+                self._redraw()
+                return
+            time.sleep(REDRAW_INTERVAL_S)
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.figure())
