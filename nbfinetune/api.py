@@ -22,7 +22,7 @@ TRAIN_FLAGS = {"steps": "train.max_steps", "max_steps": "train.max_steps", "epoc
                "eval_samples": "eval.samples", "metrics": "eval.metrics", "save_every": "train.save_every",
                "precision": "train.precision", "schedule": "train.schedule", "warmup_steps": "train.warmup_steps",
                "data": "data.path", "model": "model", "backend": "backend", "name": "name", "gpu": "gpu",
-               "budget_usd": "budget_usd", "budget": "budget_usd"}
+               "budget_usd": "budget_usd", "budget": "budget_usd", "processes": "train.processes"}
 
 
 def build_config(config: RunConfig | dict[str, Any] | str | None = None, **settings: Any) -> RunConfig:

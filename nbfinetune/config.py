@@ -50,6 +50,8 @@ class TrainSettings:
     save_every: int | None = None
     # "auto": packed rows with flash-attention, padded rows with SDPA/eager (see core/batching.py).
     batch_layout: str = "auto"
+    # Data-parallel processes (torch.distributed): one per GPU; on Modal, set from gpu="TYPE:N".
+    processes: int = 1
 
 
 @dataclass
@@ -207,6 +209,9 @@ def _problems(config: RunConfig) -> list[str]:
     choice("train.precision", t.precision, PRECISIONS)
     positive_int("train.save_every", t.save_every, allow_none=True)
     choice("train.batch_layout", t.batch_layout, ("auto", "packed", "padded"))
+    positive_int("train.processes", t.processes)
+    if isinstance(t.processes, int) and isinstance(t.batch_size, int) and t.processes > t.batch_size:
+        out.append(f"train.batch_size ({t.batch_size}) must be at least train.processes ({t.processes})")
     positive_int("eval.every", config.eval.every, allow_none=True)
     check(isinstance(config.eval.samples, int) and config.eval.samples >= 0,
           f"eval.samples must be >= 0, got {config.eval.samples!r}")

@@ -34,6 +34,11 @@ def run_child(run_dir: Path) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     config = RunConfig.from_dict(json.loads((run_dir / "config.json").read_text(encoding="utf-8")))
+    if os.environ.get("RANK", "0") != "0":  # another data-parallel process: rank 0 writes the events
+        from .core.trainer import train
+
+        train(config, lambda *_a, **_k: None, stop.is_set, run_dir)
+        return 0
     writer = EventWriter(run_dir / "events.jsonl", run_dir.name)
     try:
         from .core.trainer import train
@@ -48,6 +53,14 @@ def run_child(run_dir: Path) -> int:
         writer.close()
 
 
+def child_command(run_dir: Path, processes: int) -> list[str]:
+    """One trainer process, or `processes` data-parallel ones under torchrun (gloo on CPU, NCCL on GPUs)."""
+    target = ["-m", "nbfinetune.worker", "--child", str(run_dir)]
+    if processes <= 1:
+        return [sys.executable, *target]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", *target]
+
+
 def _human(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     if "out of memory" in text.lower() or isinstance(exc, MemoryError):
@@ -57,8 +70,8 @@ def _human(exc: BaseException) -> str:
 
 def supervise(run_dir: Path) -> int:
     log_path = run_dir / "worker.log"
-    child = subprocess.Popen([sys.executable, "-m", "nbfinetune.worker", "--child", str(run_dir)],
-                             stdout=sys.stdout, stderr=sys.stderr)
+    processes = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))["train"].get("processes", 1)
+    child = subprocess.Popen(child_command(run_dir, processes), stdout=sys.stdout, stderr=sys.stderr)
     (run_dir / CHILD_PID).write_text(str(child.pid))
 
     def forward(signum: int, _frame: object) -> None:

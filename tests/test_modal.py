@@ -250,3 +250,13 @@ def test_deploy_without_credentials_says_how_to_get_them(tmp_path):
     out = subprocess.run([sys.executable, "-m", "nbfinetune.cli", "deploy"], capture_output=True, text=True,
                          timeout=60, env=env)
     assert out.returncode == 2 and "modal token new" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_remote_body_with_several_processes_publishes_rank0_events(tiny_model, tmp_path, home):
+    """gpu="TYPE:N" runs N data-parallel trainers under torchrun in the container (gloo on CPU here)."""
+    published = []
+    config = api.build_config(model=tiny_model, steps=3, batch_size=4, processes=2, eval_samples=0).to_dict()
+    result = remote_train(config, "rN", str(tmp_path), published.append, lambda: None, lambda: False)
+    assert result["status"] == "finished", (result, published[-1:])
+    assert [e["seq"] for e in published] == list(range(1, len(published) + 1))
+    assert next(e for e in published if e["type"] == "started")["processes"] == 2

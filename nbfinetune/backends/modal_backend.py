@@ -68,6 +68,7 @@ class ModalBackend:
         parse_gpu(config.gpu)  # unknown GPU types fail here, before anything is created
         self.client.check_ready()
         remote = RunConfig.from_dict(config.to_dict())
+        remote.train.processes = parse_gpu(config.gpu)[1]  # "H100:4" → 4 data-parallel trainers, one per GPU
         remote.data.path = self._upload_if_local(config.data.path)
         if config.data.eval_path:
             remote.data.eval_path = self._upload_if_local(config.data.eval_path)

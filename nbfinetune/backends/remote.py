@@ -29,6 +29,8 @@ def remote_train(config: dict[str, Any], run_id: str, runs_root: str, publish: C
     run_config = RunConfig.from_dict(config)
     if not (run_dir / "config.json").exists():
         (run_dir / "config.json").write_text(run_config.to_json(), encoding="utf-8")
+    if run_config.train.processes > 1:
+        return _train_in_processes(run_dir, run_config.train.processes, publish, commit, cancelled)
     writer = EventWriter(run_dir / "events.jsonl", run_id)
     written = 0
 
@@ -65,3 +67,39 @@ def remote_train(config: dict[str, Any], run_id: str, runs_root: str, publish: C
     finally:
         writer.close()
         commit()
+
+
+def _train_in_processes(run_dir: Path, processes: int, publish: Callable[[dict[str, Any]], None],
+                        commit: Callable[[], None], cancelled: Callable[[], bool]) -> dict[str, Any]:
+    """Several GPUs: the worker runs `processes` data-parallel trainers under torchrun and its rank 0
+    writes events.jsonl; this loop publishes each new line for the live tail and commits the Volume."""
+    import signal
+    import subprocess
+
+    from ..runs import read_events
+    from ..worker import child_command
+
+    process = subprocess.Popen(child_command(run_dir, processes))
+    offset, seen, last, cancel_sent = 0, 0, None, False
+    while True:
+        exited = process.poll() is not None
+        chunk = read_events(run_dir / "events.jsonl", offset)
+        offset = chunk.offset
+        for event in chunk.events:
+            last = event
+            seen += 1
+            try:
+                publish(event.to_dict())
+            except Exception:  # noqa: BLE001 — best effort, the Volume has every event
+                pass
+        if chunk.events and (seen % COMMIT_EVERY < len(chunk.events) or last.terminal):
+            commit()
+        if exited:
+            break
+        if not cancel_sent and cancelled():
+            process.send_signal(signal.SIGTERM)  # graceful: rank 0 saves adapter and checkpoint
+            cancel_sent = True
+        time.sleep(1.0)
+    commit()
+    status = last.type if last is not None and last.terminal else "failed"
+    return {"status": status, "exit_code": process.returncode}

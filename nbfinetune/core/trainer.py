@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from ..config import RunConfig
 from ..data.prepare import PreparedData, prepare
 from .batching import DataPosition, EpochSampler, collate, pick_layout
+from .distributed import Group
 from .checkpoints import latest_checkpoint, load_checkpoint, save_adapter, save_checkpoint
 from .evaluate import GenerationEval, eval_loss, evaluate_generation, summed_loss
 from .metrics import default_metrics
@@ -37,11 +38,26 @@ def total_steps(config: RunConfig, n_train: int) -> int:
 
 
 def train(config: RunConfig, emit: Emit, should_stop: Callable[[], bool], run_dir: str | Path) -> dict[str, Any]:
+    run_dir = Path(run_dir)
+    started_at = time.time()
+    group = Group.from_env()
+    if not group.is_main:
+        emit = _silent  # rank 0 speaks for the run
+    try:
+        return _train(config, emit, should_stop, run_dir, group, started_at)
+    finally:
+        group.close()
+
+
+def _silent(type: str, **payload: Any) -> None:
+    return None
+
+
+def _train(config: RunConfig, emit: Emit, should_stop: Callable[[], bool], run_dir: Path, group: Group,
+           started_at: float) -> dict[str, Any]:
     import torch
     from transformers import get_scheduler
 
-    run_dir = Path(run_dir)
-    started_at = time.time()
     emit("log", level="info", message=f"resolving model {config.model}")
     model_path = resolve_model(config.model)
     loaded = load_for_training(config, model_path)
@@ -67,11 +83,13 @@ def train(config: RunConfig, emit: Emit, should_stop: Callable[[], bool], run_di
     emit("started", model=config.model, model_path=model_path, device=device, precision=loaded.precision,
          total_steps=steps, resumed_step=step, trainable_params=loaded.trainable_params,
          total_params=loaded.total_params, train_rows=len(data.train), eval_rows=len(data.eval),
-         data=data.report.to_dict() | {"problems": len(data.report.problems)}, metrics=metric_names)
+         data=data.report.to_dict() | {"problems": len(data.report.problems)}, metrics=metric_names,
+         processes=group.world)
 
     evaluator = _Evaluator(config, loaded, data, metric_names, emit, history)
-    if step == 0:
+    if step == 0 and group.is_main:
         evaluator.run(0, base=True)
+    group.barrier()
 
     sampler = EpochSampler(data.train, config.train.batch_size, config.train.seed, position)
     layout, pad_id = pick_layout(config.train.batch_layout, model), loaded.tokenizer.pad_token_id
@@ -81,17 +99,22 @@ def train(config: RunConfig, emit: Emit, should_stop: Callable[[], bool], run_di
     # Throughput counts training time only: evals and checkpoints in between are excluded.
     window_tokens, window_steps, train_seconds = 0, 0, 0.0
     while step < steps:
-        if should_stop():
+        if group.decide(should_stop() if group.is_main else False):
+            if not group.is_main:
+                return {"cancelled": True, "steps": step}
             return _stop(emit, run_dir, loaded, optimizer, scheduler, step, sampler.position, evaluator.history,
                          started_at)
         step_start = time.perf_counter()
-        micro = [collate(next(sampler), device, layout, pad_id) for _ in range(config.train.grad_accum)]
-        trained = sum(b.trained_tokens for b in micro)
+        micro = [collate(group.shard(next(sampler)), device, layout, pad_id) for _ in range(config.train.grad_accum)]
+        # Normalize by the whole batch's trained tokens (all ranks), so N processes take the step one would.
+        trained = int(group.sum(sum(b.trained_tokens for b in micro)))
         loss_sum = 0.0
         for batch in micro:
             loss = summed_loss(model, batch) / trained
             loss.backward()
             loss_sum += float(loss.detach())
+        group.sum_grads(params)
+        loss_sum = group.sum(loss_sum)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.train.max_grad_norm))
         optimizer.step()
         scheduler.step()
@@ -101,7 +124,7 @@ def train(config: RunConfig, emit: Emit, should_stop: Callable[[], bool], run_di
         loss_value = loss_sum
         first_loss = first_loss if first_loss is not None else loss_value
         evaluator.history["first_loss"] = first_loss
-        tokens = sum(b.tokens for b in micro)
+        tokens = int(group.sum(sum(b.tokens for b in micro)))
         window_tokens += tokens
         window_steps += 1
         rate = window_tokens / train_seconds if train_seconds > 0 else 0.0
@@ -109,17 +132,25 @@ def train(config: RunConfig, emit: Emit, should_stop: Callable[[], bool], run_di
              lr=scheduler.get_last_lr()[0], grad_norm=grad_norm, tokens=tokens, trained_tokens=trained,
              tokens_per_s=rate, eta_s=(steps - step) * train_seconds / window_steps)
         if config.eval.every and step % config.eval.every == 0 and step < steps:
-            evaluator.run(step)
+            if group.is_main:
+                evaluator.run(step)
+            group.barrier()
         if config.train.save_every and step % config.train.save_every == 0 and step < steps:
-            path = save_checkpoint(run_dir / "checkpoints" / f"step-{step}", model, loaded.tokenizer, optimizer,
-                                   scheduler, step, sampler.position, evaluator.history)
-            emit("checkpoint", step=step, path=str(path))
+            if group.is_main:
+                path = save_checkpoint(run_dir / "checkpoints" / f"step-{step}", model, loaded.tokenizer, optimizer,
+                                       scheduler, step, sampler.position, evaluator.history)
+                emit("checkpoint", step=step, path=str(path))
+            group.barrier()
 
+    if not group.is_main:
+        group.barrier()  # wait for rank 0's final evaluation and save
+        return {"steps": step}
     final = evaluator.run(step)
     adapter = save_adapter(model, loaded.tokenizer, run_dir / "adapter")
     summary = {"first_loss": first_loss, "last_loss": loss_value, "eval_loss": final.get("eval_loss"),
                "metrics": final.get("metrics", {}), "base_metrics": evaluator.history.get("base_metrics", {}),
                "steps": step, "train_time_s": round(time.time() - started_at, 2)}
+    group.barrier()
     emit("finished", adapter_path=str(adapter), summary=summary)
     return {"adapter_path": str(adapter), **summary}
 
