@@ -116,6 +116,7 @@ MODAL = [
         "```bash\npip install nbfinetune          # modal comes with it\nmodal token new                 # opens a browser to "
         "create a token (or set MODAL_TOKEN_ID / MODAL_TOKEN_SECRET)\nnbfinetune deploy               # builds the image and "
         "deploys the GPU trainer and chat server\n```\n\n"
+        "(Skipping `nbfinetune deploy` is fine too: the first launch deploys the app, showing Modal's progress.)\n\n"
         "Cells that need Modal are skipped with a note when no credentials are set. Nothing in nbfinetune has been "
         "run against real Modal by its authors' test machines, which cannot reach it — see the README."),
     new_code_cell(

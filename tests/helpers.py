@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from nbfinetune.config import RunConfig
@@ -25,3 +26,12 @@ def chat_row(question: str = "hi", answer: str = "hello") -> dict:
 def starts_like_reference(prediction: str, reference: str) -> float:
     """A user metric, referred to as 'tests.helpers:starts_like_reference'."""
     return float(prediction[:1] == reference[:1])
+
+
+def wait_for(predicate, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError("timed out")

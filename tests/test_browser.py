@@ -7,6 +7,7 @@ under test-artifacts/.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -75,6 +76,24 @@ def lab(tmp_path, tmp_path_factory):
     log.close()
 
 
+@contextlib.contextmanager
+def browser_page(name: str):
+    """A Chromium page; on failure a screenshot test-artifacts/<name>-failure.png is kept."""
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        try:
+            yield page
+        except Exception:
+            page.screenshot(path=str(ARTIFACTS / f"{name}-failure.png"))
+            raise
+        finally:
+            browser.close()
+
+
 def open_notebook(page, url: str) -> None:
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
@@ -88,93 +107,71 @@ def open_notebook(page, url: str) -> None:
 
 
 def test_quickstart_in_jupyterlab(lab):
-    from playwright.sync_api import sync_playwright
-
     base, token, _model = lab
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        try:
-            open_notebook(page, f"{base}/lab/tree/quickstart.ipynb?token={token}")
-            page.click(".lm-MenuBar-item:has-text('Run')")
-            page.click(".lm-Menu-item:has-text('Run All Cells')")
+    with browser_page("browser") as page:
+        open_notebook(page, f"{base}/lab/tree/quickstart.ipynb?token={token}")
+        page.click(".lm-MenuBar-item:has-text('Run')")
+        page.click(".lm-Menu-item:has-text('Run All Cells')")
 
-            page.wait_for_selector(".nbfinetune-dashboard .js-plotly-plot", timeout=120_000)
-            page.screenshot(path=str(ARTIFACTS / "browser-dashboard-live.png"))
-            lengths = []
-            deadline = time.monotonic() + 240
-            while time.monotonic() < deadline:
-                length = page.evaluate("""() => {
-                    const plot = document.querySelector('.nbfinetune-dashboard .js-plotly-plot');
-                    return plot && plot.data && plot.data[0].x ? plot.data[0].x.length : 0; }""")
-                if not lengths or length != lengths[-1]:
-                    lengths.append(length)
-                if length >= 40:
-                    break
-                time.sleep(0.1)
-            assert lengths[-1] == 40, lengths
-            assert len([n for n in lengths if 0 < n < 40]) >= 1, f"the trace never grew while training: {lengths}"
-            assert lengths == sorted(lengths)
+        page.wait_for_selector(".nbfinetune-dashboard .js-plotly-plot", timeout=120_000)
+        page.screenshot(path=str(ARTIFACTS / "browser-dashboard-live.png"))
+        lengths = []
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            length = page.evaluate("""() => {
+                const plot = document.querySelector('.nbfinetune-dashboard .js-plotly-plot');
+                return plot && plot.data && plot.data[0].x ? plot.data[0].x.length : 0; }""")
+            if not lengths or length != lengths[-1]:
+                lengths.append(length)
+            if length >= 40:
+                break
+            time.sleep(0.1)
+        assert lengths[-1] == 40, lengths
+        assert len([n for n in lengths if 0 < n < 40]) >= 1, f"the trace never grew while training: {lengths}"
+        assert lengths == sorted(lengths)
 
-            # The chat cell answers (its output is the streamed text), and the last cell ran.
-            chat_cell = page.locator(".jp-CodeCell:has(.jp-InputArea:has-text('%%chat'))")
-            chat_cell.locator(".jp-OutputArea-output").first.wait_for(timeout=240_000)
-            page.wait_for_function("""() => {
-                const cells = [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')];
-                return cells.length && /\\[\\d+\\]/.test(cells[cells.length - 1].textContent); }""", timeout=240_000)
-            answer = chat_cell.locator(".jp-OutputArea-output").all_inner_texts()
-            assert "".join(answer).strip(), "the chat cell printed nothing"
-            errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']"
-                                  ":has-text('Traceback')")
-            assert errors.count() == 0, errors.all_inner_texts()
-            chat_cell.scroll_into_view_if_needed()
-            page.screenshot(path=str(ARTIFACTS / "browser-chat.png"))
-            page.locator(".nbfinetune-dashboard").scroll_into_view_if_needed()
-            page.locator(".nbfinetune-dashboard").screenshot(path=str(ARTIFACTS / "browser-dashboard-final.png"))
-        except Exception:
-            page.screenshot(path=str(ARTIFACTS / "browser-failure.png"))
-            raise
-        finally:
-            browser.close()
+        # The chat cell answers (its output is the streamed text), and the last cell ran.
+        chat_cell = page.locator(".jp-CodeCell:has(.jp-InputArea:has-text('%%chat'))")
+        chat_cell.locator(".jp-OutputArea-output").first.wait_for(timeout=240_000)
+        page.wait_for_function("""() => {
+            const cells = [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')];
+            return cells.length && /\\[\\d+\\]/.test(cells[cells.length - 1].textContent); }""", timeout=240_000)
+        answer = chat_cell.locator(".jp-OutputArea-output").all_inner_texts()
+        assert "".join(answer).strip(), "the chat cell printed nothing"
+        errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']"
+                              ":has-text('Traceback')")
+        assert errors.count() == 0, errors.all_inner_texts()
+        chat_cell.scroll_into_view_if_needed()
+        page.screenshot(path=str(ARTIFACTS / "browser-chat.png"))
+        page.locator(".nbfinetune-dashboard").scroll_into_view_if_needed()
+        page.locator(".nbfinetune-dashboard").screenshot(path=str(ARTIFACTS / "browser-dashboard-final.png"))
 
 
 def test_fine_tunes_sidebar_is_live_and_attaches(lab, home):
     """The labextension: the sidebar lists runs, a status changes live, clicking attaches the dashboard."""
-    from playwright.sync_api import sync_playwright
-
     from nbfinetune import api
 
     base, token, model = lab
-    ARTIFACTS.mkdir(exist_ok=True)
     done = api.finetune(model=str(model), steps=3, eval_samples=0, display=False, name="finished-one")
     assert done.wait(timeout=120, progress=False).status == "finished"
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        try:
-            open_notebook(page, f"{base}/lab/tree/quickstart.ipynb?token={token}")
-            page.click("li.lm-TabBar-tab[data-id='nbfinetune-runs']")
-            finished = page.locator(f".nbft-run[data-run-id='{done.id}']")
-            finished.wait_for(timeout=30_000)
-            assert finished.get_attribute("data-status") == "finished"
-            assert "finished-one" in finished.inner_text()
+    with browser_page("sidebar") as page:
+        open_notebook(page, f"{base}/lab/tree/quickstart.ipynb?token={token}")
+        page.click("li.lm-TabBar-tab[data-id='nbfinetune-runs']")
+        finished = page.locator(f".nbft-run[data-run-id='{done.id}']")
+        finished.wait_for(timeout=30_000)
+        assert finished.get_attribute("data-status") == "finished"
+        assert "finished-one" in finished.inner_text()
 
-            live = api.finetune(model=str(model), steps=150, eval_samples=0, display=False)
-            item = page.locator(f".nbft-run[data-run-id='{live.id}']")
-            page.wait_for_selector(f".nbft-run[data-run-id='{live.id}'][data-status='running']", timeout=60_000)
-            assert item.locator(".nbft-cancel").count() == 1
-            page.screenshot(path=str(ARTIFACTS / "sidebar-running.png"))
-            page.wait_for_selector(f".nbft-run[data-run-id='{live.id}'][data-status='finished']", timeout=180_000)
-            assert item.locator("polyline").count() == 1  # the loss sparkline
+        live = api.finetune(model=str(model), steps=150, eval_samples=0, display=False)
+        item = page.locator(f".nbft-run[data-run-id='{live.id}']")
+        page.wait_for_selector(f".nbft-run[data-run-id='{live.id}'][data-status='running']", timeout=60_000)
+        assert item.locator(".nbft-cancel").count() == 1
+        page.screenshot(path=str(ARTIFACTS / "sidebar-running.png"))
+        page.wait_for_selector(f".nbft-run[data-run-id='{live.id}'][data-status='finished']", timeout=180_000)
+        assert item.locator("polyline").count() == 1  # the loss sparkline
 
-            item.click()  # inserts and runs `nbft.attach(...)` in the open notebook
-            chart = page.locator(".jp-CodeCell:has-text('nbft.attach') .nbfinetune-dashboard .js-plotly-plot")
-            chart.wait_for(timeout=120_000)
-            assert chart.evaluate("plot => plot.data[0].x.length") == 150  # replayed at once
-            page.screenshot(path=str(ARTIFACTS / "sidebar-attached.png"))
-        except Exception:
-            page.screenshot(path=str(ARTIFACTS / "sidebar-failure.png"))
-            raise
-        finally:
-            browser.close()
+        item.click()  # inserts and runs `nbft.attach(...)` in the open notebook
+        chart = page.locator(".jp-CodeCell:has-text('nbft.attach') .nbfinetune-dashboard .js-plotly-plot")
+        chart.wait_for(timeout=120_000)
+        assert chart.evaluate("plot => plot.data[0].x.length") == 150  # replayed at once
+        page.screenshot(path=str(ARTIFACTS / "sidebar-attached.png"))

@@ -92,3 +92,13 @@ def test_run_view_and_curves_handle_resumed_steps():
         view.add(Event("step", "r", seq, 0.0, {"step": step, "epoch": 0, "loss": float(step), "lr": 0.1}))
     assert view.curves.steps == [1, 2, 3, 4] and view.step == 4
     assert Curves.from_events([]).steps == []
+
+
+def test_modal_runs_show_gpu_cost(tmp_path):
+    store = RunStore(tmp_path)
+    run_id = store.create(RunConfig(backend="modal", gpu="H100"))
+    writer = EventWriter(store.events_path(run_id), run_id)
+    writer.emit("started", model="m", device="cuda", total_steps=3)
+    writer.emit("finished", adapter_path="/runs/x/adapter")
+    dash = Dashboard(FakeRun(store, run_id, FakeBackend(False)), start=False)
+    assert "$0.0000 on H100" in dash.stats_html.value

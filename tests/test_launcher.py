@@ -30,3 +30,12 @@ def test_bad_settings_are_shown_not_raised(home, tiny_model):
 
 def test_bare_magic_opens_the_launcher(home, ip):
     assert isinstance(ip.run_line_magic("finetune", ""), Launcher)
+
+
+def test_modal_choice_gives_a_dated_cost_estimate_and_config(home, tiny_model):
+    launcher = Launcher(api.build_config(model=tiny_model))
+    launcher.preflight.check(wait=True)
+    launcher.backend.value, launcher.gpu.value, launcher.gpu_count.value, launcher.budget.value = "modal", "H100", 2, 5.0
+    assert "on Modal" in launcher.estimate.value and "prices of 2026-07-01" in launcher.estimate.value
+    config = launcher.config()
+    assert (config.backend, config.gpu, config.budget_usd) == ("modal", "H100:2", 5.0)

@@ -9,16 +9,8 @@ import pytest
 from nbfinetune import api
 from nbfinetune.runs import RunStore, read_events
 
-from tests.helpers import write_jsonl, chat_row
+from tests.helpers import chat_row, wait_for, write_jsonl
 
-
-def _wait_for(predicate, timeout=120.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError("timed out")
 
 
 def test_subprocess_run_persists_dense_events_and_a_loadable_adapter(home, tiny_model):
@@ -58,7 +50,7 @@ def test_bad_data_fails_with_the_row_problems_before_training(home, tiny_model, 
 
 def test_graceful_cancel_keeps_adapter_and_checkpoint(home, tiny_model):
     run = api.finetune(model=tiny_model, steps=100000, eval_samples=0, display=False)
-    _wait_for(lambda: any(e.type == "step" and e["step"] >= 3 for e in run.events()))
+    wait_for(lambda: any(e.type == "step" and e["step"] >= 3 for e in run.events()))
     run.cancel()
     summary = run.wait(timeout=60, progress=False)
     assert summary.status == "cancelled"
@@ -69,7 +61,7 @@ def test_graceful_cancel_keeps_adapter_and_checkpoint(home, tiny_model):
 
 def test_killed_worker_ends_as_failed_and_keeps_earlier_events(home, tiny_model):
     run = api.finetune(model=tiny_model, steps=100000, eval_samples=0, display=False)
-    _wait_for(lambda: any(e.type == "step" for e in run.events()))
+    wait_for(lambda: any(e.type == "step" for e in run.events()))
     child = int((run.path / "train.pid").read_text())
     import os
 
@@ -98,7 +90,7 @@ def test_reattach_from_a_fresh_process_replays_everything(home, tiny_model):
 
 def test_resume_after_cancel_continues_the_curve_in_the_same_stream(home, tiny_model):
     run = api.finetune(model=tiny_model, steps=60, eval_samples=0, display=False)
-    _wait_for(lambda: any(e.type == "step" and e["step"] >= 3 for e in run.events()))
+    wait_for(lambda: any(e.type == "step" and e["step"] >= 3 for e in run.events()))
     run.cancel()
     assert run.wait(timeout=60, progress=False).status == "cancelled"
     stopped_at = max(e["step"] for e in run.events() if e.type == "step")
@@ -127,7 +119,7 @@ def test_export_merges_and_verifies(home, tiny_model, tmp_path):
 
 def test_hard_cancel_ends_as_cancelled_and_keeps_events(home, tiny_model):
     run = api.finetune(model=tiny_model, steps=100000, eval_samples=0, display=False)
-    _wait_for(lambda: any(e.type == "step" for e in run.events()))
+    wait_for(lambda: any(e.type == "step" for e in run.events()))
     run.cancel(hard=True)
     summary = run.wait(timeout=60, progress=False)
     events = run.events()

@@ -12,12 +12,14 @@ from pathlib import Path
 import pytest
 
 from nbfinetune import api
-from nbfinetune.backends.modal_backend import ModalBackend, ModalSetupError
+from nbfinetune.backends.modal_backend import ModalAppNotDeployed, ModalBackend, ModalSetupError
 from nbfinetune.backends.remote import remote_train
 from nbfinetune.config import ConfigError
 from nbfinetune.data.sources import sample_files
 from nbfinetune.pricing import UnknownGPU, cost_so_far, estimate, parse_gpu
 from nbfinetune.runs import RunStore
+
+from tests.helpers import wait_for
 
 
 class FakeModal:
@@ -32,10 +34,16 @@ class FakeModal:
         self.spawned: list[tuple[str, str]] = []
         self.ready_error: str | None = None
         self.one_container_at_a_time = threading.Lock()
+        self.deployed = True
 
     def check_ready(self):
         if self.ready_error:
             raise ModalSetupError(self.ready_error)
+        if not self.deployed:
+            raise ModalAppNotDeployed("not deployed")
+
+    def deploy(self):
+        self.deployed = True
 
     def upload(self, local_path, remote_path):
         target = self.volume / remote_path.lstrip("/")
@@ -93,14 +101,6 @@ def fake(tmp_path, monkeypatch):
     return client
 
 
-def _wait_for(predicate, timeout=120.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError("timed out")
-
 
 def test_app_definition_imports_light_and_declares_gpu_volume_retries():
     import subprocess
@@ -147,7 +147,8 @@ def test_remote_failure_is_an_event_and_never_leaks_the_hf_token(tmp_path, monke
     assert "[redacted]" in published[-1]["message"]
 
 
-def test_launch_streams_events_into_the_local_store_with_cost(fake, home, tiny_model, tmp_path):
+def test_launch_streams_events_into_the_local_store_with_cost(fake, home, tiny_model, tmp_path, capsys):
+    fake.deployed = False  # first use: deployed on the way, with a visible message
     data = tmp_path / "train.jsonl"
     shutil.copy(sample_files("people")[0], data)
     run = api.finetune(model=tiny_model, data=str(data), backend="modal", gpu="H100", steps=5, eval_samples=2,
@@ -158,6 +159,9 @@ def test_launch_streams_events_into_the_local_store_with_cost(fake, home, tiny_m
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
     assert fake.spawned == [(run.id, "H100")]
     assert list((fake.volume / "data").glob("*/train.jsonl"))  # the local file was uploaded
+    printed = capsys.readouterr().out
+    assert fake.deployed and "deploying it now" in printed and "to the Modal Volume… done" in printed
+    assert json.loads((fake.volume / run.id / "config.json").read_text())["train"]["save_every"] == 50
     assert summary.cost_usd is not None and summary.cost_usd > 0
     assert summary.cost_usd == pytest.approx(cost_so_far("H100", summary.ended - summary.started))
 
@@ -182,7 +186,7 @@ def test_reattach_replays_the_volume_history_then_follows(fake, home, tiny_model
     old_kernel = KernelThatDies(fake)
     monkeypatch.setattr("nbfinetune.backends.base._modal_backend", {"instance": ModalBackend(old_kernel)})
     run = api.finetune(model=tiny_model, backend="modal", steps=40, eval_samples=0, display=False)
-    _wait_for(lambda: any(e.type == "step" for e in run.events()))
+    wait_for(lambda: any(e.type == "step" for e in run.events()))
     old_kernel.dead = True
     # A kernel restart: a new backend (no mirror thread) and a local copy that lost its tail.
     path = RunStore().events_path(run.id)
@@ -198,7 +202,7 @@ def test_reattach_replays_the_volume_history_then_follows(fake, home, tiny_model
 def test_cancel_and_network_loss(fake, home, tiny_model):
     fake.fail_polls = 3  # the first polls fail: the mirror must back off and reconnect, keeping the run
     run = api.finetune(model=tiny_model, backend="modal", steps=100000, eval_samples=0, display=False)
-    _wait_for(lambda: any(e.type == "step" for e in run.events()), timeout=180)
+    wait_for(lambda: any(e.type == "step" for e in run.events()), timeout=180)
     run.cancel()
     summary = run.wait(timeout=120, progress=False)
     assert summary.status == "cancelled" and (fake.volume / run.id / "adapter").is_dir()

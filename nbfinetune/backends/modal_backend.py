@@ -28,9 +28,19 @@ class ModalSetupError(RuntimeError):
     """Modal cannot be used as configured; the message says what to do."""
 
 
+class ModalAppNotDeployed(ModalSetupError):
+    """Credentials work but the nbfinetune app is not deployed yet (first use)."""
+
+
+DEFAULT_REMOTE_SAVE_EVERY = 50  # preemptible GPUs: a restarted input resumes from the last checkpoint
+
+
 class ModalClient(Protocol):
     def check_ready(self) -> None:
-        """Raise ModalSetupError when credentials are missing or the app is not deployed."""
+        """Raise ModalSetupError when credentials are missing, ModalAppNotDeployed before first deploy."""
+
+    def deploy(self) -> None:
+        """Deploy the app, printing Modal's build progress."""
 
     def upload(self, local_path: str, remote_path: str) -> None: ...
 
@@ -66,8 +76,15 @@ class ModalBackend:
     # --- Backend protocol ------------------------------------------------------------------------
     def launch(self, config: RunConfig, store: RunStore) -> str:
         parse_gpu(config.gpu)  # unknown GPU types fail here, before anything is created
-        self.client.check_ready()
+        try:
+            self.client.check_ready()
+        except ModalAppNotDeployed:
+            print("nbfinetune is not deployed to Modal yet: deploying it now (first use; the image build "
+                  "takes a few minutes the first time)…", flush=True)
+            self.client.deploy()
         remote = RunConfig.from_dict(config.to_dict())
+        if remote.train.save_every is None:
+            remote.train.save_every = DEFAULT_REMOTE_SAVE_EVERY
         remote.train.processes = parse_gpu(config.gpu)[1]  # "H100:4" → 4 data-parallel trainers, one per GPU
         remote.data.path = self._upload_if_local(config.data.path)
         if config.data.eval_path:
@@ -187,7 +204,11 @@ class ModalBackend:
         digest = hashlib.sha256(Path(local).read_bytes()).hexdigest()[:16] if os.path.isfile(local) else \
             hashlib.sha256(local.encode()).hexdigest()[:16]
         remote = f"/data/{digest}/{os.path.basename(local.rstrip('/'))}"
+        size = sum(p.stat().st_size for p in Path(local).rglob("*") if p.is_file()) if os.path.isdir(local) \
+            else os.path.getsize(local)
+        print(f"uploading {local} ({size / 1e6:,.1f} MB) to the Modal Volume…", end=" ", flush=True)
         self.client.upload(local, remote)
+        print("done", flush=True)
         return "/runs" + remote
 
 
@@ -242,7 +263,10 @@ class RealModalClient:
         except modal.exception.AuthError as exc:
             raise ModalSetupError(f"Modal rejected the credentials: {exc}") from None
         except modal.exception.NotFoundError:
-            raise ModalSetupError("the nbfinetune app is not deployed to Modal yet: run `nbfinetune deploy`") from None
+            raise ModalAppNotDeployed("the nbfinetune app is not deployed to Modal yet: run `nbfinetune deploy`") from None
+
+    def deploy(self) -> None:
+        deploy()
 
     def upload(self, local_path: str, remote_path: str) -> None:
         with self.app.volume.batch_upload(force=True) as batch:

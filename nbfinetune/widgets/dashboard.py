@@ -39,9 +39,20 @@ class RunView:
     adapter_path: str | None = None
     warnings: list[str] = field(default_factory=list)
     last_seq: int = 0
+    first_time: float | None = None
+    end_time: float | None = None
+    gpu: str | None = None  # set for Modal runs: the dashboard shows GPU cost so far
+
+    def cost_usd(self) -> float | None:
+        if not self.gpu or self.first_time is None:
+            return None
+        from ..pricing import cost_so_far
+
+        return cost_so_far(self.gpu, (self.end_time or time.time()) - self.first_time)
 
     def add(self, event: Event) -> None:
         self.last_seq = event.seq
+        self.first_time = self.first_time or event.time
         self.curves.add(event)
         if event.type == "started":
             self.status, self.total_steps = "running", event["total_steps"]
@@ -60,6 +71,7 @@ class RunView:
                 self.message = event["message"]
         elif event.terminal:
             self.status = event.type
+            self.end_time = event.time
             self.adapter_path = event.get("adapter_path")
             self.eta_s = 0.0 if event.type == "finished" else None
             if event.type == "failed":
@@ -79,7 +91,8 @@ class Dashboard(widgets.VBox):
         import plotly.graph_objects as go
 
         self.run = run
-        self.view = RunView()
+        config = run.store.config(run.id)
+        self.view = RunView(gpu=config.get("gpu") if config.get("backend") == "modal" else None)
         self._offset = 0
         self._closed = threading.Event()
         self.figure = go.FigureWidget(empty_figure())
@@ -187,6 +200,9 @@ def _stats(view: RunView) -> str:
         parts.append(f"ETA {_duration(view.eta_s)}")
     if view.curves.loss:
         parts.append(f"loss {view.curves.loss[-1]:.4f}")
+    cost = view.cost_usd()
+    if cost is not None:
+        parts.append(f"${cost:,.4f} on {html.escape(view.gpu or '')}")
     return " · ".join(parts)
 
 

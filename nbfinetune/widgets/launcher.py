@@ -36,20 +36,31 @@ class Launcher(widgets.VBox):
         self.alpha = _number("LoRA alpha", config.lora.alpha, float, min=0.01, max=4096)
         self.eval_samples = _number("eval samples", config.eval.samples, min=0, max=10_000)
         self.eval_every = _number("eval every", config.eval.every or 0, min=0, max=10_000_000)
-        self.backend = widgets.Dropdown(options=[("local (this machine)", "local")], value="local",
-                                        description="backend", style={"description_width": "110px"})
+        from ..pricing import price_table
+
+        self.backend = widgets.Dropdown(options=[("local (this machine)", "local"), ("Modal GPU", "modal")],
+                                        value=config.backend, description="backend",
+                                        style={"description_width": "110px"})
+        self.gpu = widgets.Dropdown(options=list(price_table()["per_gpu_second"]), value=config.gpu.split(":")[0],
+                                    description="GPU", style={"description_width": "60px"},
+                                    layout=widgets.Layout(width="200px"))
+        self.gpu_count = widgets.BoundedIntText(value=1, min=1, max=8, description="×",
+                                                style={"description_width": "20px"}, layout=widgets.Layout(width="90px"))
+        self.budget = widgets.BoundedFloatText(value=0.0, min=0.0, max=100000.0, step=1.0, description="budget $",
+                                               tooltip="Modal: cancel at this spend (0: no cap)",
+                                               style={"description_width": "70px"}, layout=widgets.Layout(width="170px"))
         self.name = widgets.Text(description="run name", placeholder="optional",
                                  style={"description_width": "110px"})
         self.estimate = widgets.HTML()
         self.error = widgets.HTML()
         self.launch_button = widgets.Button(description="Launch", button_style="success", icon="rocket")
         self.launch_button.on_click(lambda _b: self.submit())
-        for control in (self.steps, self.batch_size, self.preflight.summary):
+        for control in (self.steps, self.batch_size, self.preflight.summary, self.backend, self.gpu, self.gpu_count):
             control.observe(lambda _change: self.update_estimate(), "value")
         settings = widgets.VBox([
             widgets.HBox([self.steps, self.lr, self.batch_size]),
             widgets.HBox([self.r, self.alpha, self.eval_samples, self.eval_every]),
-            widgets.HBox([self.backend, self.name]),
+            widgets.HBox([self.backend, self.gpu, self.gpu_count, self.budget, self.name]),
         ])
         super().__init__([widgets.HTML("<h3>New fine-tune</h3>"), self.preflight, settings, self.estimate,
                           widgets.HBox([self.launch_button, self.error])])
@@ -66,7 +77,11 @@ class Launcher(widgets.VBox):
             max_seq_len=self.preflight.max_seq_len.value, steps=self.steps.value, lr=self.lr.value,
             batch_size=self.batch_size.value, r=self.r.value, alpha=self.alpha.value,
             eval_samples=self.eval_samples.value, eval_every=self.eval_every.value or None,
-            backend=self.backend.value, name=self.name.value.strip() or None)
+            backend=self.backend.value, gpu=self.gpu_spec(), budget_usd=self.budget.value or None,
+            name=self.name.value.strip() or None)
+
+    def gpu_spec(self) -> str:
+        return self.gpu.value + (f":{self.gpu_count.value}" if self.gpu_count.value > 1 else "")
 
     def update_estimate(self) -> None:
         validation = self.preflight.validation
@@ -78,11 +93,16 @@ class Launcher(widgets.VBox):
         per_step = tokens["total"] / rows * self.batch_size.value
         total = per_step * self.steps.value
         epochs = self.steps.value * self.batch_size.value / rows
-        self.estimate.value = (
-            f"<b>estimate:</b> ~{per_step:,.0f} tokens per step · {total:,.0f} tokens in all "
-            f"(~{epochs:.2f} epochs) · local cost: $0 (your machine). On 2 CPU cores a 135M model trains "
-            f"~{CPU_TOKENS_PER_S} tokens/s, so this run takes about {total / CPU_TOKENS_PER_S / 60:,.0f} min there; "
-            "a GPU is far faster.")
+        head = f"<b>estimate:</b> ~{per_step:,.0f} tokens per step · {total:,.0f} tokens in all (~{epochs:.2f} epochs) · "
+        if self.backend.value == "modal":
+            from ..pricing import estimate
+
+            guess = estimate(self.gpu_spec(), int(total), _parameters(self.preflight.model.value.strip()))
+            self.estimate.value = head + f"on Modal: {html.escape(str(guess))}"
+        else:
+            self.estimate.value = head + (
+                f"local cost: $0 (your machine). On 2 CPU cores a 135M model trains ~{CPU_TOKENS_PER_S} tokens/s, "
+                f"so this run takes about {total / CPU_TOKENS_PER_S / 60:,.0f} min there; a GPU is far faster.")
 
     def submit(self) -> Any:
         from .. import api
@@ -109,3 +129,18 @@ class Launcher(widgets.VBox):
         dashboard = self.run.dashboard()
         self.children = [widgets.HTML(f"<b>launched run {html.escape(self.run.id)}</b>"), dashboard]
         return self.run
+
+
+def _parameters(model: str) -> int:
+    """Parameter count from the model's config (no weights loaded); 135M when it cannot be read."""
+    try:
+        from transformers import AutoConfig
+
+        from ..core.models import resolve_model
+
+        config = AutoConfig.from_pretrained(resolve_model(model))
+        hidden, layers = config.hidden_size, config.num_hidden_layers
+        inner = getattr(config, "intermediate_size", 4 * hidden)
+        return int(layers * (4 * hidden * hidden + 3 * hidden * inner) + config.vocab_size * hidden)
+    except Exception:  # an estimate must never stop the launcher
+        return 135_000_000
