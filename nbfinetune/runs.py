@@ -259,13 +259,30 @@ class RunStore:
 
     def summary(self, run_id: str) -> RunSummary:
         config = self.config(run_id)
-        return summarize(run_id, config, self.events(run_id).events, pid_alive(self.path(run_id)))
+        alive = pid_alive(self.path(run_id))
+        events_file = self.events_path(run_id)
+        try:
+            stat = events_file.stat()
+            key = (stat.st_size, stat.st_mtime_ns, alive)
+        except FileNotFoundError:
+            key = None
+        cached = _summary_cache.get(events_file)
+        # Run lists are polled every few seconds; an unchanged file (every ended run) is not parsed again.
+        if cached is not None and key is not None and cached[0] == key and config.get("backend") != "modal":
+            return cached[1]
+        summary = summarize(run_id, config, self.events(run_id).events, alive)
+        if key is not None:
+            _summary_cache[events_file] = (key, summary)
+        return summary
 
     def list(self) -> list[RunSummary]:
         return [self.summary(run_id) for run_id in self.ids()]
 
     def delete(self, run_id: str) -> None:
         shutil.rmtree(self.require(run_id))
+
+
+_summary_cache: dict[Path, tuple[tuple[int, int, bool | None], RunSummary]] = {}
 
 
 def pid_alive(run_dir: Path) -> bool | None:
