@@ -105,7 +105,7 @@ class FinetuneMagics(Magics):
         parser.add_argument("--system")
         parser.add_argument("message", nargs="*")
         args = parser.parse_args(_split(line))
-        run = _guard(lambda: api.attach(args.run, display=False))
+        run = _named_run([args.run] if args.run else [])
         message = cell.strip() if cell and cell.strip() else (" ".join(args.message) or None)
         return _guard(lambda: run.chat(message, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                        system=args.system) if message else run.chat())
@@ -154,19 +154,19 @@ class FinetuneMagics(Magics):
     def _handle_cancel(self, words: list[str]) -> None:
         hard = "--hard" in words
         ids = [w for w in words if w != "--hard"]
-        run = _guard(lambda: api.attach(ids[0] if ids else None, display=False))
+        run = _named_run(ids)
         run.cancel(hard=hard)
         print(f"{'killing' if hard else 'cancelling'} run {run.id}; events and checkpoints so far are kept")
 
     def _handle_resume(self, words: list[str]) -> api.Run:
-        run = _guard(lambda: api.attach(words[0] if words else None, display=False))
+        run = _named_run(words)
         _guard(run.resume)
         return _guard(lambda: api.attach(run.id))
 
     def _handle_export(self, words: list[str]) -> dict[str, Any]:
         out = words[words.index("--out") + 1] if "--out" in words[:-1] else None
         ids = [w for w in words if w != "--out" and w != out]
-        run = _guard(lambda: api.attach(ids[0] if ids else None, display=False))
+        run = _named_run(ids)
         result = _guard(lambda: run.export(out))
         print(f"merged model saved to {result['path']} (verified: max logit difference "
               f"{result['max_logit_difference']:.1e})")
@@ -175,8 +175,13 @@ class FinetuneMagics(Magics):
     def _handle_chat(self, words: list[str]) -> Any:
         run_id = words[0] if words and _is_run_id(words[0]) else None
         message = " ".join(words[1:] if run_id else words) or None
-        run = _guard(lambda: api.attach(run_id, display=False))
+        run = _named_run([run_id] if run_id else [])
         return _guard(lambda: run.chat(message))
+
+
+def _named_run(words: list[str]) -> api.Run:
+    """The run named by the first word, or the latest run; no dashboard."""
+    return _guard(lambda: api.attach(words[0] if words else None, display=False))
 
 
 def _yaml_settings(text: str) -> dict[str, Any]:

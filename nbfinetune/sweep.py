@@ -105,22 +105,11 @@ class Sweep:
         return self._figure
 
     def _redraw(self) -> None:
-        from plotly.colors import qualitative
+        from .widgets.compare import draw_run
 
-        from .widgets.charts import Curves
-
-        figure = self._figure
-        with figure.batch_update():
+        with self._figure.batch_update():
             for index, (run, point) in enumerate(zip(list(self.runs), self.points)):
-                curves = Curves.from_events(run.events())
-                label = ", ".join(f"{k}={v}" for k, v in point.items())
-                color = qualitative.Plotly[index % len(qualitative.Plotly)]
-                while len(figure.data) < 2 * (index + 1):
-                    figure.add_scatter(mode="lines", line={"color": color})
-                train, evaluation = figure.data[2 * index], figure.data[2 * index + 1]
-                train.update(x=curves.steps, y=curves.smoothed, name=f"{label} train", line={"color": color})
-                evaluation.update(x=curves.eval_steps, y=curves.eval_loss, name=f"{label} eval", mode="lines+markers",
-                                  line={"color": color, "dash": "dot"})
+                draw_run(self._figure, index, run, ", ".join(f"{k}={v}" for k, v in point.items()))
 
     def _follow(self) -> None:
         while True:

@@ -15,11 +15,28 @@ from pathlib import Path
 from typing import Any
 
 from ..config import RunConfig
-from ..events import redact
+from ..events import Event, redact
 from ..runs import EventWriter, validate_run_id
 
 COMMIT_EVERY = 20
 CANCEL_CHECK_S = 5.0
+
+
+class _Relay:
+    """Publishes each stored event for the live tail (best effort: the Volume has every event) and
+    commits the Volume every COMMIT_EVERY events, at evals and checkpoints, and at the end."""
+
+    def __init__(self, publish: Callable[[dict[str, Any]], None], commit: Callable[[], None]) -> None:
+        self.publish, self.commit, self.count = publish, commit, 0
+
+    def __call__(self, event: Event) -> None:
+        self.count += 1
+        try:
+            self.publish(event.to_dict())
+        except Exception:  # noqa: BLE001 — a full or unreachable queue must not stop training
+            pass
+        if self.count % COMMIT_EVERY == 0 or event.type in ("checkpoint", "eval") or event.terminal:
+            self.commit()
 
 
 def remote_train(config: dict[str, Any], run_id: str, runs_root: str, publish: Callable[[dict[str, Any]], None],
@@ -32,18 +49,10 @@ def remote_train(config: dict[str, Any], run_id: str, runs_root: str, publish: C
     if run_config.train.processes > 1:
         return _train_in_processes(run_dir, run_config.train.processes, publish, commit, cancelled)
     writer = EventWriter(run_dir / "events.jsonl", run_id)
-    written = 0
+    relay = _Relay(publish, commit)
 
     def emit(type: str, **payload: Any) -> None:
-        nonlocal written
-        event = writer.emit(type, **payload)
-        written += 1
-        try:
-            publish(event.to_dict())
-        except Exception:  # noqa: BLE001 — the live tail is best effort; the Volume has every event
-            pass
-        if written % COMMIT_EVERY == 0 or type in ("checkpoint", "eval") or event.terminal:
-            commit()
+        relay(writer.emit(type, **payload))
 
     last_check = [0.0]
     stop = [False]
@@ -80,20 +89,15 @@ def _train_in_processes(run_dir: Path, processes: int, publish: Callable[[dict[s
     from ..worker import child_command
 
     process = subprocess.Popen(child_command(run_dir, processes))
-    offset, seen, last, cancel_sent = 0, 0, None, False
+    relay = _Relay(publish, commit)
+    offset, last, cancel_sent = 0, None, False
     while True:
         exited = process.poll() is not None
         chunk = read_events(run_dir / "events.jsonl", offset)
         offset = chunk.offset
         for event in chunk.events:
             last = event
-            seen += 1
-            try:
-                publish(event.to_dict())
-            except Exception:  # noqa: BLE001 — best effort, the Volume has every event
-                pass
-        if chunk.events and (seen % COMMIT_EVERY < len(chunk.events) or last.terminal):
-            commit()
+            relay(event)
         if exited:
             break
         if not cancel_sent and cancelled():

@@ -33,18 +33,28 @@ def comparison_table(runs: list[Any]) -> Any:
     return pd.DataFrame(rows).set_index("run")
 
 
+def draw_run(fig: Any, index: int, run: Any, label: str) -> None:
+    """Run number `index`'s smoothed train loss (solid) and eval loss (dotted) as traces 2·index and
+    2·index+1 of `fig`, added the first time and updated after — so live views redraw in place."""
+    from plotly.colors import qualitative
+
+    curves = Curves.from_events(run.events())
+    color = qualitative.Plotly[index % len(qualitative.Plotly)]
+    while len(fig.data) < 2 * (index + 1):
+        fig.add_scatter(mode="lines")
+    train, evaluation = fig.data[2 * index], fig.data[2 * index + 1]
+    train.update(x=curves.steps, y=curves.smoothed, name=f"{label} train (smoothed)", mode="lines",
+                 line={"color": color}, legendgroup=label)
+    evaluation.update(x=curves.eval_steps, y=curves.eval_loss, name=f"{label} eval", mode="lines+markers",
+                      line={"color": color, "dash": "dot"}, legendgroup=label)
+
+
 def comparison_figure(runs: list[Any]) -> Any:
     import plotly.graph_objects as go
-    from plotly.colors import qualitative
 
     fig = go.Figure()
     for index, run in enumerate(runs):
-        curves = Curves.from_events(run.events())
-        color = qualitative.Plotly[index % len(qualitative.Plotly)]
-        fig.add_scatter(x=curves.steps, y=curves.smoothed, mode="lines", name=f"{run.id} train (smoothed)",
-                        line={"color": color}, legendgroup=run.id)
-        fig.add_scatter(x=curves.eval_steps, y=curves.eval_loss, mode="lines+markers", name=f"{run.id} eval",
-                        line={"color": color, "dash": "dot"}, legendgroup=run.id)
+        draw_run(fig, index, run, run.id)
     fig.update_layout(height=420, template="plotly_white", xaxis_title="step", yaxis_title="loss",
                       margin={"l": 50, "r": 20, "t": 30, "b": 40})
     return fig
