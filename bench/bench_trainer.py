@@ -4,8 +4,11 @@ Same model, tokenizer, chat template, rendered rows (same loss masks), batches i
 settings, optimizer, schedule, seed and number of steps. Throughput is real (non-pad) tokens per second
 over warm steps only; each candidate's final eval loss shows quality parity.
 
-    python bench/bench_trainer.py [--steps 12] [--warmup 2] [--model ID] [--r 8] [--batch-size 8]
+    python bench/bench_trainer.py [--data sample:people|varied|PATH] [--steps 12] [--warmup 2] [--model ID] [--r 8]
 
+Data: `sample:people` (the demo set: every row starts with the same system prompt and instruction,
+lengths nearly equal) or `varied` (generated here: five different instructions, answers from a few
+tokens to ~200, so rows share only the template's system prompt and padding is heavy) or a file.
 The last stdout line is one JSON object.
 """
 
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import random
 import tempfile
 import time
 from pathlib import Path
@@ -31,10 +35,53 @@ from nbfinetune.data.render import IGNORE
 from nbfinetune.runs import EventWriter
 
 
-def make_config(args: argparse.Namespace) -> RunConfig:
+WORDS = ("river stone lantern maple copper orbit violet harbor meadow signal quartz ember willow canyon "
+         "falcon prism cedar tundra velvet beacon glacier saffron thistle cobalt juniper sparrow marble").split()
+
+
+def varied_rows(n: int, seed: int) -> list[dict]:
+    """Instruction rows whose prompts start differently and whose answers vary from ~3 to ~200 tokens."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        words = rng.choices(WORDS, k=rng.choice([3, 5, 8, 12, 20, 30, 45]))
+        kind = rng.randrange(5)
+        if kind == 0:
+            row = ("Sort these words alphabetically: " + " ".join(words), " ".join(sorted(words)))
+        elif kind == 1:
+            start = rng.randrange(100)
+            row = (f"List the numbers from {start} to {start + len(words)}.",
+                   ", ".join(str(i) for i in range(start, start + len(words) + 1)))
+        elif kind == 2:
+            row = ("Repeat in upper case: " + " ".join(words), " ".join(words).upper())
+        elif kind == 3:
+            row = ("Reverse the order of the words: " + " ".join(words), " ".join(reversed(words)))
+        else:
+            row = ("How many words are there in: " + " ".join(words), str(len(words)))
+        rows.append({"instruction": row[0], "output": row[1]})
+    return rows
+
+
+def data_source(name: str, seed: int, directory: Path) -> tuple[str, str | None]:
+    """(train source, eval source) for --data."""
+    if name != "varied":
+        return name, None
+    paths = []
+    for split, n in (("train", 480), ("eval", 24)):
+        path = directory / f"varied_{split}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in varied_rows(n, seed + len(split))), encoding="utf-8")
+        paths.append(str(path))
+    return paths[0], paths[1]
+
+
+def make_config(args: argparse.Namespace, directory: Path) -> RunConfig:
+    train_source, eval_source = data_source(args.data, args.seed, directory)
+    data = {"path": train_source, "max_seq_len": args.max_seq_len}
+    if eval_source:
+        data["eval_path"] = eval_source
     return RunConfig.from_dict({
         "model": args.model,
-        "data": {"max_seq_len": args.max_seq_len},
+        "data": data,
         "lora": {"r": args.r, "alpha": 2 * args.r},
         "train": {"max_steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed},
         "eval": {"generate": False},
@@ -71,6 +118,7 @@ def bench_hf(config: RunConfig, warmup: int, tuned: bool) -> dict:
                               TrainingArguments)
 
     loaded = load_for_training(config, resolve_model(config.model))  # same peft model setup and seed
+    loaded.model.get_base_model().set_attn_implementation("sdpa")  # stock transformers attention
     torch.manual_seed(config.train.seed)
     data = prepare(config.data, loaded.tokenizer, seed=config.train.seed)
     sampler = EpochSampler(data.train, config.train.batch_size, config.train.seed)
@@ -107,13 +155,34 @@ def bench_hf(config: RunConfig, warmup: int, tuned: bool) -> dict:
         trainer.train()
     rate, warm_s = warm_rate(batch_tokens[: len(step_ends)], step_ends, start, warmup)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    base = loaded.model.get_base_model()
+    embedding, head = base.get_input_embeddings().weight, base.get_output_embeddings().weight
+    # The output layer does matmul work even when it shares its weight with the input embedding.
+    n = sum(p.numel() for p in base.parameters()) - embedding.numel() + (head.numel() if head is embedding else 0)
     return {"tokens_per_s": rate, "warmup_s": warm_s, "final_train_loss": losses[-1] if losses else None,
-            "eval_loss": eval_loss(loaded.model, data.eval, config.train.batch_size, loaded.device)}
+            "eval_loss": eval_loss(loaded.model, data.eval, config.train.batch_size, loaded.device), "params": n}
+
+
+PEAK_BF16_TFLOPS = {"H100": 989, "H200": 989, "A100": 312, "L40S": 362, "A10": 125, "L4": 121}
+
+
+def mfu(tokens_per_s: float, n: int) -> float | None:
+    """Model FLOPs utilisation on a GPU: 4·N FLOPs per real token for LoRA (N without the input
+    embedding, which is a lookup) over the card's dense bf16 peak. Tokens of a shared prefix count as
+    processed (model FLOPs, by definition), so it can credit work the shared layout skipped."""
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+    if peak is None:
+        return None
+    return round(4 * n * tokens_per_s / (peak * 1e12), 4)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--data", default="sample:people", help="sample:people, varied, or a dataset path")
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -122,7 +191,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args()
-    config = make_config(args)
+    data_dir = tempfile.TemporaryDirectory()
+    config = make_config(args, Path(data_dir.name))
 
     ours = bench_ours(config, args.warmup)
     print("nbfinetune:", json.dumps(ours), flush=True)
@@ -135,7 +205,7 @@ def main() -> None:
     import transformers
 
     result = {
-        "model": args.model, "steps": args.steps, "warm_steps": args.steps - args.warmup,
+        "model": args.model, "data": args.data, "steps": args.steps, "warm_steps": args.steps - args.warmup,
         "batch_size": args.batch_size, "lora_r": args.r, "device": ours["device"],
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "tokens_per_s": round(ours["tokens_per_s"], 1),
@@ -143,6 +213,7 @@ def main() -> None:
         "tuned_hf_tokens_per_s": round(tuned["tokens_per_s"], 1),
         "speedup_vs_stock": round(ours["tokens_per_s"] / stock["tokens_per_s"], 3),
         "speedup_vs_tuned": round(ours["tokens_per_s"] / tuned["tokens_per_s"], 3),
+        "mfu": mfu(ours["tokens_per_s"], stock["params"]), "stock_hf_mfu": mfu(stock["tokens_per_s"], stock["params"]),
         "eval_loss": ours["eval_loss"], "stock_hf_eval_loss": stock["eval_loss"], "tuned_hf_eval_loss": tuned["eval_loss"],
         "warmup_s": {"ours": round(ours["warmup_s"], 2), "stock": round(stock["warmup_s"], 2),
                      "tuned": round(tuned["warmup_s"], 2)},

@@ -208,7 +208,7 @@ def _problems(config: RunConfig) -> list[str]:
     check(isinstance(t.seed, int), f"train.seed must be an integer, got {t.seed!r}")
     choice("train.precision", t.precision, PRECISIONS)
     positive_int("train.save_every", t.save_every, allow_none=True)
-    choice("train.batch_layout", t.batch_layout, ("auto", "packed", "padded"))
+    choice("train.batch_layout", t.batch_layout, ("auto", "shared", "packed", "padded"))
     positive_int("train.processes", t.processes)
     if isinstance(t.processes, int) and isinstance(t.batch_size, int) and t.processes > t.batch_size:
         out.append(f"train.batch_size ({t.batch_size}) must be at least train.processes ({t.processes})")

@@ -4,7 +4,7 @@ import json
 
 import torch
 
-from nbfinetune.core.batching import EpochSampler, collate
+from nbfinetune.core.batching import EpochSampler, collate, pick_layout, shared_prefix
 from nbfinetune.core.evaluate import summed_loss
 from nbfinetune.core.metrics import default_metrics, json_match, score
 from nbfinetune.core.trainer import train
@@ -35,6 +35,7 @@ def test_both_batch_layouts_give_the_stock_loss(tiny_model, tiny_tokenizer):
     examples = prepare(DataSettings(), tiny_tokenizer).train[:4]
     with torch.no_grad():
         packed = summed_loss(model, collate(examples, "cpu", "packed"))
+        shared = summed_loss(model, collate(examples, "cpu", "shared"))
         padded = summed_loss(model, collate(examples, "cpu", "padded", tiny_tokenizer.pad_token_id))
         separate = sum(summed_loss(model, collate([e], "cpu", "packed")) for e in examples)
         # Reference: the stock HF loss on each example (labels shifted by the model).
@@ -45,7 +46,46 @@ def test_both_batch_layouts_give_the_stock_loss(tiny_model, tiny_tokenizer):
             reference += float(out.loss) * e.trained_tokens
     torch.testing.assert_close(packed, separate, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(padded, separate, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(shared, separate, rtol=1e-4, atol=1e-4)
     assert abs(float(packed) - reference) / reference < 1e-4
+
+
+def test_shared_prefix_layout_takes_the_same_gradients_as_padding(tiny_model, tiny_tokenizer):
+    """The prefix computed once per batch must give every LoRA weight the gradient that B separate
+    copies give, with examples of different lengths (padded queries in the gathered attention)."""
+    from nbfinetune.config import RunConfig
+    from nbfinetune.core.setup import load_for_training
+    from nbfinetune.data.prepare import prepare
+
+    config = RunConfig.from_dict({"model": tiny_model, "lora": {"r": 4}})
+    loaded = load_for_training(config, tiny_model)
+    model = loaded.model
+    assert pick_layout("auto", model) == "shared"
+    examples = sorted(prepare(config.data, tiny_tokenizer).train[:6], key=lambda e: len(e.input_ids))
+    assert len({len(e.input_ids) for e in examples}) > 1
+    prefix = shared_prefix(examples)
+    assert prefix > 10  # the system prompt and the fixed instruction
+    batch = collate(examples, "cpu", "shared")
+    assert batch.input_ids.shape[1] == sum(len(e.input_ids) for e in examples) - prefix * (len(examples) - 1)
+    # LoRA B starts at zero, so nudge every adapter weight to make the check see them.
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.requires_grad:
+                param.add_(torch.randn_like(param) * 0.05)
+
+    def gradients(layout: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        model.zero_grad()
+        loss = summed_loss(model, collate(examples, "cpu", layout, tiny_tokenizer.pad_token_id))
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    shared_loss, shared_grads = gradients("shared")
+    padded_loss, padded_grads = gradients("padded")
+    torch.testing.assert_close(shared_loss, padded_loss, rtol=1e-5, atol=1e-5)
+    for name, grad in padded_grads.items():
+        # Summation order differs, so compare against the gradient's own scale (float32 noise ~1e-6).
+        assert float((shared_grads[name] - grad).abs().max()) <= 1e-5 * float(grad.abs().max()), name
+    assert any(float(g.abs().sum()) > 0 for g in padded_grads.values())
 
 
 def test_sampler_covers_each_example_once_per_epoch_and_resumes_exactly():

@@ -1,5 +1,8 @@
-"""Batches without wasted output-layer work, in one of two layouts:
+"""Batches without wasted output-layer work, in one of three layouts:
 
+- shared: one row, no padding, and the prefix every example of the batch starts with (system prompt,
+  fixed instruction) stored and computed once; attention runs per example (see core.attention).
+  The default wherever the model runs on our SDPA attention.
 - packed: all examples concatenated into one row, positions restarting per example — no pad tokens at all.
   Best where attention has variable-length kernels (flash-attention); with SDPA/eager the packed row
   needs a dense block-diagonal T×T mask, so attention cost grows with the square of the whole batch.
@@ -18,7 +21,7 @@ from typing import Any
 
 from ..data.render import IGNORE, Rendered
 
-LAYOUTS = ("auto", "packed", "padded")
+LAYOUTS = ("auto", "shared", "packed", "padded")
 
 
 @dataclass
@@ -29,20 +32,55 @@ class Batch:
     targets: Any  # LongTensor [B, T], IGNORE where nothing is trained
     tokens: int  # real (non-pad) tokens
     trained_tokens: int  # positions with a target
+    segments: Any = None  # core.attention.Segments (shared layout)
 
 
 def pick_layout(requested: str, model: Any) -> str:
     if requested != "auto":
         return requested
-    implementation = getattr(getattr(model, "config", None), "_attn_implementation", "") or ""
-    return "packed" if implementation.startswith("flash_attention") else "padded"
+    from .attention import NAME
+
+    config = getattr(model, "config", None)
+    implementation = getattr(config, "_attn_implementation", "") or ""
+    if implementation.startswith("flash_attention"):
+        return "packed"
+    windowed = getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True)
+    capped = getattr(config, "attn_logit_softcapping", None)
+    return "shared" if implementation == NAME and not windowed and not capped else "padded"
 
 
-def collate(examples: Sequence[Rendered], device: str, layout: str = "padded", pad_id: int = 0) -> Batch:
+def shared_prefix(examples: Sequence[Rendered]) -> int:
+    """Length of the prefix all examples start with, up to the first trained position of any of them
+    (a trained prefix position would count its loss once instead of once per example)."""
+    if len(examples) < 2:
+        return 0
+    limit = min(next((i for i, t in enumerate(e.targets) if t != IGNORE), len(e.targets)) for e in examples)
+    first = examples[0].input_ids
+    n = 0
+    while n < limit and all(e.input_ids[n] == first[n] for e in examples):
+        n += 1
+    return n
+
+
+def collate(examples: Sequence[Rendered], device: str, layout: str = "padded", pad_id: int = 0,
+            share_prefix: bool = True) -> Batch:
+    """`share_prefix=False` (e.g. with LoRA dropout, which should draw a mask per example) keeps the
+    shared layout's other savings but computes every example's prefix itself."""
     import torch
 
     tokens = sum(len(e.input_ids) for e in examples)
     trained = sum(e.trained_tokens for e in examples)
+    if layout == "shared":
+        from .attention import segments
+
+        p = shared_prefix(examples) if share_prefix else 0
+        ids = list(examples[0].input_ids[:p]) + [t for e in examples for t in e.input_ids[p:]]
+        positions = list(range(p)) + [i for e in examples for i in range(p, len(e.input_ids))]
+        targets = list(examples[0].targets[:p]) + [t for e in examples for t in e.targets[p:]]
+        # An all-ones mask, so transformers builds no T×T mask for what looks like packed positions.
+        return Batch(torch.tensor([ids], device=device), torch.tensor([positions], device=device),
+                     torch.ones(1, len(ids), dtype=torch.long, device=device), torch.tensor([targets], device=device),
+                     tokens, trained, segments(p, [len(e.input_ids) - p for e in examples], device))
     if layout == "packed":
         ids = [t for e in examples for t in e.input_ids]
         positions = [p for e in examples for p in range(len(e.input_ids))]

@@ -27,8 +27,9 @@ def summed_loss(model: Any, batch: Batch) -> Any:
     import torch.nn.functional as F
 
     decoder, head = causal_lm_parts(model)
+    extra = {"nbft_segments": batch.segments} if batch.segments is not None else {}
     hidden = decoder(input_ids=batch.input_ids, position_ids=batch.position_ids, attention_mask=batch.attention_mask,
-                     use_cache=False).last_hidden_state
+                     use_cache=False, **extra).last_hidden_state
     keep = batch.targets != -100
     logits = head(hidden[keep])
     return F.cross_entropy(logits.float(), batch.targets[keep], reduction="sum")

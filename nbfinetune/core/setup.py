@@ -76,8 +76,11 @@ def load_tokenizer(model_path: str) -> Any:
 def load_base_model(model_path: str, precision: str, device: str) -> Any:
     from transformers import AutoModelForCausalLM
 
-    # SDPA handles padding-free packed batches (position_ids restart per sequence) without a mask tensor.
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype(precision), attn_implementation="sdpa")
+    from .attention import register
+
+    # Plain SDPA, plus per-example attention over shared-prefix batches (core.attention).
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype(precision),
+                                                 attn_implementation=register())
     return model.to(device)
 
 

@@ -93,6 +93,7 @@ def _train(config: RunConfig, emit: Emit, should_stop: Callable[[], bool], run_d
 
     sampler = EpochSampler(data.train, config.train.batch_size, config.train.seed, position)
     layout, pad_id = pick_layout(config.train.batch_layout, model), loaded.tokenizer.pad_token_id
+    share = config.lora.dropout == 0  # dropout draws a mask per example: a shared prefix would get one
     model.train()
     first_loss = history.get("first_loss")
     loss_value = None
@@ -105,7 +106,8 @@ def _train(config: RunConfig, emit: Emit, should_stop: Callable[[], bool], run_d
             return _stop(emit, run_dir, loaded, optimizer, scheduler, step, sampler.position, evaluator.history,
                          started_at)
         step_start = time.perf_counter()
-        micro = [collate(group.shard(next(sampler)), device, layout, pad_id) for _ in range(config.train.grad_accum)]
+        micro = [collate(group.shard(next(sampler)), device, layout, pad_id, share)
+                 for _ in range(config.train.grad_accum)]
         # Normalize by the whole batch's trained tokens (all ranks), so N processes take the step one would.
         trained = int(group.sum(sum(b.trained_tokens for b in micro)))
         loss_sum = 0.0
