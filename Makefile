@@ -51,7 +51,8 @@ test-slow: setup
 ## make bench: trainer vs HF baselines, event/dashboard overhead and launch latency, validation speed
 bench: setup
 	$(PY) -m nbfinetune.cli prepare-model
-	$(PY) bench/bench_trainer.py
+	$(PY) bench/bench_trainer.py --data sample:people
+	$(PY) bench/bench_trainer.py --data varied
 	$(PY) bench/bench_overhead.py
 	$(PY) bench/bench_validate.py
 

@@ -12,8 +12,9 @@ from ..config import RunConfig
 from .preflight import Preflight
 
 # Assumed local throughput for the estimate: measured on 2 CPU cores, fp32, SmolLM2-135M LoRA
-# (bench/bench_trainer.py). Stated next to the estimate, since other machines differ.
-CPU_TOKENS_PER_S = 260
+# (bench/bench_trainer.py: 270 on varied data, 430 on the demo set). Stated next to the estimate,
+# since other machines and data differ.
+CPU_TOKENS_PER_S = 300
 
 
 def _number(description: str, value: float, kind: type = int, **limits: Any) -> widgets.Widget:
