@@ -48,12 +48,13 @@ test-slow: setup
 	$(PY) -m nbfinetune.cli prepare-model
 	$(PY) -m pytest -m slow
 
-## make bench: trainer vs HF baselines, event/dashboard overhead and launch latency, validation speed
+## make bench: trainer vs HF baselines, event/dashboard overhead and launch latency, chat generation, validation speed
 bench: setup
 	$(PY) -m nbfinetune.cli prepare-model
 	$(PY) bench/bench_trainer.py --data sample:people
 	$(PY) bench/bench_trainer.py --data varied
 	$(PY) bench/bench_overhead.py
+	$(PY) bench/bench_generate.py
 	$(PY) bench/bench_validate.py
 
 clean:

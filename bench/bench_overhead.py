@@ -2,11 +2,12 @@
 
 a) Event stream + live dashboard overhead: the same training run (same seed and steps) with a no-op
    emit and no subscriber, then with the fsync'd EventWriter and a live Dashboard following the file.
-   Reports the wall-clock ratio and the directly measured time spent inside emit().
+   Reports the wall-clock ratio and the directly measured time spent inside emit(). Runs alternate
+   (bare, ui, ui, bare, …) and the ratio is of medians: single pairs swing ±10% on a shared 2-core box.
 b) Launch to first step: `nbfinetune.finetune()` through the local backend (subprocess), timing when
    the `started`, first `eval` (base model scored) and first `step` events appear.
 
-    python bench/bench_overhead.py [--model ID] [--steps 12]
+    python bench/bench_overhead.py [--model ID] [--steps 12] [--repeats 3]
 
 The last stdout line is one JSON object.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -91,21 +93,29 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--repeats", type=int, default=3, help="runs with and without the UI, alternated")
     args = parser.parse_args()
     from nbfinetune.core.models import resolve_model
 
     model = resolve_model(args.model)  # convert/download outside the timings
     config = config_for(model, args.steps, eval_samples=0)
-    bare = timed_train(config, with_ui=False)
-    print("no events, no dashboard:", json.dumps(bare), flush=True)
-    ui = timed_train(config, with_ui=True)
-    print("events + live dashboard:", json.dumps(ui), flush=True)
+    runs: dict[bool, list[dict]] = {False: [], True: []}
+    for i in range(args.repeats):
+        for with_ui in ((False, True) if i % 2 == 0 else (True, False)):
+            result = timed_train(config, with_ui=with_ui)
+            runs[with_ui].append(result)
+            print("events + live dashboard:" if with_ui else "no events, no dashboard:", json.dumps(result), flush=True)
+    bare_s = statistics.median(r["train_s"] for r in runs[False])
+    ui_s = statistics.median(r["train_s"] for r in runs[True])
+    emit_share = sum(r["emit_s"] for r in runs[True]) / sum(r["train_s"] for r in runs[True])
     launch = launch_latency(model)
     print("launch to first step (s):", json.dumps(launch), flush=True)
     print(json.dumps({
-        "model": args.model, "steps": args.steps,
-        "ui_overhead_wall": round(ui["train_s"] / bare["train_s"] - 1, 4),
-        "emit_share_of_train_time": round(ui["emit_s"] / ui["train_s"], 5),
+        "model": args.model, "steps": args.steps, "repeats": args.repeats,
+        "ui_overhead_wall": round(ui_s / bare_s - 1, 4),
+        "train_s": {"bare": [round(r["train_s"], 2) for r in runs[False]],
+                    "ui": [round(r["train_s"], 2) for r in runs[True]]},
+        "emit_share_of_train_time": round(emit_share, 5),
         "launch_to_started_s": launch.get("started"), "launch_to_base_eval_s": launch.get("eval"),
         "launch_to_first_step_s": launch.get("first_step"),
     }))

@@ -1,0 +1,37 @@
+"""The benchmarks run end to end on the tiny model and print the JSON they promise (no timings checked)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def last_json(script: str, *args: str, home: Path) -> dict:
+    env = {"NBFINETUNE_HOME": str(home), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], capture_output=True, text=True,
+                          timeout=600, env=env, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("data", ["sample:people", "varied"])
+def test_trainer_benchmark_compares_three_trainers_on_equal_terms(tiny_model, tmp_path, data):
+    result = last_json("bench_trainer.py", "--model", tiny_model, "--data", data, "--steps", "4", "--warmup", "1",
+                       home=tmp_path)
+    for key in ("tokens_per_s", "stock_hf_tokens_per_s", "tuned_hf_tokens_per_s", "eval_loss", "stock_hf_eval_loss"):
+        assert result[key] > 0, key
+    # Same init, batches and optimizer: the three trainers must end at the same eval loss.
+    assert result["eval_loss"] == pytest.approx(result["stock_hf_eval_loss"], rel=1e-4)
+    assert result["eval_loss"] == pytest.approx(result["tuned_hf_eval_loss"], rel=1e-4)
+    assert result["data"] == data and result["mfu"] is None  # CPU: no MFU
+
+
+def test_generation_benchmark_reports_first_token_and_rates(tiny_model, tmp_path):
+    result = last_json("bench_generate.py", "--model", tiny_model, "--new-tokens", "8", "--prompts", "2", home=tmp_path)
+    for variant in ("unmerged", "merged", "base"):
+        assert result[variant]["ttft_s"] > 0
+        assert result[variant]["streamed_tokens_per_s"] > 0 and result[variant]["plain_tokens_per_s"] > 0
