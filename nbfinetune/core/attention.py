@@ -29,7 +29,6 @@ class Segments:
     prefix: int  # shared prefix length P (0: none)
     queries: Any  # LongTensor [B, Lmax]: packed index of each example's remaining tokens (0 where padded)
     keys: Any  # LongTensor [B, P + Lmax]: prefix indices, then the example's own (0 where padded)
-    mask: Any  # BoolTensor [B, 1, Lmax, P + Lmax]: causal, offset by the prefix
     valid: Any  # BoolTensor [B, Lmax]: which gathered queries are real
 
 
@@ -43,12 +42,7 @@ def segments(prefix: int, lengths: Sequence[int], device: str) -> Segments:
     queries = torch.where(valid, starts[:, None] + offsets[None, :], 0)
     prefix_keys = torch.arange(prefix, device=device).expand(len(lengths), prefix)
     keys = torch.cat([prefix_keys, queries], dim=1)
-    # Query j of an example sees the whole prefix and its own tokens 0..j, never a padded key. Every
-    # example has at least one token, so padded query rows still see a key (they are dropped later).
-    own = (offsets[:, None] >= offsets[None, :])[None] & valid[:, None, :]
-    shared = torch.ones(len(lengths), width, prefix, dtype=torch.bool, device=device)
-    mask = torch.cat([shared, own], dim=2)
-    return Segments(prefix, queries, keys, mask[:, None], valid)
+    return Segments(prefix, queries, keys, valid)
 
 
 def segmented_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, dropout: float = 0.0,
@@ -60,6 +54,7 @@ def segmented_attention(module: Any, query: Any, key: Any, value: Any, attention
                                       **kwargs)
     import torch
     import torch.nn.functional as F
+    from torch.nn.attention.bias import causal_lower_right
 
     if kwargs.get("sliding_window") or kwargs.get("softcap"):
         raise ValueError("the shared-prefix batch layout does not support sliding-window or soft-capped attention; "
@@ -73,7 +68,10 @@ def segmented_attention(module: Any, query: Any, key: Any, value: Any, attention
     q = query[0][:, seg.queries].transpose(0, 1)
     k = key[0][:, seg.keys].transpose(0, 1)
     v = value[0][:, seg.keys].transpose(0, 1)
-    rest = F.scaled_dot_product_attention(q, k, v, attn_mask=seg.mask, dropout_p=p, scale=scaling)
+    # Query j of an example sees the whole prefix and its own keys 0..j: causal, aligned lower-right.
+    # A real query never reaches a padded key (those come after it); padded queries are dropped below.
+    causal = causal_lower_right(q.shape[2], k.shape[2])
+    rest = F.scaled_dot_product_attention(q, k, v, attn_mask=causal, dropout_p=p, scale=scaling)
     rest = rest.transpose(1, 2)[seg.valid]  # [sum L, H, D], in packed order
     parts = [rest]
     if seg.prefix:
