@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .formats import Example, RowProblem, apply_columns, detect_format, normalize, split_for_generation
-from .render import Rendered, render
+from .render import Rendered, render_many
 from .sources import DataSourceError, Row, iter_rows, resolve
 
 MAX_LISTED_PROBLEMS = 1000  # the report keeps the first ones; problem_count has them all
@@ -174,26 +174,34 @@ def _split(examples: list[tuple[int, Example, str | None]], fraction: float, see
             [e for i, e in enumerate(examples) if i in eval_idx])
 
 
-def render_checked(tokenizer: Any, example: Example, settings: Any, row: int) -> tuple[Rendered | None, str | None, str]:
-    """(rendered or None, problem or None, severity) for one row — shared by training and validation."""
-    try:
-        rendered = render(tokenizer, example, settings.max_seq_len, settings.train_on, row=row)
-    except RowProblem as problem:
-        return None, str(problem), "error"
-    if rendered.truncated:
-        return rendered, (f"{rendered.full_length} tokens, longer than max_seq_len={settings.max_seq_len}: "
-                          "truncated"), "warning"
-    return rendered, None, ""
+CHUNK = 256  # rows rendered per tokenizer call
+
+
+def render_checked(tokenizer: Any, examples: list[Example], rows: list[int],
+                   settings: Any) -> list[tuple[Rendered | None, str | None, str]]:
+    """(rendered or None, problem or None, severity) per row — shared by training and validation."""
+    out: list[tuple[Rendered | None, str | None, str]] = []
+    for result in render_many(tokenizer, examples, settings.max_seq_len, settings.train_on, rows):
+        if isinstance(result, RowProblem):
+            out.append((None, str(result), "error"))
+        elif result.truncated:
+            out.append((result, f"{result.full_length} tokens, longer than max_seq_len={settings.max_seq_len}: "
+                                "truncated", "warning"))
+        else:
+            out.append((result, None, ""))
+    return out
 
 
 def _render_all(tokenizer: Any, examples: list[tuple[int, Example, str | None]], settings: Any,
                 report: DataReport, split: str) -> list[Rendered]:
     out = []
-    for row, example, file in examples:
-        rendered, problem, severity = render_checked(tokenizer, example, settings, row)
-        if problem:
-            report.add(Problem(row, problem, split, file, severity))
-        if rendered is not None:
-            report.truncated += rendered.truncated
-            out.append(rendered)
+    for first in range(0, len(examples), CHUNK):
+        chunk = examples[first: first + CHUNK]
+        checked = render_checked(tokenizer, [e for _, e, _ in chunk], [row for row, _, _ in chunk], settings)
+        for (row, _, file), (rendered, problem, severity) in zip(chunk, checked):
+            if problem:
+                report.add(Problem(row, problem, split, file, severity))
+            if rendered is not None:
+                report.truncated += rendered.truncated
+                out.append(rendered)
     return out

@@ -7,6 +7,7 @@ tokenizer's offsets, so any chat template works, including ones without `{% gene
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,20 +34,51 @@ class Rendered:
 
 
 def render(tokenizer: Any, example: Example, max_seq_len: int, train_on: str = "completions", row: int = 0) -> Rendered:
-    if example.text is not None:
-        ids = tokenizer(example.text, add_special_tokens=False)["input_ids"]
+    result = render_many(tokenizer, [example], max_seq_len, train_on, [row])[0]
+    if isinstance(result, RowProblem):
+        raise result
+    return result
+
+
+def render_many(tokenizer: Any, examples: Sequence[Example], max_seq_len: int, train_on: str = "completions",
+                rows: Sequence[int] | None = None) -> list[Rendered | RowProblem]:
+    """Render a chunk of examples: templates one by one, then one tokenizer call for the whole chunk
+    (a fast tokenizer encodes a batch in parallel, about twice as fast as row by row on 2 cores)."""
+    rows = rows if rows is not None else [0] * len(examples)
+    results: list[Rendered | RowProblem | None] = [None] * len(examples)
+    texts: list[str] = []
+    pending: list[tuple[int, list[tuple[int, int]] | None]] = []  # (index, assistant spans; None for plain text)
+    for index, example in enumerate(examples):
+        try:
+            if example.text is not None:
+                texts.append(example.text)
+                pending.append((index, None))
+            else:
+                text, spans = _render_chat(tokenizer, list(example.messages or ()))
+                texts.append(text)
+                pending.append((index, spans))
+        except RowProblem as problem:
+            results[index] = problem
+    if texts:
+        encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+        for (index, spans), ids, offsets in zip(pending, encoded["input_ids"], encoded["offset_mapping"]):
+            try:
+                results[index] = _finish(tokenizer, ids, offsets, spans, max_seq_len, train_on, rows[index])
+            except RowProblem as problem:
+                results[index] = problem
+    return results  # type: ignore[return-value]
+
+
+def _finish(tokenizer: Any, ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]] | None,
+            max_seq_len: int, train_on: str, row: int) -> Rendered:
+    if spans is None:  # plain text: every token is trained, and the end of text too
         if tokenizer.eos_token_id is not None:
             ids = ids + [tokenizer.eos_token_id]
         labels = list(ids)
+    elif train_on == "all":
+        labels = list(ids)
     else:
-        text, spans = _render_chat(tokenizer, list(example.messages or ()))
-        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        ids = encoded["input_ids"]
-        if train_on == "all":
-            labels = list(ids)
-        else:
-            labels = [tok if _inside(start, end, spans) else IGNORE
-                      for tok, (start, end) in zip(ids, encoded["offset_mapping"])]
+        labels = _mask(ids, offsets, spans)
     full_length = len(ids)
     ids, labels = ids[:max_seq_len], labels[:max_seq_len]
     targets = labels[1:] + [IGNORE]
@@ -57,6 +89,14 @@ def render(tokenizer: Any, example: Example, max_seq_len: int, train_on: str = "
                              "nothing is left to learn, so the row is dropped")
         raise RowProblem("nothing to learn after masking (no assistant tokens)")
     return rendered
+
+
+def _mask(ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[int]:
+    """Token ids inside an assistant span (by characters), IGNORE elsewhere."""
+    if len(spans) == 1:  # the common single-answer row: no per-token loop over spans
+        first, last = spans[0]
+        return [tok if first <= start < end <= last else IGNORE for tok, (start, end) in zip(ids, offsets)]
+    return [tok if _inside(start, end, spans) else IGNORE for tok, (start, end) in zip(ids, offsets)]
 
 
 def render_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> str:
@@ -74,7 +114,8 @@ def _render_chat(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str, l
         if message["role"] != "assistant":
             continue
         before = tokenizer.apply_chat_template(messages[:index], tokenize=False, add_generation_prompt=True) if index else ""
-        through = tokenizer.apply_chat_template(messages[: index + 1], tokenize=False)
+        last = index == len(messages) - 1  # the same call as `full`: one render saved per row
+        through = full if last else tokenizer.apply_chat_template(messages[: index + 1], tokenize=False)
         if index and full.startswith(through) and through.startswith(before):
             spans.append((len(before), len(through)))
             cursor = len(through)

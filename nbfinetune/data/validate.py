@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
-from .prepare import DataReport, Problem, iter_examples, render_checked, token_stats
+from .prepare import CHUNK, DataReport, Problem, iter_examples, render_checked, token_stats
 from .render import Rendered
 from .sources import resolve
 
@@ -37,23 +37,37 @@ def validate(source: str, fmt: str = "auto", tokenizer: Any = None, max_seq_len:
     report = DataReport(format=fmt)
     result = Validation(report=report, max_seq_len=max_seq_len)
     settings = SimpleNamespace(max_seq_len=max_seq_len, train_on=train_on)
-    for row, example, problem in stream:
-        report.rows += 1
-        if example is None:
-            report.add(Problem(row.number, problem or "unusable row", file=row.file))
-            continue
-        if tokenizer is None:
+    chunk: list[tuple[Any, Any, str | None]] = []
+
+    def flush() -> None:
+        # Rows are rendered a chunk at a time (one tokenizer call) but reported in file order.
+        usable = [(row, example) for row, example, _ in chunk if example is not None]
+        checked = iter(render_checked(tokenizer, [e for _, e in usable], [r.number for r, _ in usable], settings)
+                       if tokenizer is not None and usable else [])
+        for row, example, problem in chunk:
+            if example is None:
+                report.add(Problem(row.number, problem or "unusable row", file=row.file))
+                continue
+            if tokenizer is None:
+                report.valid += 1
+                continue
+            rendered, problem, severity = next(checked)
+            if problem:
+                report.add(Problem(row.number, problem, file=row.file, severity=severity))
+            if rendered is None:
+                continue
             report.valid += 1
-            continue
-        rendered, problem, severity = render_checked(tokenizer, example, settings, row.number)
-        if problem:
-            report.add(Problem(row.number, problem, file=row.file, severity=severity))
-        if rendered is None:
-            continue
-        report.valid += 1
-        report.truncated += rendered.truncated
-        result.lengths.append(rendered.full_length)
-        if len(result.preview) < preview:
-            result.preview.append(rendered)
+            report.truncated += rendered.truncated
+            result.lengths.append(rendered.full_length)
+            if len(result.preview) < preview:
+                result.preview.append(rendered)
+        chunk.clear()
+
+    for item in stream:
+        report.rows += 1
+        chunk.append(item)
+        if len(chunk) >= CHUNK:
+            flush()
+    flush()
     report.tokens = token_stats([min(n, max_seq_len) for n in result.lengths])
     return result
