@@ -270,7 +270,7 @@ class RunStore:
         # Run lists are polled every few seconds; an unchanged file (every ended run) is not parsed again.
         if cached is not None and key is not None and cached[0] == key and config.get("backend") != "modal":
             return cached[1]
-        summary = summarize(run_id, config, self.events(run_id).events, alive)
+        summary = summarize(run_id, config, _events_so_far(events_file, keep=alive is not False), alive)
         if key is not None:
             _summary_cache[events_file] = (key, summary)
         return summary
@@ -283,6 +283,23 @@ class RunStore:
 
 
 _summary_cache: dict[Path, tuple[tuple[int, int, bool | None], RunSummary]] = {}
+# Live runs' events parsed so far (offset, next line number, events): each poll parses only what was
+# appended since, so listing a 100k-step run costs the same at step 100k as at step 10.
+_live_events: dict[Path, tuple[int, int, list[Event]]] = {}
+
+
+def _events_so_far(path: Path, keep: bool) -> list[Event]:
+    offset, line, events = _live_events.pop(path, (0, 1, []))
+    try:
+        if path.stat().st_size < offset:  # replaced (e.g. re-mirrored): start over
+            offset, line, events = 0, 1, []
+    except FileNotFoundError:
+        return []
+    chunk = read_events(path, offset, first_line=line)
+    events = events + chunk.events
+    if keep:  # ended runs are summarized once and cached above; their events need not stay in memory
+        _live_events[path] = (chunk.offset, line + len(chunk.events) + len(chunk.problems), events)
+    return events
 
 
 def pid_alive(run_dir: Path) -> bool | None:

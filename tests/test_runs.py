@@ -100,6 +100,37 @@ def test_summary_marks_lost_runs():
     assert summarize("r", {}, events, worker_alive=True).status == "running"
 
 
+def test_live_summary_parses_only_new_events_and_survives_a_replaced_file(tmp_path, monkeypatch):
+    import os
+
+    import nbfinetune.runs as runs
+
+    store = RunStore(tmp_path)
+    run_id = store.create(RunConfig())
+    (store.path(run_id) / "worker.pid").write_text(str(os.getpid()))  # "alive": this process
+    writer = EventWriter(store.events_path(run_id), run_id)
+    writer.emit("started", model="m", device="cpu", total_steps=10)
+    for step in range(1, 4):
+        writer.emit("step", step=step, epoch=0.1, loss=1.0 / step, lr=1e-3)
+    assert store.summary(run_id).step == 3
+    parsed = []
+    real_read = runs.read_events
+    monkeypatch.setattr(runs, "read_events", lambda *a, **k: parsed.append(r := real_read(*a, **k)) or r)
+    for step in range(4, 6):
+        writer.emit("step", step=step, epoch=0.2, loss=1.0 / step, lr=1e-3)
+    summary = store.summary(run_id)
+    assert summary.step == 5 and summary.last_loss == pytest.approx(0.2)
+    assert [len(r.events) for r in parsed] == [2]  # only the two appended lines were parsed
+    writer.close()
+    # A file replaced by a shorter one (re-mirrored run) is read again from the start.
+    other = EventWriter(store.events_path(run_id).with_suffix(".new"), run_id)
+    other.emit("started", model="m", device="cpu", total_steps=10)
+    other.emit("step", step=1, epoch=0.1, loss=0.5, lr=1e-3)
+    other.close()
+    store.events_path(run_id).with_suffix(".new").replace(store.events_path(run_id))
+    assert store.summary(run_id).step == 1
+
+
 def test_redact_removes_tokens(monkeypatch):
     monkeypatch.setenv("MODAL_TOKEN_SECRET", "as-secretvalue123456789")
     text = redact("token hf_abcdefghijklmnopqrstuvwxyz123 and as-secretvalue123456789 here")
