@@ -29,7 +29,7 @@ class Segments:
     prefix: int  # shared prefix length P (0: none)
     queries: Any  # LongTensor [B, Lmax]: packed index of each example's remaining tokens (0 where padded)
     keys: Any  # LongTensor [B, P + Lmax]: prefix indices, then the example's own (0 where padded)
-    valid: Any  # BoolTensor [B, Lmax]: which gathered queries are real
+    real: Any  # LongTensor [sum L]: flat [B*Lmax] positions of the real queries, in packed order
 
 
 def segments(prefix: int, lengths: Sequence[int], device: str) -> Segments:
@@ -42,7 +42,9 @@ def segments(prefix: int, lengths: Sequence[int], device: str) -> Segments:
     queries = torch.where(valid, starts[:, None] + offsets[None, :], 0)
     prefix_keys = torch.arange(prefix, device=device).expand(len(lengths), prefix)
     keys = torch.cat([prefix_keys, queries], dim=1)
-    return Segments(prefix, queries, keys, valid)
+    # Built once per batch, so attention needs no boolean indexing (a host sync per layer on a GPU).
+    real = valid.flatten().nonzero().squeeze(1)
+    return Segments(prefix, queries, keys, real)
 
 
 def segmented_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, dropout: float = 0.0,
@@ -72,7 +74,7 @@ def segmented_attention(module: Any, query: Any, key: Any, value: Any, attention
     # A real query never reaches a padded key (those come after it); padded queries are dropped below.
     causal = causal_lower_right(q.shape[2], k.shape[2])
     rest = F.scaled_dot_product_attention(q, k, v, attn_mask=causal, dropout_p=p, scale=scaling)
-    rest = rest.transpose(1, 2)[seg.valid]  # [sum L, H, D], in packed order
+    rest = rest.transpose(1, 2).flatten(0, 1).index_select(0, seg.real)  # [sum L, H, D], in packed order
     parts = [rest]
     if seg.prefix:
         pre = F.scaled_dot_product_attention(query[:, :, :seg.prefix], key[:, :, :seg.prefix],
