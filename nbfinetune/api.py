@@ -22,7 +22,8 @@ TRAIN_FLAGS = {"steps": "train.max_steps", "max_steps": "train.max_steps", "epoc
                "eval_samples": "eval.samples", "metrics": "eval.metrics", "save_every": "train.save_every",
                "precision": "train.precision", "schedule": "train.schedule", "warmup_steps": "train.warmup_steps",
                "data": "data.path", "model": "model", "backend": "backend", "name": "name", "gpu": "gpu",
-               "budget_usd": "budget_usd", "budget": "budget_usd", "processes": "train.processes"}
+               "budget_usd": "budget_usd", "budget": "budget_usd", "processes": "train.processes",
+               "early_stopping": "eval.early_stopping", "early_stopping_metric": "eval.early_stopping_metric"}
 
 
 def build_config(config: RunConfig | dict[str, Any] | str | None = None, **settings: Any) -> RunConfig:
@@ -182,6 +183,8 @@ def describe(summary: RunSummary) -> str:
     for name, value in summary.metrics.items():
         base = summary.base_metrics.get(name)
         parts.append(f"{name} {value:.3f}" + (f" (base {base:.3f})" if base is not None else ""))
+    if summary.best_step is not None:
+        parts.append(f"best evaluated step {summary.best_step}")
     if summary.adapter_path:
         parts.append(f"adapter: {summary.adapter_path}")
     if summary.error:

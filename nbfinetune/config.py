@@ -77,6 +77,12 @@ class EvalSettings:
     samples: int = 24
     max_new_tokens: int = 64
     generate: bool = True
+    # Stop after this many evaluations in a row that do not improve early_stopping_metric by more than
+    # early_stopping_min_delta; the run's adapter is then the best evaluated one. Needs `every`.
+    early_stopping: int | None = None
+    # "eval_loss" (lower is better) or a generation metric such as "json_match" (higher is better).
+    early_stopping_metric: str = "eval_loss"
+    early_stopping_min_delta: float = 0.0
 
 
 def default_model() -> str:
@@ -216,6 +222,19 @@ def _problems(config: RunConfig) -> list[str]:
     check(isinstance(config.eval.samples, int) and config.eval.samples >= 0,
           f"eval.samples must be >= 0, got {config.eval.samples!r}")
     positive_int("eval.max_new_tokens", config.eval.max_new_tokens)
+    e = config.eval
+    positive_int("eval.early_stopping", e.early_stopping, allow_none=True)
+    number("eval.early_stopping_min_delta", e.early_stopping_min_delta, 0.0)
+    if e.early_stopping is not None:
+        check(e.every is not None, "eval.early_stopping needs eval.every: it counts evaluations without improvement")
+        check(isinstance(e.early_stopping_metric, str) and bool(e.early_stopping_metric),
+              "eval.early_stopping_metric must be 'eval_loss' or a metric name such as 'json_match'")
+        if e.early_stopping_metric != "eval_loss":
+            check(e.generate and e.samples > 0,
+                  f"eval.early_stopping_metric {e.early_stopping_metric!r} is a generation metric: it needs "
+                  "eval.generate and eval.samples > 0 (or use 'eval_loss')")
+            check(e.metrics is None or e.early_stopping_metric in e.metrics,
+                  f"eval.early_stopping_metric {e.early_stopping_metric!r} is not among eval.metrics {e.metrics}")
     metrics = config.eval.metrics
     check(metrics is None or (isinstance(metrics, list) and all(isinstance(m, str) for m in metrics)),
           "eval.metrics must be a list of metric names (exact_match, json_valid, json_match, contains) "

@@ -55,6 +55,9 @@ def train_parser() -> _Parser:
     add("--max-seq-len", dest="max_seq_len", type=int)
     add("--eval-every", dest="eval_every", type=int)
     add("--eval-samples", dest="eval_samples", type=int)
+    add("--early-stopping", dest="early_stopping", type=int,
+        help="stop after N evaluations without improvement (needs --eval-every); keeps the best adapter")
+    add("--early-stopping-metric", dest="early_stopping_metric", help="eval_loss (default) or e.g. json_match")
     add("--save-every", dest="save_every", type=int)
     add("--seed", type=int)
     add("--name")

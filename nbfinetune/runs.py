@@ -120,6 +120,8 @@ class RunSummary:
     metrics: dict[str, float] = field(default_factory=dict)
     base_metrics: dict[str, float] = field(default_factory=dict)
     adapter_path: str | None = None
+    # With early stopping: the step whose adapter the run kept (eval_loss and metrics are that step's).
+    best_step: int | None = None
     error: str | None = None
     started: float | None = None
     ended: float | None = None
@@ -163,6 +165,11 @@ def summarize(run_id: str, config: dict[str, Any], events: list[Event], worker_a
             summary.status = event.type
             summary.ended = event.time
             summary.adapter_path = event.get("adapter_path")
+            kept = event.get("summary") or {}
+            if event.type == "finished" and kept.get("best_step") is not None:
+                summary.best_step = kept["best_step"]
+                summary.eval_loss = kept.get("eval_loss", summary.eval_loss)
+                summary.metrics = kept.get("metrics") or summary.metrics
             if event.type == "failed":
                 summary.error = f"{event['error']}: {event['message']}"
     summary.loss_trace = _downsample(losses)

@@ -31,6 +31,11 @@ def test_unknown_key_suggests_the_close_one():
     ({"data": {"format": "alpaca"}}, "data.format must be one of auto, chat, sharegpt"),
     ({"train": {"max_steps": None}}, "set train.max_steps or train.epochs"),
     ({"backend": "ssh"}, "backend must be one of local, modal"),
+    ({"eval": {"early_stopping": 2}}, "eval.early_stopping needs eval.every"),
+    ({"eval": {"every": 5, "early_stopping": 2, "early_stopping_metric": "json_match", "generate": False}},
+     "'json_match' is a generation metric: it needs eval.generate"),
+    ({"eval": {"every": 5, "early_stopping": 2, "early_stopping_metric": "contains", "metrics": ["json_match"]}},
+     "'contains' is not among eval.metrics"),
 ])
 def test_validation_messages_name_the_field(values, message):
     with pytest.raises(ConfigError) as info:

@@ -28,6 +28,16 @@ def test_bad_settings_are_shown_not_raised(home, tiny_model):
     assert launcher.error.value  # a message in the widget
 
 
+def test_early_stopping_setting_needs_an_eval_interval(home, tiny_model):
+    launcher = Launcher(api.build_config(model=tiny_model))
+    launcher.preflight.check(wait=True)
+    launcher.early_stopping.value = 3
+    assert launcher.submit() is None and "needs eval.every" in launcher.error.value
+    launcher.eval_every.value = 10
+    config = launcher.config()
+    assert (config.eval.every, config.eval.early_stopping, config.eval.early_stopping_metric) == (10, 3, "eval_loss")
+
+
 def test_bare_magic_opens_the_launcher(home, ip):
     assert isinstance(ip.run_line_magic("finetune", ""), Launcher)
 

@@ -19,6 +19,11 @@ def test_flags_map_to_the_python_api(ip, home):
         {"data": "my.jsonl", "steps": 5, "lr": 2e-4, "r": 8, "batch_size": 4}
     config = api.build_config(launch.call_args.args[0], **{k: v for k, v in kwargs.items() if k != "display"})
     assert (config.backend, config.data.path, config.train.max_steps) == ("local", "my.jsonl", 5)
+    with patch.object(api, "finetune", return_value="RUN") as launch:
+        ip.run_line_magic("finetune", "--eval-every 5 --early-stopping 3 --early-stopping-metric json_match --no-dashboard")
+    kwargs = {k: v for k, v in launch.call_args.kwargs.items() if k != "display"}
+    config = api.build_config(launch.call_args.args[0], **kwargs)
+    assert (config.eval.every, config.eval.early_stopping, config.eval.early_stopping_metric) == (5, 3, "json_match")
 
 
 def test_defaults_come_from_config(ip, home):

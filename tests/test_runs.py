@@ -131,6 +131,21 @@ def test_live_summary_parses_only_new_events_and_survives_a_replaced_file(tmp_pa
     assert store.summary(run_id).step == 1
 
 
+def test_summary_of_an_early_stopped_run_reports_the_kept_adapters_scores():
+    from nbfinetune.api import describe
+    from nbfinetune.widgets.dashboard import _finished_message
+
+    kept = {"steps": 6, "best_step": 2, "stopped_early": True, "eval_loss": 0.5, "metrics": {"json_match": 0.75}}
+    events = [Event("started", "r", 1, 0.0, {"model": "m", "device": "cpu", "total_steps": 12}),
+              Event("eval", "r", 2, 1.0, {"step": 2, "eval_loss": 0.5, "metrics": {"json_match": 0.75}}),
+              Event("eval", "r", 3, 2.0, {"step": 6, "eval_loss": 0.9, "metrics": {"json_match": 0.25}}),
+              Event("finished", "r", 4, 3.0, {"adapter_path": "/a", "summary": kept})]
+    summary = summarize("r", {}, events, worker_alive=False)
+    assert (summary.best_step, summary.eval_loss, summary.metrics) == (2, 0.5, {"json_match": 0.75})
+    assert "best evaluated step 2" in describe(summary)
+    assert _finished_message(kept) == "stopped early at step 6; the adapter is the best evaluated one, from step 2"
+
+
 def test_redact_removes_tokens(monkeypatch):
     monkeypatch.setenv("MODAL_TOKEN_SECRET", "as-secretvalue123456789")
     text = redact("token hf_abcdefghijklmnopqrstuvwxyz123 and as-secretvalue123456789 here")

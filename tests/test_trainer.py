@@ -88,6 +88,61 @@ def test_shared_prefix_layout_takes_the_same_gradients_as_padding(tiny_model, ti
     assert any(float(g.abs().sum()) > 0 for g in padded_grads.values())
 
 
+def test_early_stopping_counts_evaluations_without_improvement():
+    from types import SimpleNamespace
+
+    from nbfinetune.core.early_stopping import EarlyStopping
+
+    loss = EarlyStopping(patience=2, min_delta=0.01)
+    assert loss.observe(5, {"eval_loss": 1.0}) and not loss.observe(10, {"eval_loss": 0.995})  # within min_delta
+    assert loss.observe(15, {"eval_loss": 0.5}) and loss.bad_evals == 0
+    assert not loss.observe(20, {"eval_loss": 0.6}) and not loss.exhausted
+    assert not loss.observe(25, {"eval_loss": 0.7}) and loss.exhausted and loss.best_step == 15
+    score = EarlyStopping(patience=1, metric="json_match")
+    assert score.observe(5, {"eval_loss": 9.0, "metrics": {"json_match": 0.5}})
+    assert not score.observe(10, {"eval_loss": 0.1, "metrics": {"json_match": 0.25}}) and score.exhausted
+    # A resumed run continues the count from the checkpoint's history.
+    settings = SimpleNamespace(early_stopping=2, early_stopping_metric="eval_loss", early_stopping_min_delta=0.01)
+    again = EarlyStopping.from_history(settings, {"early_stopping": loss.state() | {"observed_step": 25}})
+    assert (again.best_step, again.best_value, again.bad_evals) == (15, 0.5, 2)
+
+
+def test_early_stopping_ends_the_run_and_keeps_the_best_adapter(tiny_model, tmp_path):
+    from safetensors.torch import load_file
+
+    from nbfinetune.config import RunConfig
+
+    config = tiny_config(tiny_model, max_steps=12)
+    # A min_delta no evaluation can beat: the first one (step 2) stays best, steps 4 and 6 use up patience.
+    config = RunConfig.from_dict(config.to_dict() | {"eval": config.to_dict()["eval"] | {
+        "every": 2, "early_stopping": 2, "early_stopping_min_delta": 100.0}})
+    recorder = Recorder()
+    result = train(config, recorder, lambda: False, tmp_path)
+    assert [s["step"] for s in recorder.of("step")][-1] == 6
+    assert any("early stopping at step 6" in log["message"] for log in recorder.of("log"))
+    finished = recorder.of("finished")[0]["summary"]
+    evals = {e["step"]: e for e in recorder.of("eval")}
+    assert finished["stopped_early"] and finished["best_step"] == 2 and result["best_step"] == 2
+    assert finished["eval_loss"] == evals[2]["eval_loss"] != evals[6]["eval_loss"]
+    kept = load_file(str(tmp_path / "adapter" / "adapter_model.safetensors"))
+    best = load_file(str(tmp_path / "best-adapter" / "adapter_model.safetensors"))
+    assert kept.keys() == best.keys() and all(torch.equal(kept[k], best[k]) for k in kept)
+
+
+def test_early_stopping_on_a_metric_the_run_does_not_compute_fails_before_training(tiny_model, tmp_path):
+    import pytest
+
+    from nbfinetune.config import RunConfig
+
+    config = tiny_config(tiny_model)
+    config = RunConfig.from_dict(config.to_dict() | {"eval": config.to_dict()["eval"] | {
+        "every": 2, "early_stopping": 2, "early_stopping_metric": "exact_match"}})
+    recorder = Recorder()
+    with pytest.raises(ValueError, match="'exact_match' is not computed by this run; its metrics are json_match"):
+        train(config, recorder, lambda: False, tmp_path)
+    assert not recorder.of("step")
+
+
 def test_sampler_covers_each_example_once_per_epoch_and_resumes_exactly():
     examples = list(range(10))
     sampler = EpochSampler(examples, 4, seed=1)

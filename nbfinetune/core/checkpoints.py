@@ -37,12 +37,18 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return max(found, key=lambda p: int(p.name.split("-")[1]), default=None)
 
 
-def load_checkpoint(directory: Path, model: Any, optimizer: Any, scheduler: Any) -> tuple[int, DataPosition]:
-    import torch
+def load_adapter_weights(model: Any, directory: Path) -> None:
+    """Put a saved adapter's weights back into the training model (same LoRA config)."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
     set_peft_model_state_dict(model, load_file(str(directory / "adapter_model.safetensors")))
+
+
+def load_checkpoint(directory: Path, model: Any, optimizer: Any, scheduler: Any) -> tuple[int, DataPosition]:
+    import torch
+
+    load_adapter_weights(model, directory)
     state = torch.load(directory / STATE_FILE, weights_only=False)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])

@@ -18,7 +18,8 @@ from ..config import RunConfig
 from ..data.prepare import PreparedData, prepare
 from .batching import DataPosition, EpochSampler, collate, pick_layout
 from .distributed import Group
-from .checkpoints import latest_checkpoint, load_checkpoint, save_adapter, save_checkpoint
+from .checkpoints import latest_checkpoint, load_adapter_weights, load_checkpoint, save_adapter, save_checkpoint
+from .early_stopping import EarlyStopping
 from .evaluate import GenerationEval, eval_loss, evaluate_generation, summed_loss
 from .metrics import default_metrics
 from .models import resolve_model
@@ -86,6 +87,10 @@ def _train(config: RunConfig, emit: Emit, should_stop: Callable[[], bool], run_d
          data=data.report.to_dict() | {"problems": len(data.report.problems)}, metrics=metric_names,
          processes=group.world)
 
+    stopper = EarlyStopping.from_history(config.eval, history)
+    if stopper and stopper.metric not in ("eval_loss", *metric_names):
+        raise ValueError(f"eval.early_stopping_metric {stopper.metric!r} is not computed by this run; its metrics "
+                         f"are {', '.join(metric_names)} (or use 'eval_loss')")
     evaluator = _Evaluator(config, loaded, data, metric_names, emit, history)
     if step == 0 and group.is_main:
         evaluator.run(0, base=True)
@@ -134,9 +139,19 @@ def _train(config: RunConfig, emit: Emit, should_stop: Callable[[], bool], run_d
              lr=scheduler.get_last_lr()[0], grad_norm=grad_norm, tokens=tokens, trained_tokens=trained,
              tokens_per_s=rate, eta_s=(steps - step) * train_seconds / window_steps)
         if config.eval.every and step % config.eval.every == 0 and step < steps:
+            exhausted = False
             if group.is_main:
-                evaluator.run(step)
+                payload = evaluator.run(step)
+                if stopper:
+                    _observe(stopper, step, payload, loaded, run_dir, evaluator.history)
+                    exhausted = stopper.exhausted
             group.barrier()
+            if stopper and group.decide(exhausted):
+                if group.is_main:
+                    emit("log", level="info", message=f"early stopping at step {step}: {stopper.metric} has not "
+                         f"improved for {stopper.bad_evals} evaluations (best {stopper.best_value:.4g} at step "
+                         f"{stopper.best_step})")
+                break
         if config.train.save_every and step % config.train.save_every == 0 and step < steps:
             if group.is_main:
                 path = save_checkpoint(run_dir / "checkpoints" / f"step-{step}", model, loaded.tokenizer, optimizer,
@@ -147,14 +162,33 @@ def _train(config: RunConfig, emit: Emit, should_stop: Callable[[], bool], run_d
     if not group.is_main:
         group.barrier()  # wait for rank 0's final evaluation and save
         return {"steps": step}
-    final = evaluator.run(step)
+    final = evaluator.last if evaluator.last.get("step") == step else evaluator.run(step)
+    extra: dict[str, Any] = {}
+    if stopper:
+        if evaluator.history.get("early_stopping", {}).get("observed_step") != step:
+            _observe(stopper, step, final, loaded, run_dir, evaluator.history)
+        if stopper.best_step is not None and stopper.best_step != step:
+            # The run's adapter is the best evaluated one, as users of early stopping expect.
+            load_adapter_weights(model, run_dir / "best-adapter")
+            final = dict(stopper.best_eval or {})
+            emit("log", level="info", message=f"the adapter is the best evaluated one: step {stopper.best_step} "
+                                              f"({stopper.metric} {stopper.best_value:.4g})")
+        extra = {"best_step": stopper.best_step, "stopped_early": step < steps}
     adapter = save_adapter(model, loaded.tokenizer, run_dir / "adapter")
     summary = {"first_loss": first_loss, "last_loss": loss_value, "eval_loss": final.get("eval_loss"),
                "metrics": final.get("metrics", {}), "base_metrics": evaluator.history.get("base_metrics", {}),
-               "steps": step, "train_time_s": round(time.time() - started_at, 2)}
+               "steps": step, "train_time_s": round(time.time() - started_at, 2), **extra}
     group.barrier()
     emit("finished", adapter_path=str(adapter), summary=summary)
     return {"adapter_path": str(adapter), **summary}
+
+
+def _observe(stopper: EarlyStopping, step: int, payload: dict[str, Any], loaded: Loaded, run_dir: Path,
+             history: dict[str, Any]) -> None:
+    """Count an evaluation for early stopping; keep the adapter when it is the best so far."""
+    if stopper.observe(step, payload):
+        save_adapter(loaded.model, loaded.tokenizer, run_dir / "best-adapter")
+    history["early_stopping"] = stopper.state() | {"observed_step": step}
 
 
 def _report_data(emit: Emit, data: PreparedData) -> None:
@@ -175,6 +209,7 @@ class _Evaluator:
         self.config, self.loaded, self.data, self.metric_names, self.emit = config, loaded, data, metric_names, emit
         self.history = history
         self.cases = data.eval_cases[: config.eval.samples] if config.eval.generate else []
+        self.last: dict[str, Any] = {}
 
     def run(self, step: int, base: bool = False) -> dict[str, Any]:
         loaded = self.loaded
@@ -191,6 +226,7 @@ class _Evaluator:
             payload.update(metrics=result.metrics, base_metrics=self.history.get("base_metrics", {}),
                            samples=result.samples)
         self.emit("eval", **payload)
+        self.last = payload
         return payload
 
 

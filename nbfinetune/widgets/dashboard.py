@@ -79,7 +79,17 @@ class RunView:
             elif event.type == "cancelled":
                 self.message = event.get("message", "cancelled; adapter and checkpoint kept")
             else:
-                self.message = "finished"
+                kept = event.get("summary") or {}
+                self.message = _finished_message(kept)
+                if kept.get("best_step") is not None:  # the kept adapter's scores, not the last evaluation's
+                    self.metrics = kept.get("metrics") or self.metrics
+
+
+def _finished_message(summary: dict) -> str:
+    if summary.get("best_step") is None:
+        return "finished"
+    how = f"stopped early at step {summary.get('steps')}" if summary.get("stopped_early") else "finished"
+    return f"{how}; the adapter is the best evaluated one, from step {summary['best_step']}"
 
 
 _BADGE = {"pending": "#6c757d", "running": "#0d6efd", "finished": "#198754", "failed": "#dc3545",

@@ -37,6 +37,9 @@ class Launcher(widgets.VBox):
         self.alpha = _number("LoRA alpha", config.lora.alpha, float, min=0.01, max=4096)
         self.eval_samples = _number("eval samples", config.eval.samples, min=0, max=10_000)
         self.eval_every = _number("eval every", config.eval.every or 0, min=0, max=10_000_000)
+        self.early_stopping = _number("early stop", config.eval.early_stopping or 0, min=0, max=1000)
+        self.early_stopping.tooltip = ("stop after this many evaluations without a better eval loss and keep the best "
+                                       "adapter (0: off; needs 'eval every')")
         from ..pricing import price_table
 
         self.backend = widgets.Dropdown(options=[("local (this machine)", "local"), ("Modal GPU", "modal")],
@@ -60,7 +63,7 @@ class Launcher(widgets.VBox):
             control.observe(lambda _change: self.update_estimate(), "value")
         settings = widgets.VBox([
             widgets.HBox([self.steps, self.lr, self.batch_size]),
-            widgets.HBox([self.r, self.alpha, self.eval_samples, self.eval_every]),
+            widgets.HBox([self.r, self.alpha, self.eval_samples, self.eval_every, self.early_stopping]),
             widgets.HBox([self.backend, self.gpu, self.gpu_count, self.budget, self.name]),
         ])
         super().__init__([widgets.HTML("<h3>New fine-tune</h3>"), self.preflight, settings, self.estimate,
@@ -78,6 +81,7 @@ class Launcher(widgets.VBox):
             max_seq_len=self.preflight.max_seq_len.value, steps=self.steps.value, lr=self.lr.value,
             batch_size=self.batch_size.value, r=self.r.value, alpha=self.alpha.value,
             eval_samples=self.eval_samples.value, eval_every=self.eval_every.value or None,
+            early_stopping=self.early_stopping.value or None,
             backend=self.backend.value, gpu=self.gpu_spec(), budget_usd=self.budget.value or None,
             name=self.name.value.strip() or None)
 
