@@ -143,6 +143,16 @@ def test_early_stopping_on_a_metric_the_run_does_not_compute_fails_before_traini
     assert not recorder.of("step")
 
 
+def test_samples_show_fixed_prompts_then_the_lowest_scoring_failures():
+    from nbfinetune.core.evaluate import pick_samples
+
+    scores = [1.0, 0.0, 1.0, 1.0, 0.5, 0.0, 1.0, 0.25]
+    assert pick_samples(scores, 5) == [(0, "fixed"), (1, "fixed"), (2, "fixed"), (5, "lowest score"),
+                                       (7, "lowest score")]
+    assert pick_samples([1.0] * 8, 5) == [(i, "fixed") for i in range(5)]  # nothing failing
+    assert pick_samples([0.0, 1.0], 5) == [(0, "fixed"), (1, "fixed")]
+
+
 def test_sampler_covers_each_example_once_per_epoch_and_resumes_exactly():
     examples = list(range(10))
     sampler = EpochSampler(examples, 4, seed=1)

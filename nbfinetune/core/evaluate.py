@@ -9,7 +9,7 @@ from typing import Any
 
 from ..data.render import Rendered, render_prompt
 from .batching import Batch, batches_in_order, collate, pick_layout
-from .metrics import score
+from .metrics import averages, score_each
 
 
 def causal_lm_parts(model: Any) -> tuple[Any, Any]:
@@ -93,10 +93,23 @@ def evaluate_generation(model: Any, tokenizer: Any, cases: Sequence[tuple[list[d
     prompts = [prompt for prompt, _ in cases]
     references = [reference for _, reference in cases]
     predictions = generate(model, tokenizer, prompts, max_new_tokens, device, use_adapter=use_adapter)
+    table = score_each(metric_names, predictions, references)
+    case_score = [sum(values[i] for values in table.values()) / max(1, len(table)) for i in range(len(cases))]
     samples = []
-    for index in range(min(n_samples, len(cases))):
+    for index, why in pick_samples(case_score, n_samples):
         samples.append({"prompt": prompts[index][-1]["content"] if prompts[index] else "",
                         "reference": references[index],
                         "base": (base_predictions or predictions)[index],
-                        "current": predictions[index]})
-    return GenerationEval(score(metric_names, predictions, references), predictions, samples)
+                        "current": predictions[index], "score": round(case_score[index], 3), "shown": why})
+    return GenerationEval(averages(table), predictions, samples)
+
+
+def pick_samples(case_score: Sequence[float], n: int, worst: int = 2) -> list[tuple[int, str]]:
+    """The same first cases at every evaluation (to watch them change), then the lowest-scoring of the
+    rest that are not perfect (to see where the model fails), as H2O LLM Studio shows its worst samples."""
+    fixed = list(range(min(n - worst, len(case_score))))
+    rest = sorted((i for i in range(len(fixed), len(case_score)) if case_score[i] < 1.0), key=lambda i: case_score[i])
+    picked = [(i, "fixed") for i in fixed] + [(i, "lowest score") for i in rest[:worst]]
+    # Nothing failing: fill with the next cases so the table keeps its size.
+    extra = [i for i in range(len(fixed), len(case_score)) if i not in {j for j, _ in picked}]
+    return picked + [(i, "fixed") for i in extra[: n - len(picked)]]

@@ -67,10 +67,14 @@ def default_metrics(references: Sequence[str]) -> list[str]:
     return ["exact_match"]
 
 
+def score_each(names: Sequence[str], predictions: Sequence[str], references: Sequence[str]) -> dict[str, list[float]]:
+    """Every metric's value on every case."""
+    return {name: [float(resolve_metric(name)(p, r)) for p, r in zip(predictions, references)] for name in names}
+
+
+def averages(table: dict[str, list[float]]) -> dict[str, float]:
+    return {name: sum(values) / len(values) if values else 0.0 for name, values in table.items()}
+
+
 def score(names: Sequence[str], predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
-    out = {}
-    for name in names:
-        metric = resolve_metric(name)
-        values = [float(metric(p, r)) for p, r in zip(predictions, references)]
-        out[name] = sum(values) / len(values) if values else 0.0
-    return out
+    return averages(score_each(names, predictions, references))

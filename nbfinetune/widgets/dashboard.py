@@ -239,9 +239,12 @@ def _metrics_table(view: RunView) -> str:
 def _samples_table(samples: list[dict[str, str]]) -> str:
     if not samples:
         return ""
+    keys = ("prompt", "reference", "base", "current", "score", "shown")
     rows = "".join(
-        "<tr>" + "".join(f"<td style='max-width:320px;white-space:pre-wrap;text-align:left'>"
-                         f"{html.escape(str(s.get(k, '')))}</td>" for k in ("prompt", "reference", "base", "current"))
+        "<tr" + (" style='background:#fff3f3'" if s.get("shown") == "lowest score" else "") + ">"
+        + "".join(f"<td style='max-width:320px;white-space:pre-wrap;text-align:left'>"
+                  f"{html.escape(str(s.get(k, '')))}</td>" for k in keys)
         + "</tr>" for s in samples[:5])
-    return ("<details><summary>sample generations</summary><table><thead><tr><th>prompt</th><th>reference</th>"
-            f"<th>base</th><th>fine-tuned</th></tr></thead><tbody>{rows}</tbody></table></details>")
+    return ("<details><summary>sample generations (the same first prompts each time, then the lowest-scoring)"
+            "</summary><table><thead><tr><th>prompt</th><th>reference</th><th>base</th><th>fine-tuned</th>"
+            f"<th>score</th><th>shown</th></tr></thead><tbody>{rows}</tbody></table></details>")
