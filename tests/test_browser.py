@@ -37,9 +37,10 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture
-def lab(tmp_path, tmp_path_factory):
-    """A JupyterLab server on loopback, rooted in a folder holding a copy of the quickstart."""
+@contextlib.contextmanager
+def jupyter(app: str, tmp_path: Path, tmp_path_factory):
+    """A Jupyter server (`jupyterlab` or Notebook 7's `notebook`) on loopback, rooted in a folder holding a
+    copy of the quickstart."""
     from nbfinetune.testing import make_tiny_model
 
     # Bigger than the unit-test model, so 40 steps take a few seconds and the chart visibly grows.
@@ -52,7 +53,7 @@ def lab(tmp_path, tmp_path_factory):
                HF_HUB_OFFLINE="1", JUPYTER_CONFIG_DIR=str(tmp_path / "jupyter-config"))
     log = open(tmp_path / "lab.log", "w")
     server = subprocess.Popen(
-        [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
+        [sys.executable, "-m", app, "--no-browser", f"--port={port}", "--ip=127.0.0.1",
          f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}", "--allow-root",
          "--LabApp.news_url=", "--ServerApp.disable_check_xsrf=False"],
         stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -65,15 +66,23 @@ def lab(tmp_path, tmp_path_factory):
         except OSError:
             if time.monotonic() > deadline or server.poll() is not None:
                 server.kill()
-                pytest.fail("JupyterLab did not start:\n" + (tmp_path / "lab.log").read_text()[-3000:])
+                pytest.fail(f"{app} did not start:\n" + (tmp_path / "lab.log").read_text()[-3000:])
             time.sleep(0.5)
-    yield f"http://127.0.0.1:{port}", token, model
-    server.terminate()
     try:
-        server.wait(20)
-    except subprocess.TimeoutExpired:
-        server.kill()
-    log.close()
+        yield f"http://127.0.0.1:{port}", token, model
+    finally:
+        server.terminate()
+        try:
+            server.wait(20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+
+@pytest.fixture
+def lab(tmp_path, tmp_path_factory):
+    with jupyter("jupyterlab", tmp_path, tmp_path_factory) as served:
+        yield served
 
 
 @contextlib.contextmanager
@@ -106,45 +115,58 @@ def open_notebook(page, url: str) -> None:
     page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000)
 
 
+def run_quickstart_and_check(page, url: str, name: str) -> None:
+    """Run All Cells; the live chart's loss trace must grow to 40 points while training runs, the chat
+    cell must answer, and no cell may show a traceback."""
+    open_notebook(page, url)
+    page.click(".lm-MenuBar-item:has-text('Run')")
+    page.click(".lm-Menu-item:has-text('Run All Cells')")
+
+    page.wait_for_selector(".nbfinetune-dashboard .js-plotly-plot", timeout=120_000)
+    page.screenshot(path=str(ARTIFACTS / f"{name}-dashboard-live.png"))
+    lengths = []
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        length = page.evaluate("""() => {
+            const plot = document.querySelector('.nbfinetune-dashboard .js-plotly-plot');
+            return plot && plot.data && plot.data[0].x ? plot.data[0].x.length : 0; }""")
+        if not lengths or length != lengths[-1]:
+            lengths.append(length)
+        if length >= 40:
+            break
+        time.sleep(0.1)
+    assert lengths[-1] == 40, lengths
+    assert len([n for n in lengths if 0 < n < 40]) >= 1, f"the trace never grew while training: {lengths}"
+    assert lengths == sorted(lengths)
+
+    # The chat cell answers (its output is the streamed text), and the last cell ran.
+    chat_cell = page.locator(".jp-CodeCell:has(.jp-InputArea:has-text('%%chat'))")
+    chat_cell.locator(".jp-OutputArea-output").first.wait_for(timeout=240_000)
+    page.wait_for_function("""() => {
+        const cells = [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')];
+        return cells.length && /\\[\\d+\\]/.test(cells[cells.length - 1].textContent); }""", timeout=240_000)
+    answer = chat_cell.locator(".jp-OutputArea-output").all_inner_texts()
+    assert "".join(answer).strip(), "the chat cell printed nothing"
+    errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']"
+                          ":has-text('Traceback')")
+    assert errors.count() == 0, errors.all_inner_texts()
+    chat_cell.scroll_into_view_if_needed()
+    page.screenshot(path=str(ARTIFACTS / f"{name}-chat.png"))
+    page.locator(".nbfinetune-dashboard").scroll_into_view_if_needed()
+    page.locator(".nbfinetune-dashboard").screenshot(path=str(ARTIFACTS / f"{name}-dashboard-final.png"))
+
+
 def test_quickstart_in_jupyterlab(lab):
     base, token, _model = lab
     with browser_page("browser") as page:
-        open_notebook(page, f"{base}/lab/tree/quickstart.ipynb?token={token}")
-        page.click(".lm-MenuBar-item:has-text('Run')")
-        page.click(".lm-Menu-item:has-text('Run All Cells')")
+        run_quickstart_and_check(page, f"{base}/lab/tree/quickstart.ipynb?token={token}", "browser")
 
-        page.wait_for_selector(".nbfinetune-dashboard .js-plotly-plot", timeout=120_000)
-        page.screenshot(path=str(ARTIFACTS / "browser-dashboard-live.png"))
-        lengths = []
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            length = page.evaluate("""() => {
-                const plot = document.querySelector('.nbfinetune-dashboard .js-plotly-plot');
-                return plot && plot.data && plot.data[0].x ? plot.data[0].x.length : 0; }""")
-            if not lengths or length != lengths[-1]:
-                lengths.append(length)
-            if length >= 40:
-                break
-            time.sleep(0.1)
-        assert lengths[-1] == 40, lengths
-        assert len([n for n in lengths if 0 < n < 40]) >= 1, f"the trace never grew while training: {lengths}"
-        assert lengths == sorted(lengths)
 
-        # The chat cell answers (its output is the streamed text), and the last cell ran.
-        chat_cell = page.locator(".jp-CodeCell:has(.jp-InputArea:has-text('%%chat'))")
-        chat_cell.locator(".jp-OutputArea-output").first.wait_for(timeout=240_000)
-        page.wait_for_function("""() => {
-            const cells = [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')];
-            return cells.length && /\\[\\d+\\]/.test(cells[cells.length - 1].textContent); }""", timeout=240_000)
-        answer = chat_cell.locator(".jp-OutputArea-output").all_inner_texts()
-        assert "".join(answer).strip(), "the chat cell printed nothing"
-        errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']"
-                              ":has-text('Traceback')")
-        assert errors.count() == 0, errors.all_inner_texts()
-        chat_cell.scroll_into_view_if_needed()
-        page.screenshot(path=str(ARTIFACTS / "browser-chat.png"))
-        page.locator(".nbfinetune-dashboard").scroll_into_view_if_needed()
-        page.locator(".nbfinetune-dashboard").screenshot(path=str(ARTIFACTS / "browser-dashboard-final.png"))
+def test_quickstart_in_notebook_7(tmp_path, tmp_path_factory):
+    """The same notebook in Jupyter Notebook 7: the widgets, the live chart and the chat work there too."""
+    with jupyter("notebook", tmp_path, tmp_path_factory) as (base, token, _model):
+        with browser_page("notebook7") as page:
+            run_quickstart_and_check(page, f"{base}/notebooks/quickstart.ipynb?token={token}", "notebook7")
 
 
 def test_fine_tunes_sidebar_is_live_and_attaches(lab, home):
