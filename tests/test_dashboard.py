@@ -102,3 +102,21 @@ def test_modal_runs_show_gpu_cost(tmp_path):
     writer.emit("finished", adapter_path="/runs/x/adapter")
     dash = Dashboard(FakeRun(store, run_id, FakeBackend(False)), start=False)
     assert "$0.0000 on H100" in dash.stats_html.value
+
+
+def test_an_early_stopped_run_stars_the_kept_evaluation(tmp_path):
+    store = RunStore(tmp_path)
+    run_id = store.create(RunConfig())
+    writer = EventWriter(store.events_path(run_id), run_id)
+    writer.emit("started", model="m", device="cpu", total_steps=12)
+    for step, loss in ((2, 0.5), (4, 0.6), (6, 0.7)):
+        writer.emit("step", step=step, epoch=0.1, loss=loss, lr=1e-3)
+        writer.emit("eval", step=step, eval_loss=loss, metrics={"json_match": 1.0 - loss})
+    writer.emit("finished", adapter_path="/a", summary={"steps": 6, "best_step": 2, "stopped_early": True,
+                                                         "eval_loss": 0.5, "metrics": {"json_match": 0.5}})
+    dash = Dashboard(FakeRun(store, run_id, FakeBackend(False)), start=False)
+    evaluation = dash.figure.data[2]
+    assert list(evaluation.marker.symbol) == ["star", "circle", "circle"]
+    assert "stopped early at step 6" in dash.status_html.value and "from step 2" in dash.status_html.value
+    # The kept adapter's json_match, not the last evaluation's.
+    assert "0.500" in dash.metrics_html.value and "0.300" not in dash.metrics_html.value

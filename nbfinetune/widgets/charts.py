@@ -19,6 +19,7 @@ class Curves:
     lr: list[float] = field(default_factory=list)
     eval_steps: list[int] = field(default_factory=list)
     eval_loss: list[float] = field(default_factory=list)
+    best_step: int | None = None  # early stopping: the evaluation whose adapter the run kept
 
     def add(self, event: Event) -> bool:
         """Fold one event in; True when a curve changed."""
@@ -34,6 +35,9 @@ class Curves:
         if event.type == "eval" and event.get("eval_loss") is not None:
             self.eval_steps.append(event["step"])
             self.eval_loss.append(event["eval_loss"])
+            return True
+        if event.type == "finished" and (event.get("summary") or {}).get("best_step") is not None:
+            self.best_step = event["summary"]["best_step"]
             return True
         return False
 
@@ -73,6 +77,9 @@ def apply_curves(fig: Any, curves: Curves) -> None:
     raw.x, raw.y = curves.steps, curves.loss
     smooth.x, smooth.y = curves.steps, curves.smoothed
     evaluation.x, evaluation.y = curves.eval_steps, curves.eval_loss
+    if curves.best_step is not None:  # a star on the kept evaluation
+        kept = [s == curves.best_step for s in curves.eval_steps]
+        evaluation.marker = {"size": [14 if k else 6 for k in kept], "symbol": ["star" if k else "circle" for k in kept]}
     lr.x, lr.y = curves.steps, curves.lr
 
 
