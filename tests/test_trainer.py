@@ -129,6 +129,27 @@ def test_early_stopping_ends_the_run_and_keeps_the_best_adapter(tiny_model, tmp_
     assert kept.keys() == best.keys() and all(torch.equal(kept[k], best[k]) for k in kept)
 
 
+def test_early_stopping_count_survives_cancel_and_resume(tiny_model, tmp_path):
+    from nbfinetune.config import RunConfig
+
+    config = tiny_config(tiny_model, max_steps=12)
+    config = RunConfig.from_dict(config.to_dict() | {"eval": config.to_dict()["eval"] | {
+        "every": 2, "early_stopping": 2, "early_stopping_min_delta": 100.0}})
+    checks = {"n": 0}
+
+    def cancel_after_four_steps():
+        checks["n"] += 1
+        return checks["n"] > 4
+
+    first = Recorder()
+    train(config, first, cancel_after_four_steps, tmp_path)  # evals at 2 (best) and 4 (1 without improvement)
+    assert first.events[-1][0] == "cancelled"
+    resumed = Recorder()
+    result = train(config, resumed, lambda: False, tmp_path)  # eval at 6 is the 2nd without improvement
+    assert [s["step"] for s in resumed.of("step")] == [5, 6]
+    assert result["best_step"] == 2 and result["stopped_early"]
+
+
 def test_early_stopping_on_a_metric_the_run_does_not_compute_fails_before_training(tiny_model, tmp_path):
     import pytest
 
