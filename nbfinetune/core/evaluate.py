@@ -111,5 +111,6 @@ def pick_samples(case_score: Sequence[float], n: int, worst: int = 2) -> list[tu
     rest = sorted((i for i in range(len(fixed), len(case_score)) if case_score[i] < 1.0), key=lambda i: case_score[i])
     picked = [(i, "fixed") for i in fixed] + [(i, "lowest score") for i in rest[:worst]]
     # Nothing failing: fill with the next cases so the table keeps its size.
-    extra = [i for i in range(len(fixed), len(case_score)) if i not in {j for j, _ in picked}]
+    shown = {i for i, _ in picked}
+    extra = [i for i in range(len(fixed), len(case_score)) if i not in shown]
     return picked + [(i, "fixed") for i in extra[: n - len(picked)]]

@@ -162,10 +162,12 @@ def _train(config: RunConfig, emit: Emit, should_stop: Callable[[], bool], run_d
     if not group.is_main:
         group.barrier()  # wait for rank 0's final evaluation and save
         return {"steps": step}
-    final = evaluator.last if evaluator.last.get("step") == step else evaluator.run(step)
+    # Stopped early right after an evaluation: that one is final (and already counted).
+    fresh = evaluator.last.get("step") != step
+    final = evaluator.run(step) if fresh else evaluator.last
     extra: dict[str, Any] = {}
     if stopper:
-        if evaluator.history.get("early_stopping", {}).get("observed_step") != step:
+        if fresh:
             _observe(stopper, step, final, loaded, run_dir, evaluator.history)
         if stopper.best_step is not None and stopper.best_step != step:
             # The run's adapter is the best evaluated one, as users of early stopping expect.
@@ -188,7 +190,7 @@ def _observe(stopper: EarlyStopping, step: int, payload: dict[str, Any], loaded:
     """Count an evaluation for early stopping; keep the adapter when it is the best so far."""
     if stopper.observe(step, payload):
         save_adapter(loaded.model, loaded.tokenizer, run_dir / "best-adapter")
-    history["early_stopping"] = stopper.state() | {"observed_step": step}
+    history["early_stopping"] = stopper.state()
 
 
 def _report_data(emit: Emit, data: PreparedData) -> None:
