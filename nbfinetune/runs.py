@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import RunConfig, nbfinetune_home
-from .events import Event, EventError
+from .events import Event, EventError, redact
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -68,7 +68,11 @@ class EventWriter:
     def emit(self, type: str, **payload: Any) -> Event:
         with self._lock:
             event = Event(type=type, run_id=self.run_id, seq=self._next_seq, time=time.time(), payload=payload)
-            self._file.write(event.to_json() + "\n")
+            line = event.to_json()
+            safe = redact(line)
+            if safe != line:  # a credential in a path or message: what is stored and passed on is redacted
+                line, event = safe, Event.from_json(safe)
+            self._file.write(line + "\n")
             self._file.flush()
             os.fsync(self._file.fileno())
             self._next_seq += 1
@@ -342,7 +346,9 @@ class RunStore:
         run_id = validate_run_id(run_id or new_run_id())
         directory = self.path(run_id)
         directory.mkdir(parents=True, exist_ok=False)
-        (directory / "config.json").write_text(config.to_json(), encoding="utf-8")
+        # Secrets (a token inside a model path, say) never reach the disk; see LocalBackend for how the
+        # worker still gets the real value.
+        (directory / "config.json").write_text(redact(config.to_json()), encoding="utf-8")
         (directory / "events.jsonl").touch()
         return run_id
 

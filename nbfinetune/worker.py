@@ -25,6 +25,8 @@ from .runs import EventWriter, read_events
 CANCEL_MARKER = "cancel-requested"
 HARD_CANCEL_MARKER = "kill-requested"
 CHILD_PID = "train.pid"
+# The run's settings unredacted, when they hold a secret (config.json on disk is redacted).
+CONFIG_ENV = "NBFINETUNE_RUN_CONFIG"
 
 
 def run_child(run_dir: Path) -> int:
@@ -37,7 +39,8 @@ def run_child(run_dir: Path) -> int:
         from .ownership import die_with_parent
 
         die_with_parent(os.getppid())
-    config = RunConfig.from_dict(json.loads((run_dir / "config.json").read_text(encoding="utf-8")))
+    text = os.environ.pop(CONFIG_ENV, None) or (run_dir / "config.json").read_text(encoding="utf-8")
+    config = RunConfig.from_dict(json.loads(text))
     if os.environ.get("RANK", "0") != "0":  # another data-parallel process: rank 0 writes the events
         from .core.trainer import train
 

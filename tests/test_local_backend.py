@@ -192,3 +192,21 @@ def test_the_trainer_dies_with_its_supervisor_and_one_writer_is_enforced(home, t
         assert run.wait(timeout=60, progress=False).status == "cancelled"
     finally:
         _cleanup(run)
+
+
+def test_a_secret_in_the_model_path_stays_out_of_config_events_and_listings(home, tiny_model, tmp_path, capsys):
+    import shutil
+
+    from nbfinetune import cli
+
+    secret = "hf_" + "Q7" * 12
+    model = shutil.copytree(tiny_model, tmp_path / secret / "model")
+    run = api.finetune(model=str(model), steps=2, eval_samples=0, display=False)
+    assert run.wait(timeout=120, progress=False).status == "finished", (run.path / "worker.log").read_text()[-1500:]
+    for name in ("config.json", "events.jsonl"):
+        assert secret not in (run.path / name).read_text(), name
+    assert "[redacted]" in (run.path / "config.json").read_text()
+    assert any("[redacted]" in str(e.get("message", "")) for e in run.events() if e.type == "log")
+    assert cli.main(["runs"]) == 0
+    out = capsys.readouterr().out
+    assert run.id in out and secret not in out

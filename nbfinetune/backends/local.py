@@ -12,9 +12,10 @@ import subprocess
 import sys
 
 from ..config import RunConfig
+from ..events import redact
 from ..ownership import RunLocked, signal_ours, take_lock, write_pid
 from ..runs import RunStore, pid_alive, read_events
-from ..worker import CANCEL_MARKER, CHILD_PID, HARD_CANCEL_MARKER
+from ..worker import CANCEL_MARKER, CHILD_PID, CONFIG_ENV, HARD_CANCEL_MARKER
 
 # How long resume waits for a worker that has written its terminal event to exit.
 EXIT_GRACE_S = 30.0
@@ -25,6 +26,9 @@ class LocalBackend:
 
     def launch(self, config: RunConfig, store: RunStore) -> str:
         run_id = store.create(config)
+        if redact(config.to_json()) != config.to_json():
+            # config.json is stored redacted: the worker gets the real settings through its environment.
+            _secret_configs[run_id] = config.to_json()
         self._start(run_id, store, take_lock(store.path(run_id)))
         return run_id
 
@@ -38,6 +42,10 @@ class LocalBackend:
             lock = take_lock(run_dir, wait_s)
         except RunLocked:
             raise RuntimeError(f"run {run_id} is still running; cancel it first") from None
+        if run_id not in _secret_configs and REDACTED in (run_dir / "config.json").read_text(encoding="utf-8"):
+            os.close(lock)
+            raise RuntimeError(f"run {run_id}'s settings held a secret (e.g. a token in the model path), which is "
+                               "never stored on disk, and this kernel no longer has it: launch a new run instead")
         for marker in (CANCEL_MARKER, HARD_CANCEL_MARKER):
             (run_dir / marker).unlink(missing_ok=True)
         self._start(run_id, store, lock)
@@ -45,6 +53,8 @@ class LocalBackend:
     def _start(self, run_id: str, store: RunStore, lock: int) -> None:
         run_dir = store.path(run_id)
         env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
+        if run_id in _secret_configs:
+            env[CONFIG_ENV] = _secret_configs[run_id]
         (run_dir / CHILD_PID).unlink(missing_ok=True)  # the previous trainer's, on a resume
         try:
             with open(run_dir / "worker.log", "ab") as log:
@@ -81,3 +91,6 @@ class LocalBackend:
 
 
 _children: dict[str, subprocess.Popen] = {}
+# run id → the unredacted config JSON of runs launched from this process whose settings held a secret.
+_secret_configs: dict[str, str] = {}
+REDACTED = "[redacted]"
