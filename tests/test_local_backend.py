@@ -186,7 +186,8 @@ def test_the_trainer_dies_with_its_supervisor_and_one_writer_is_enforced(home, t
         wait_for(lambda: run.status == "lost", timeout=30)
         events = run.events()
         assert [e.seq for e in events] == list(range(1, len(events) + 1))
-        run.resume()  # no writer left: resume may start one
+        run.resume()  # no writer left: resume may start one, and says what happened
+        assert "stopped without a final event" in run.events()[len(events)]["message"]
         wait_for(lambda: [e.type for e in run.events()].count("started") == 2, timeout=120)
         run.cancel(hard=True)
         assert run.wait(timeout=60, progress=False).status == "cancelled"

@@ -14,7 +14,7 @@ import sys
 from ..config import RunConfig
 from ..events import redact
 from ..ownership import RunLocked, signal_ours, take_lock, write_pid
-from ..runs import RunStore, pid_alive, read_events
+from ..runs import EventWriter, RunStore, pid_alive, read_events
 from ..worker import CANCEL_MARKER, CHILD_PID, CONFIG_ENV, HARD_CANCEL_MARKER
 
 # How long resume waits for a worker that has written its terminal event to exit.
@@ -48,6 +48,11 @@ class LocalBackend:
                                "never stored on disk, and this kernel no longer has it: launch a new run instead")
         for marker in (CANCEL_MARKER, HARD_CANCEL_MARKER):
             (run_dir / marker).unlink(missing_ok=True)
+        if events and not events[-1].terminal:  # `lost`: we hold the lock, so we may write what happened
+            writer = EventWriter(run_dir / "events.jsonl", run_id)
+            writer.emit("log", level="warning", message="the previous worker stopped without a final event (its "
+                        "processes were killed, or the machine restarted); resuming from the latest checkpoint")
+            writer.close()
         self._start(run_id, store, lock)
 
     def _start(self, run_id: str, store: RunStore, lock: int) -> None:
