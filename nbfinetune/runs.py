@@ -366,9 +366,9 @@ class RunStore:
         try:
             config = json.loads(path.read_text(encoding="utf-8"))
         except (ValueError, OSError) as exc:  # ValueError: not JSON, or not UTF-8
-            raise RunDamaged(f"run {run_id}: config.json is unreadable ({'empty' if not path.stat().st_size else exc})")
+            raise RunDamaged(f"config.json is unreadable ({'empty' if not path.stat().st_size else exc})") from None
         if not isinstance(config, dict):
-            raise RunDamaged(f"run {run_id}: config.json holds a {type(config).__name__}, not a JSON object")
+            raise RunDamaged(f"config.json holds a {type(config).__name__}, not a JSON object")
         return config
 
     def ids(self) -> list[str]:

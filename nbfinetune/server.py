@@ -97,7 +97,10 @@ class CancelHandler(_RunsHandler):
             raise tornado.web.HTTPError(400, "the body must be JSON") from None
         if not isinstance(body, dict):
             raise tornado.web.HTTPError(400, 'the body must be a JSON object, e.g. {"hard": true}')
-        backend = get_backend(self.store.config(run_id).get("backend", "local"))
+        try:
+            backend = get_backend(self.store.config(run_id).get("backend", "local"))
+        except RunDamaged as exc:
+            raise tornado.web.HTTPError(409, f"run {run_id} is damaged: {exc}") from None
         backend.cancel(run_id, self.store, hard=bool(body.get("hard")))
         self.write_json({"run_id": run_id, "cancelling": True, "hard": bool(body.get("hard"))})
 

@@ -94,6 +94,9 @@ async def test_damaged_runs_do_not_break_the_listing_or_the_sidebar(jp_fetch, ho
     assert runs[made["loss-nan-text"]]["last_loss"] is None and runs[made["loss-nan"]]["last_loss"] is None
     details = json.loads((await jp_fetch("nbfinetune", "api", "runs", made["list-config"])).body)
     assert details["run"]["status"] == "damaged" and details["config"] is None
+    with pytest.raises(tornado.httpclient.HTTPClientError) as info:
+        await jp_fetch("nbfinetune", "api", "runs", made["empty-config"], "cancel", method="POST", body="{}")
+    assert info.value.code == 409
     page = json.loads((await jp_fetch("nbfinetune", "api", "runs", made["loss-nan"], "events")).body)
     assert page["events"][-1]["loss"] is None  # JSON.parse rejects NaN
 
