@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .backends.base import Backend, get_backend
-from .config import RunConfig
+from .config import RunConfig, absolute_paths
 from .events import Event
 from .runs import RunStore, RunSummary
 
@@ -44,7 +44,7 @@ def build_config(config: RunConfig | dict[str, Any] | str | None = None, **setti
         overrides[dotted] = value
     if "train.epochs" in overrides and "train.max_steps" not in overrides:
         overrides["train.max_steps"] = None
-    return base.with_overrides(overrides) if overrides else base
+    return absolute_paths(base.with_overrides(overrides) if overrides else base)
 
 
 class Run:
@@ -140,7 +140,8 @@ class Run:
         adapter = self.adapter_path
         if not adapter:
             raise RuntimeError(f"run {self.id} has no adapter yet (status: {self.status})")
-        return export_merged(resolve_model(self.config.model), adapter, out_dir or self.path / "merged")
+        out = Path(out_dir).expanduser().absolute() if out_dir else self.path / "merged"
+        return export_merged(resolve_model(self.config.model), adapter, out)
 
     def dashboard(self) -> Any:
         from .widgets.dashboard import Dashboard

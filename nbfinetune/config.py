@@ -251,6 +251,40 @@ def _problems(config: RunConfig) -> list[str]:
     return out
 
 
+_DATA_SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".parquet")
+
+
+def absolute_paths(config: RunConfig, cwd: str | None = None) -> RunConfig:
+    """The config with every local path (data, eval data, model directory) made absolute against the
+    caller's working directory: the worker runs in the run directory, so a relative path would miss.
+    Hub ids and 'sample:NAME' stay as they are."""
+    base = cwd or os.getcwd()
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data))
+    config.data.path = _absolute_data(config.data.path, base)
+    config.data.eval_path = _absolute_data(config.data.eval_path, base)
+    if isinstance(config.model, str) and _local(config.model, base, dir_only=True):
+        config.model = _absolute(config.model, base)
+    return config
+
+
+def _absolute(path: str, base: str) -> str:
+    return os.path.normpath(os.path.join(base, os.path.expanduser(path)))
+
+
+def _local(path: str, base: str, dir_only: bool = False) -> bool:
+    """Whether a path names something on this machine rather than a hub id: it exists here, or is
+    spelled like a path (./x, ../x, /x, ~/x, or a data file's suffix)."""
+    expanded = os.path.join(base, os.path.expanduser(path))
+    exists = os.path.isdir(expanded) if dir_only else os.path.exists(expanded)
+    return exists or path.startswith((".", "/", "~")) or (not dir_only and path.lower().endswith(_DATA_SUFFIXES))
+
+
+def _absolute_data(path: str | None, base: str) -> str | None:
+    if not isinstance(path, str) or not path.strip() or path.startswith("sample:") or not _local(path, base):
+        return path
+    return _absolute(path, base)
+
+
 def nbfinetune_home() -> str:
     """Where runs and converted models live: $NBFINETUNE_HOME, else ~/.cache/nbfinetune."""
     return os.environ.get("NBFINETUNE_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "nbfinetune")
