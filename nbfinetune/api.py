@@ -206,6 +206,9 @@ def finetune(config: RunConfig | dict[str, Any] | str | None = None, *, display:
 
         settings["data"], settings["eval_data"] = materialize(settings.get("data"), settings.get("eval_data"))
     resolved = build_config(config, **settings)
+    from .launch_checks import check_before_launch
+
+    check_before_launch(resolved)  # a wrong path, format or model fails here, not in the worker
     store = store or RunStore()
     backend = get_backend(resolved.backend)
     run = Run(backend.launch(resolved, store), store, backend)

@@ -262,7 +262,7 @@ def absolute_paths(config: RunConfig, cwd: str | None = None) -> RunConfig:
     config = dataclasses.replace(config, data=dataclasses.replace(config.data))
     config.data.path = _absolute_data(config.data.path, base)
     config.data.eval_path = _absolute_data(config.data.eval_path, base)
-    if isinstance(config.model, str) and _local(config.model, base, dir_only=True):
+    if isinstance(config.model, str) and is_local_path(config.model, base, dir_only=True):
         config.model = _absolute(config.model, base)
     return config
 
@@ -271,7 +271,7 @@ def _absolute(path: str, base: str) -> str:
     return os.path.normpath(os.path.join(base, os.path.expanduser(path)))
 
 
-def _local(path: str, base: str, dir_only: bool = False) -> bool:
+def is_local_path(path: str, base: str, dir_only: bool = False) -> bool:
     """Whether a path names something on this machine rather than a hub id: it exists here, or is
     spelled like a path (./x, ../x, /x, ~/x, or a data file's suffix)."""
     expanded = os.path.join(base, os.path.expanduser(path))
@@ -280,7 +280,7 @@ def _local(path: str, base: str, dir_only: bool = False) -> bool:
 
 
 def _absolute_data(path: str | None, base: str) -> str | None:
-    if not isinstance(path, str) or not path.strip() or path.startswith("sample:") or not _local(path, base):
+    if not isinstance(path, str) or not path.strip() or path.startswith("sample:") or not is_local_path(path, base):
         return path
     return _absolute(path, base)
 

@@ -25,6 +25,8 @@ _SIGNATURES = (
     (TEXT, ("text",)),
 )
 
+FORMAT_FIELDS = dict(_SIGNATURES)
+
 
 class RowProblem(ValueError):
     """One row cannot be used; the message says why in plain words."""

@@ -10,7 +10,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .formats import Example, RowProblem, apply_columns, detect_format, normalize, split_for_generation
+from .formats import (FORMAT_FIELDS, Example, RowProblem, apply_columns, detect_format, normalize,
+                      split_for_generation)
 from .render import Rendered, render_many
 from .sources import DataSourceError, Row, iter_rows, resolve
 
@@ -82,7 +83,11 @@ def iter_examples(source: str, fmt: str = "auto", columns: dict[str, str] | None
         head = list(itertools.islice(rows, DETECT_ROWS))
     except DataSourceError as exc:
         raise DataError(str(exc)) from None
+    if not head:
+        raise DataError(f"{source}: no rows — the data is empty")
     records = [apply_columns(r.record, columns) for r in head if r.error is None]
+    if fmt != "auto":
+        _check_fields_fit(source, fmt, records)
     if fmt == "auto":
         detected = detect_format(records)
         if detected is None and any(isinstance(r, dict) for r in records):
@@ -109,6 +114,21 @@ def iter_examples(source: str, fmt: str = "auto", columns: dict[str, str] | None
             raise DataError(str(exc)) from None
 
     return fmt, stream()
+
+
+def _check_fields_fit(source: str, fmt: str, records: list[Any]) -> None:
+    """Refuse once, up front, a format that none of the first rows has the fields for (instead of the same
+    "missing field" problem on every row), and say which format the fields look like."""
+    objects = [r for r in records if isinstance(r, dict)]
+    needed = FORMAT_FIELDS.get(fmt, ())
+    if not objects or any(all(key in r for key in needed) for r in objects):
+        return
+    detected = detect_format(objects)
+    fields = sorted({str(key) for r in objects[:20] for key in r})[:12]
+    looks = (f"; they look like the '{detected}' format (use format='{detected}' or 'auto')" if detected
+             else "; they match no known format (map them with columns={...})")
+    raise DataError(f"{source}: format '{fmt}' needs the field(s) {', '.join(needed)}, but the rows have "
+                    f"{', '.join(fields)}{looks}")
 
 
 def load_examples(source: str, fmt: str = "auto", split: str = "train", columns: dict[str, str] | None = None
