@@ -188,12 +188,12 @@ def _named_run(words: list[str]) -> api.Run:
 
 
 def _yaml_settings(text: str) -> dict[str, Any]:
-    import yaml
+    from .config import load_yaml
 
     try:
-        values = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise UsageError(f"the cell is not valid YAML: {str(exc).splitlines()[0]}") from None
+        values = load_yaml(text) or {}
+    except ConfigError as exc:
+        raise UsageError(str(exc).replace("the config", "the cell", 1)) from None
     if not isinstance(values, dict):
         raise UsageError("the cell must be a YAML mapping of settings, e.g. 'train: {lr: 2e-4}'")
     return values
