@@ -17,6 +17,8 @@ from .sources import DataSourceError, Row, iter_rows, resolve
 
 MAX_LISTED_PROBLEMS = 1000  # the report keeps the first ones; problem_count has them all
 DETECT_ROWS = 200
+TOOLS_DROPPED = ("this row and others have 'tools' (function schemas): they are not given to the chat template, "
+                 "so they are dropped; the model trains on the messages' text only")
 
 
 @dataclass
@@ -98,6 +100,7 @@ def iter_examples(source: str, fmt: str = "auto", columns: dict[str, str] | None
         fmt = detected
 
     def stream() -> Iterator[tuple[Row, Example | None, str | None]]:
+        warned_tools = False
         try:
             for row in itertools.chain(head, rows):
                 if row.error is not None:
@@ -107,9 +110,16 @@ def iter_examples(source: str, fmt: str = "auto", columns: dict[str, str] | None
                     yield row, None, f"expected a JSON object, got {type(row.record).__name__}"
                     continue
                 try:
-                    yield row, normalize(apply_columns(row.record, columns), fmt), None
+                    example = normalize(apply_columns(row.record, columns), fmt)
                 except RowProblem as problem:
                     yield row, None, str(problem)
+                    continue
+                # A usable row with a note (said once per source): the note is a warning, not a skip.
+                note = None
+                if not warned_tools and isinstance(row.record, dict) and row.record.get("tools"):
+                    warned_tools = True
+                    note = TOOLS_DROPPED
+                yield row, example, note
         except DataSourceError as exc:
             raise DataError(str(exc)) from None
 
@@ -141,6 +151,8 @@ def load_examples(source: str, fmt: str = "auto", split: str = "train", columns:
         if example is None:
             report.add(Problem(row.number, problem or "unusable row", split, row.file))
         else:
+            if problem:
+                report.add(Problem(row.number, problem, split, row.file, "warning"))
             examples.append((row.number, example, row.file))
     return fmt, examples, report
 

@@ -54,7 +54,7 @@ def render_many(tokenizer: Any, examples: Sequence[Example], max_seq_len: int, t
                 texts.append(example.text)
                 pending.append((index, None))
             else:
-                text, spans = _render_chat(tokenizer, list(example.messages or ()))
+                text, spans = _render_chat(tokenizer, list(example.messages or ()), set(example.untrained))
                 texts.append(text)
                 pending.append((index, spans))
         except RowProblem as problem:
@@ -104,14 +104,15 @@ def render_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
-def _render_chat(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
+def _render_chat(tokenizer: Any, messages: list[dict[str, str]], untrained: frozenset[int] | set[int] = frozenset()
+                 ) -> tuple[str, list[tuple[int, int]]]:
     if not getattr(tokenizer, "chat_template", None):
         raise RowProblem("the model's tokenizer has no chat template; use a chat/instruct model or plain text data")
     full = tokenizer.apply_chat_template(messages, tokenize=False)
     spans: list[tuple[int, int]] = []
     cursor = 0
     for index, message in enumerate(messages):
-        if message["role"] != "assistant":
+        if message["role"] != "assistant" or index in untrained:
             continue
         before = tokenizer.apply_chat_template(messages[:index], tokenize=False, add_generation_prompt=True) if index else ""
         last = index == len(messages) - 1  # the same call as `full`: one render saved per row
