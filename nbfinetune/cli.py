@@ -56,6 +56,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Rows may hold bytes that are not UTF-8 (kept as surrogates to report them): print them escaped.
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     args = _parser().parse_args(argv)
     try:
         return _COMMANDS[args.command](args)
@@ -103,6 +107,7 @@ def _validate(args: argparse.Namespace) -> int:
     from .data.validate import validate
 
     try:
+        _require_local_data(args.path)  # before the model: a typo must not wait for a model conversion
         tokenizer = None
         if (args.model or "").lower() != "none":
             from .core.models import resolve_model
@@ -110,7 +115,7 @@ def _validate(args: argparse.Namespace) -> int:
 
             tokenizer = load_tokenizer(resolve_model(args.model or default_model()))
         result = validate(args.path, args.format, tokenizer, args.max_seq_len)
-    except (DataError, OSError, ValueError) as exc:
+    except (DataError, OSError, ValueError, RecursionError, UnicodeError) as exc:
         # Never a traceback for a bad file: one message, and a JSON object when asked for one.
         print(json.dumps({"error": str(exc)}) if args.json else f"nbfinetune validate: error: {exc}",
               file=sys.stdout if args.json else sys.stderr)
@@ -131,6 +136,18 @@ def _validate(args: argparse.Namespace) -> int:
             print(f"  ... and {report.problem_count - 50} more")
     bad = any(p.severity == "error" for p in report.problems)
     return 0 if result.ok and not (args.strict and bad) else 1
+
+
+def _require_local_data(path: str) -> None:
+    import os
+
+    from .config import is_local_path
+    from .data.prepare import DataError
+    from .data.sources import resolve
+
+    source, _ = resolve(path, None)
+    if is_local_path(source, os.getcwd()) and not os.path.exists(os.path.expanduser(source)):
+        raise DataError(f"data file not found: {source}")
 
 
 def _export(args: argparse.Namespace) -> int:

@@ -83,6 +83,13 @@ def iter_examples(source: str, fmt: str = "auto", columns: dict[str, str] | None
     try:
         rows = iter_rows(source)
         head = list(itertools.islice(rows, DETECT_ROWS))
+        if len(head) == DETECT_ROWS and not any(isinstance(r.record, dict) for r in head):
+            # The first rows are all broken: read on to the first object, so that later good rows are
+            # judged by their format instead of all being reported as not objects.
+            for row in rows:
+                head.append(row)
+                if isinstance(row.record, dict):
+                    break
     except DataSourceError as exc:
         raise DataError(str(exc)) from None
     if not head:
