@@ -62,6 +62,7 @@ def _jupyter_labextension_paths() -> list[dict[str, str]]:
 
 
 def load_ipython_extension(ipython: Any) -> None:
-    from .magics import FinetuneMagics
+    from .magics import FinetuneMagics, register_transformers
 
     ipython.register_magics(FinetuneMagics)
+    register_transformers(ipython)
