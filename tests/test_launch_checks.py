@@ -74,3 +74,9 @@ def test_validate_says_so_for_empty_data_and_a_wrong_format_once(files):
         assert out.returncode == 2 and message in out.stderr and out.stderr.strip().count("\n") == 0
         assert "No problems" not in out.stdout + out.stderr
     assert main(["validate", str(files / "instr.jsonl"), "--model", "none"]) == 0
+
+
+def test_sweep_refuses_before_its_first_run(home, files, tiny_model):
+    with pytest.raises(ValueError, match="the data is empty"):
+        api.sweep({"lr": [1e-3, 2e-3]}, model=tiny_model, data=str(files / "empty.jsonl"), steps=1)
+    assert _no_runs()
