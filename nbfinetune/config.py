@@ -74,7 +74,7 @@ class DataSettings:
 @dataclass
 class EvalSettings:
     every: int | None = None
-    # None picks metrics from the references: json_match when they are JSON, else exact_match.
+    # None picks metrics from the references: json_match/json_valid when they are JSON, else none (eval loss).
     metrics: list[str] | None = None
     samples: int = 24
     max_new_tokens: int = 64
@@ -270,7 +270,9 @@ def _problems(config: RunConfig) -> list[str]:
     from .core.metrics import BUILTIN  # stdlib only
 
     def known_metric(name: Any) -> bool:
-        module, _, function = name.partition(":") if isinstance(name, str) else ("", "", "")
+        if not isinstance(name, str):
+            return False
+        module, _, function = name.partition(":")
         return name in BUILTIN or (module.replace(".", "").replace("_", "").isalnum()
                                    and function.replace("_", "").isalnum())
 
@@ -281,7 +283,8 @@ def _problems(config: RunConfig) -> list[str]:
           f"eval.early_stopping_metric must be 'eval_loss' or a metric ({', '.join(BUILTIN)}, 'module:function'), "
           f"got {e.early_stopping_metric!r}")
     check(config.name is None or (isinstance(config.name, str) and len(config.name) <= 200),
-          f"name must be text (at most 200 characters), got {type(config.name).__name__}")
+          f"name must be text (at most 200 characters), got "
+          + (f"{len(config.name)} characters" if isinstance(config.name, str) else type(config.name).__name__))
     choice("backend", config.backend, BACKENDS)
     from .pricing import UnknownGPU, parse_gpu
 

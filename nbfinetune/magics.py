@@ -190,7 +190,7 @@ class FinetuneMagics(Magics):
 # `%chat Who are you?`: IPython reads a trailing `?` as a help request ("Object `you` not found"). A chat
 # line is a message, so it is turned into the magic call before the help transformer sees it.
 _CHAT_LINE = re.compile(r"^(?P<indent>[ \t]*)(?:(?P<target>[\w.]+)[ \t]*=[ \t]*)?%(?P<magic>chat|finetune[ \t]+chat)"
-                        r"(?P<args>(?:[ \t].*)?\?)[ \t]*$")
+                        r"(?P<args>[ \t]+.*\?)[ \t]*$")  # `%chat?` alone stays a help request
 
 
 def keep_question_marks(lines: list[str]) -> list[str]:

@@ -45,6 +45,7 @@ def test_runs_works_after_the_runs_submodule_is_imported(home):
     ({"seed": 2**70}, "train.seed"),
     ({"seed": -1}, "train.seed"),
     ({"metrics": ["nope"]}, "eval.metrics"),
+    ({"metrics": [{"a": 1}]}, "eval.metrics"),
     ({"early_stopping_metric": "bogus"}, "eval.early_stopping_metric"),
     ({"batch_size": 10**6}, "train.batch_size"),
     ({"dropout": 1.0}, "lora.dropout"),

@@ -80,3 +80,11 @@ def test_sweep_refuses_before_its_first_run(home, files, tiny_model):
     with pytest.raises(ValueError, match="the data is empty"):
         api.sweep({"lr": [1e-3, 2e-3]}, model=tiny_model, data=str(files / "empty.jsonl"), steps=1)
     assert _no_runs()
+
+
+def test_preflight_of_an_empty_file_does_not_say_no_problems(home, files, tiny_model):
+    from nbfinetune.widgets.preflight import Preflight
+
+    view = Preflight(str(files / "empty.jsonl"), model=tiny_model, namespace={})
+    assert "the data is empty" in view.status.value
+    assert "No problems found" not in view.problems.value + view.summary.value

@@ -108,11 +108,17 @@ def _json_rows(path: str) -> Iterator[Row]:
         yield Row(number, record)
 
 
+CSV_FIELD_LIMIT = 64 * 1024 * 1024
+
+
 def _csv_rows(path: str) -> Iterator[Row]:
     """CSV read with the stdlib reader: values are text; each bad line is a row problem, never an exception
     (empty cells are missing values, as pandas and datasets read them)."""
     import csv
 
+    # A long text cell is a normal row (the default limit is 128 KB); an unclosed quote still ends as a
+    # reported error at the end of the file rather than taking memory without bound.
+    csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
     with open(path, newline="", **_ENCODING) as handle:  # type: ignore[call-overload]
         reader = csv.reader(handle, strict=True)
         try:
