@@ -102,6 +102,7 @@ def _check_data(path: str, fmt: str, columns: dict[str, str] | None) -> str | No
     if any(example is not None for _, example, _ in seen):
         return detected
     if len(seen) < PEEK_ROWS:  # the whole source was read and no row can train
-        row, _, problem = seen[0]
-        raise DataError(f"{source}: no usable rows ({len(seen)} read) — row {row.number}: {problem}")
+        first = "; ".join(f"row {row.number}: {problem}" for row, _, problem in seen[:3])
+        more = f"; and {len(seen) - 3} more" if len(seen) > 3 else ""
+        raise DataError(f"{source}: no usable rows ({len(seen)} read) — {first}{more}")
     return detected
