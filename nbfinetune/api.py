@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .backends.base import Backend, get_backend
-from .config import RunConfig
+from .config import RunConfig, absolute_paths
 from .events import Event
 from .runs import RunStore, RunSummary
 
@@ -44,7 +44,7 @@ def build_config(config: RunConfig | dict[str, Any] | str | None = None, **setti
         overrides[dotted] = value
     if "train.epochs" in overrides and "train.max_steps" not in overrides:
         overrides["train.max_steps"] = None
-    return base.with_overrides(overrides) if overrides else base
+    return absolute_paths(base.with_overrides(overrides) if overrides else base)
 
 
 class Run:
@@ -147,7 +147,8 @@ class Run:
         adapter = self.adapter_path
         if not adapter:
             raise RuntimeError(f"run {self.id} has no adapter yet (status: {self.status})")
-        return export_merged(resolve_model(self.config.model), adapter, out_dir or self.path / "merged")
+        out = Path(out_dir).expanduser().absolute() if out_dir else self.path / "merged"
+        return export_merged(resolve_model(self.config.model), adapter, out)
 
     def dashboard(self) -> Any:
         from .widgets.dashboard import Dashboard
@@ -212,6 +213,9 @@ def finetune(config: RunConfig | dict[str, Any] | str | None = None, *, display:
 
         settings["data"], settings["eval_data"] = materialize(settings.get("data"), settings.get("eval_data"))
     resolved = build_config(config, **settings)
+    from .launch_checks import check_before_launch
+
+    check_before_launch(resolved)  # a wrong path, format or model fails here, not in the worker
     store = store or RunStore()
     backend = get_backend(resolved.backend)
     run = Run(backend.launch(resolved, store), store, backend)

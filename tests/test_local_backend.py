@@ -40,6 +40,11 @@ def test_subprocess_run_persists_dense_events_and_a_loadable_adapter(home, tiny_
 
 def test_bad_data_fails_with_the_row_problems_before_training(home, tiny_model, tmp_path):
     path = write_jsonl(tmp_path / "bad.jsonl", ["{oops", {"messages": [{"role": "user", "content": "no answer"}]}])
+    # A file with no usable row is refused at launch, in the kernel, with the same row problems ...
+    with pytest.raises(ValueError, match="row 1: invalid JSON .*; row 2: no assistant turn"):
+        api.finetune(model=tiny_model, data=str(path), steps=3, display=False)
+    # ... and when the bad rows run past what the launch check reads, the worker fails before training.
+    path.write_text(path.read_text() * 120, encoding="utf-8")
     run = api.finetune(model=tiny_model, data=str(path), steps=3, display=False)
     summary = run.wait(timeout=120, progress=False)
     assert summary.status == "failed"
