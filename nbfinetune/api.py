@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +77,11 @@ class Run:
         return self.store.summary(self.id)
 
     @property
+    def label(self) -> str:
+        """The run's name where it has one, else its id: what charts and headers call it."""
+        return self.store.config(self.id).get("name") or self.id
+
+    @property
     def status(self) -> str:
         return self.summary().status
 
@@ -94,7 +100,10 @@ class Run:
         """Block until the run ends (or timeout seconds pass); shows a progress bar unless a dashboard does."""
         from tqdm.auto import tqdm
 
-        show = progress if progress is not None else self._dashboard is None
+        dashboard = self._dashboard or _DASHBOARDS.get(self.id)
+        # A dashboard of this run anywhere in the notebook (e.g. the one `resume` or `attach` showed)
+        # already shows progress: a second bar under it would only repeat it.
+        show = progress if progress is not None else dashboard is None
         deadline = None if timeout is None else time.monotonic() + timeout
         bar = None
         for event in self.store.follow(self.id, should_stop=lambda: deadline is not None and time.monotonic() > deadline,
@@ -109,13 +118,13 @@ class Run:
         if bar is not None:
             bar.close()
         summary = self.summary()
-        if self._dashboard is not None:
+        if dashboard is not None:
             # From the waiting cell's thread, so notebook runners that only listen to the running cell
             # (nbclient, `make demo`) also store the final static snapshot under the dashboard.
-            self._dashboard.poll()
-            self._dashboard.redraw()
-            self._dashboard.refresh_static()
-        if show or self._dashboard is not None:
+            dashboard.poll()
+            dashboard.redraw()
+            dashboard.refresh_static()
+        if show or dashboard is not None:
             print(describe(summary))
         return summary
 
@@ -146,14 +155,15 @@ class Run:
         from .widgets.dashboard import Dashboard
 
         self._dashboard = Dashboard(self)
+        _DASHBOARDS[self.id] = self._dashboard
         return self._dashboard
 
     def plot(self) -> Any:
         """A static chart of the run's curves: it stays in the saved notebook without a kernel.
         `.figure` is the plotly Figure, to restyle or export."""
-        from .widgets.charts import StaticChart, curves_figure
+        from .widgets.charts import curves_chart
 
-        return StaticChart(curves_figure(self.events(), title=f"run {self.id}"))
+        return curves_chart(self.events(), title=f"run {self.label}")
 
     def chat(self, message: str | None = None, stream: bool = True, **sampling: Any) -> Any:
         """Ask the fine-tuned model (streamed to the output); without a message, open the chat widget."""
@@ -170,6 +180,10 @@ class Run:
 
     def __repr__(self) -> str:
         return f"<Run {self.id}: {describe(self.summary())}>"
+
+
+# The latest dashboard made for each run id, whichever Run object made it (weak: closed ones go).
+_DASHBOARDS: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
 
 
 def describe(summary: RunSummary) -> str:
