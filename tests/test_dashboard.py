@@ -187,3 +187,16 @@ def test_an_early_stopped_run_stars_the_kept_evaluation(tmp_path):
     assert "stopped early at step 6" in dash.status_html.value and "from step 2" in dash.status_html.value
     # The kept adapter's json_match, not the last evaluation's.
     assert "0.500" in dash.metrics_html.value and "0.300" not in dash.metrics_html.value
+
+
+def test_wait_adds_no_progress_bar_under_a_shown_dashboard(tmp_path, capsys):
+    """`%finetune resume` shows a new dashboard from another Run object; `run.wait()` must not add a bar."""
+    from nbfinetune import api
+
+    fake, _ = _run(tmp_path, steps=3)
+    shown = api.Run(fake.id, fake.store, FakeBackend(False))
+    shown.dashboard()
+    capsys.readouterr()
+    api.Run(fake.id, fake.store, FakeBackend(False)).wait(timeout=10)
+    err = capsys.readouterr().err
+    assert "step/s" not in err and "3/3" not in err, err
