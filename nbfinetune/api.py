@@ -250,26 +250,57 @@ class RunList:
     def __repr__(self) -> str:
         if not self.runs:
             return "no runs yet"
-        lines = [f"{'run id':<24} {'status':<10} {'step':>9} {'loss':>8}  model"]
+        width = max(len(s.run_id) for s in self.runs)  # ids never wrap or get cut
+        lines = [f"{'run id':<{width}}  {'name':<16} {'status':<10} {'step':>9} {'loss':>8}  {'data':<24} model / error"]
         for s in self.runs:
             step = f"{s.step}/{s.total_steps or '?'}"
             loss = f"{s.last_loss:.4f}" if s.last_loss is not None else "-"
-            lines.append(f"{s.run_id:<24} {s.status:<10} {step:>9} {loss:>8}  {s.model}")
+            tail = f"error: {_short(s.error, 60)}" if s.error else str(s.model)
+            lines.append(f"{s.run_id:<{width}}  {_short(s.name or '', 16):<16} {s.status:<10} {step:>9} {loss:>8}  "
+                         f"{_short(_data_name(s.data), 24):<24} {tail}")
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
         from html import escape
 
+        nowrap = "style='white-space:nowrap'"
         rows = "".join(
-            f"<tr><td><code>{escape(s.run_id)}</code></td><td>{escape(s.status)}</td>"
-            f"<td>{s.step}/{s.total_steps or '?'}</td>"
-            f"<td>{'' if s.last_loss is None else f'{s.last_loss:.4f}'}</td><td>{escape(str(s.model))}</td>"
-            f"<td>{escape(str(s.adapter_path or ''))}</td></tr>" for s in self.runs)
-        return ("<table><thead><tr><th>run</th><th>status</th><th>step</th><th>loss</th><th>model</th>"
-                f"<th>adapter</th></tr></thead><tbody>{rows}</tbody></table>")
+            f"<tr><td {nowrap}><code>{escape(s.run_id)}</code></td><td>{escape(s.name or '')}</td>"
+            f"<td>{escape(s.status)}</td><td {nowrap}>{s.step}/{s.total_steps or '?'}</td>"
+            f"<td>{'' if s.last_loss is None else f'{s.last_loss:.4f}'}</td>"
+            f"<td title='{escape(str(s.data or ''))}'>{escape(_data_name(s.data))}</td><td>{escape(str(s.model))}</td>"
+            f"<td>{escape(str(s.adapter_path or ''))}</td><td style='color:#dc3545'>{escape(s.error or '')}</td></tr>"
+            for s in self.runs)
+        return ("<table><thead><tr><th>run</th><th>name</th><th>status</th><th>step</th><th>loss</th><th>data</th>"
+                f"<th>model</th><th>adapter</th><th>error</th></tr></thead><tbody>{rows}</tbody></table>")
 
     def __len__(self) -> int:
         return len(self.runs)
+
+
+def _data_name(path: str | None) -> str:
+    return Path(path).name if path else ""
+
+
+def _short(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def summary_html(summary: RunSummary) -> str:
+    """A run's summary as a small table (RunSummary's notebook view)."""
+    from html import escape
+
+    fields = {"run": summary.run_id, "name": summary.name, "status": summary.status,
+              "step": f"{summary.step}/{summary.total_steps or '?'}", "model": summary.model, "data": summary.data,
+              "train loss": None if summary.last_loss is None else f"{summary.last_loss:.4f}",
+              "eval loss": None if summary.eval_loss is None else f"{summary.eval_loss:.4f}"}
+    for name, value in summary.metrics.items():
+        base = summary.base_metrics.get(name)
+        fields[name] = f"{value:.3f}" + (f" (base {base:.3f})" if base is not None else "")
+    fields |= {"best evaluated step": summary.best_step, "adapter": summary.adapter_path, "error": summary.error}
+    rows = "".join(f"<tr><th style='text-align:left'>{escape(k)}</th><td style='text-align:left'>{escape(str(v))}</td>"
+                   "</tr>" for k, v in fields.items() if v not in (None, ""))
+    return f"<table class='nbft-summary'>{rows}</table>"
 
 
 def launcher(**settings: Any) -> Any:
