@@ -131,6 +131,10 @@ class Run:
     def cancel(self, hard: bool = False) -> None:
         self.backend.cancel(self.id, self.store, hard=hard)
 
+    def delete(self) -> None:
+        """Remove the run's directory (events, adapter, checkpoints); refused while the run is running."""
+        delete(self.id, self.store)
+
     def resume(self) -> Run:
         """Continue a cancelled or failed run from its latest checkpoint (adapter, optimizer, scheduler and
         data position); the loss curve continues in the same event stream."""
@@ -339,6 +343,26 @@ def preflight(data: Any = None, model: str | None = None, max_seq_len: int = 512
 
 def runs(store: RunStore | None = None) -> RunList:
     return RunList((store or RunStore()).list())
+
+
+class RunIsRunning(RuntimeError):
+    """Deleting a run whose worker is still alive would pull its files from under it."""
+
+
+def delete(run_id: str | Run, store: RunStore | None = None) -> Path:
+    """Delete a run and everything in its directory; returns the path removed. A running run must be
+    cancelled first (RunIsRunning)."""
+    run = run_id if isinstance(run_id, Run) else Run(run_id, store or RunStore())
+    status = run.status
+    alive = run.backend.is_alive(run.id, run.store)
+    if alive is True or (alive is None and status == "running"):
+        raise RunIsRunning(f"run {run.id} is {status}: cancel it first (%finetune cancel {run.id}), then delete it")
+    path = run.path
+    dashboard = _DASHBOARDS.pop(run.id, None)
+    if dashboard is not None:
+        dashboard.close()
+    run.store.delete(run.id)
+    return path
 
 
 def _in_notebook() -> bool:

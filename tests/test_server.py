@@ -81,3 +81,26 @@ async def test_cancel_a_live_run(jp_fetch, home, tiny_model):
     reply = await jp_fetch("nbfinetune", "api", "runs", run.id, "cancel", method="POST", body="{}")
     assert json.loads(reply.body)["cancelling"] is True
     assert run.wait(timeout=60, progress=False).status == "cancelled"
+
+
+async def test_delete_a_run_but_not_while_it_runs(jp_fetch, home):
+    import subprocess
+    import sys
+
+    store = RunStore()
+    ended = store.create(RunConfig())
+    EventWriter(store.events_path(ended), ended).emit("failed", error="E", message="m")
+    reply = await jp_fetch("nbfinetune", "api", "runs", ended, method="DELETE")
+    assert json.loads(reply.body) == {"run_id": ended, "deleted": True} and not store.exists(ended)
+
+    running = store.create(RunConfig())
+    EventWriter(store.events_path(running), running).emit("started", model="m", device="cpu", total_steps=9)
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    (store.path(running) / "worker.pid").write_text(str(worker.pid))
+    try:
+        with pytest.raises(tornado.httpclient.HTTPClientError) as refused:
+            await jp_fetch("nbfinetune", "api", "runs", running, method="DELETE")
+        assert refused.value.code == 409 and store.exists(running)
+    finally:
+        worker.kill()
+        worker.wait()

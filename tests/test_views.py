@@ -40,3 +40,59 @@ def test_run_summary_repr_is_short_and_has_an_html_view(home):
     assert len(text) < 200 and text.startswith(f"<RunSummary {done}: finished") and "loss_trace" not in text
     html = summary._repr_html_()
     assert "<table" in html and "/runs/x/adapter" in html and "500/500" in html
+
+
+def _running_run(home):
+    """A run whose worker (a real process, found through worker.pid) is alive."""
+    import subprocess
+    import sys
+
+    store = RunStore(home)
+    run_id = store.create(RunConfig())
+    EventWriter(store.events_path(run_id), run_id).emit("started", model="m", device="cpu", total_steps=9)
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    (store.path(run_id) / "worker.pid").write_text(str(worker.pid))
+    return store, run_id, worker
+
+
+def test_delete_refuses_a_running_run_then_deletes(home):
+    import pytest
+
+    store, run_id, worker = _running_run(home)
+    try:
+        with pytest.raises(api.RunIsRunning, match="cancel it first"):
+            api.delete(run_id, store)
+        assert store.exists(run_id)
+    finally:
+        worker.kill()
+        worker.wait()
+    api.Run(run_id, store).delete()
+    assert not store.exists(run_id) and not store.path(run_id).exists()
+
+
+def test_delete_magic_asks_for_yes(ip, home, capsys):
+    import pytest
+    from IPython.core.error import UsageError
+
+    store, failed, done = _failed_and_finished(home)
+    ip.run_line_magic("finetune", f"delete {failed}")
+    assert "To confirm: %finetune delete" in capsys.readouterr().out and store.exists(failed)
+    ip.run_line_magic("finetune", f"delete {failed} --yes")
+    assert f"deleted run {failed}" in capsys.readouterr().out and not store.exists(failed)
+    with pytest.raises(UsageError, match="no run"):
+        ip.run_line_magic("finetune", f"delete {failed} --yes")
+
+
+def test_delete_command_line(home, capsys, monkeypatch):
+    from nbfinetune.cli import main
+
+    store, failed, _done = _failed_and_finished(home)
+    monkeypatch.setattr("sys.stdin.isatty", lambda: False)
+    assert main(["delete", failed]) == 2 and store.exists(failed)  # no prompt possible: needs --yes
+    assert main(["delete", failed, "--yes"]) == 0 and not store.exists(failed)
+    store2, run_id, worker = _running_run(home)
+    try:
+        assert main(["delete", run_id, "--yes"]) == 2 and "cancel it first" in capsys.readouterr().err
+    finally:
+        worker.kill()
+        worker.wait()
