@@ -49,3 +49,13 @@ def test_modal_choice_gives_a_dated_cost_estimate_and_config(home, tiny_model):
     assert "on Modal" in launcher.estimate.value and "prices of 2026-07-01" in launcher.estimate.value
     config = launcher.config()
     assert (config.backend, config.gpu, config.budget_usd) == ("modal", "H100:2", 5.0)
+
+
+def test_settings_rows_wrap_and_modal_settings_show_only_for_modal(home, tiny_model):
+    launcher = Launcher(api.build_config(model=tiny_model))
+    settings = launcher.children[2]
+    assert all(row.layout.flex_flow == "row wrap" for row in settings.children)
+    assert launcher.modal_settings.layout.display == "none"  # local backend: no GPU, no budget
+    assert launcher.gpu in launcher.modal_settings.children and launcher.budget in launcher.modal_settings.children
+    launcher.backend.value = "modal"
+    assert launcher.modal_settings.layout.display is None

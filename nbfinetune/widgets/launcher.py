@@ -61,15 +61,23 @@ class Launcher(widgets.VBox):
         self.launch_button.on_click(lambda _b: self.submit())
         for control in (self.steps, self.batch_size, self.preflight.summary, self.backend, self.gpu, self.gpu_count):
             control.observe(lambda _change: self.update_estimate(), "value")
+        # GPU and budget mean something only on Modal: hidden for the local backend.
+        self.modal_settings = widgets.HBox([self.gpu, self.gpu_count, self.budget])
+        self.backend.observe(lambda _change: self._show_backend_settings(), "value")
+        self._show_backend_settings()
+        wrap = widgets.Layout(flex_flow="row wrap")  # rows wrap in a narrow notebook instead of overflowing
         settings = widgets.VBox([
-            widgets.HBox([self.steps, self.lr, self.batch_size]),
-            widgets.HBox([self.r, self.alpha, self.eval_samples, self.eval_every, self.early_stopping]),
-            widgets.HBox([self.backend, self.gpu, self.gpu_count, self.budget, self.name]),
+            widgets.HBox([self.steps, self.lr, self.batch_size], layout=wrap),
+            widgets.HBox([self.r, self.alpha, self.eval_samples, self.eval_every, self.early_stopping], layout=wrap),
+            widgets.HBox([self.backend, self.modal_settings, self.name], layout=wrap),
         ])
         super().__init__([widgets.HTML("<h3>New fine-tune</h3>"), self.preflight, settings, self.estimate,
                           widgets.HBox([self.launch_button, self.error])])
         self.add_class("nbfinetune-launcher")
         self.update_estimate()
+
+    def _show_backend_settings(self) -> None:
+        self.modal_settings.layout.display = None if self.backend.value == "modal" else "none"
 
     def config(self) -> RunConfig:
         from ..api import build_config
