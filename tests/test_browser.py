@@ -51,6 +51,12 @@ def jupyter(app: str, tmp_path: Path, tmp_path_factory):
     port, token = _free_port(), secrets.token_hex(16)
     env = dict(os.environ, NBFINETUNE_HOME=str(tmp_path / "home"), NBFINETUNE_DEFAULT_MODEL=str(model),
                HF_HUB_OFFLINE="1", JUPYTER_CONFIG_DIR=str(tmp_path / "jupyter-config"))
+    built = REPO / "nbfinetune" / "labextension"
+    if (built / "package.json").is_file():  # this checkout's sidebar build, ahead of an installed copy
+        extensions = tmp_path / "jupyter-data" / "labextensions"
+        extensions.mkdir(parents=True)
+        (extensions / "nbfinetune").symlink_to(built)
+        env["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(tmp_path / "jupyter-data"), os.environ.get("JUPYTER_PATH")]))
     log = open(tmp_path / "lab.log", "w")
     server = subprocess.Popen(
         [sys.executable, "-m", app, "--no-browser", f"--port={port}", "--ip=127.0.0.1",
@@ -197,3 +203,70 @@ def test_fine_tunes_sidebar_is_live_and_attaches(lab, home):
         chart.wait_for(timeout=120_000)
         assert chart.evaluate("plot => plot.data[0].x.length") == 150  # replayed at once
         page.screenshot(path=str(ARTIFACTS / "sidebar-attached.png"))
+
+
+def _write_notebook(path: Path, cells: list[str]) -> None:
+    import nbformat
+
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells]), path)
+
+
+def _chart_points(page) -> int:
+    return page.evaluate("""() => {
+        const plot = document.querySelector('.nbfinetune-dashboard .js-plotly-plot');
+        return plot && plot.data && plot.data[0].x ? plot.data[0].x.length : 0; }""")
+
+
+def test_the_dashboard_chart_survives_a_page_reload(lab, tmp_path):
+    """Reload the page while the kernel lives: the widgets come back from the kernel's state, chart included."""
+    base, token, _model = lab
+    _write_notebook(tmp_path / "lab" / "reload.ipynb", [
+        "import nbfinetune as nbft", "run = nbft.finetune(steps=8, eval_samples=0, name='reloaded')",
+        "summary = run.wait()"])
+    with browser_page("reload") as page:
+        url = f"{base}/lab/tree/reload.ipynb?token={token}"
+        open_notebook(page, url)
+        page.click(".lm-MenuBar-item:has-text('Run')")
+        page.click(".lm-Menu-item:has-text('Run All Cells')")
+        page.wait_for_function("""() => {
+            const plot = document.querySelector('.nbfinetune-dashboard .js-plotly-plot');
+            return plot && plot.data && plot.data[0].x && plot.data[0].x.length === 8; }""", timeout=240_000)
+        page.wait_for_function("""() => {
+            const cells = [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')];
+            return cells.length === 3 && /\\[\\d+\\]/.test(cells[2].textContent); }""", timeout=240_000)
+        page.keyboard.press("Control+s")
+        page.wait_for_selector(".jp-mod-dirty", state="detached", timeout=30_000)
+
+        page.reload()
+        open_notebook(page, url)
+        dashboard = page.locator(".nbfinetune-dashboard")
+        dashboard.wait_for(timeout=60_000)
+        page.wait_for_function("""() => {
+            const plot = document.querySelector('.nbfinetune-dashboard .js-plotly-plot');
+            return plot && plot.data && plot.data[0].x && plot.data[0].x.length > 0; }""", timeout=60_000)
+        assert _chart_points(page) == 8
+        assert "reloaded" in dashboard.inner_text() and "finished" in dashboard.inner_text()
+        dashboard.screenshot(path=str(ARTIFACTS / "reload-dashboard.png"))
+
+
+def test_the_sidebar_deletes_a_finished_run_after_confirmation(lab, home):
+    from nbfinetune import api
+    from nbfinetune.runs import RunStore
+
+    base, token, model = lab
+    done = api.finetune(model=str(model), steps=2, eval_samples=0, display=False, name="to-delete")
+    assert done.wait(timeout=120, progress=False).status == "finished"
+    with browser_page("sidebar-delete") as page:
+        open_notebook(page, f"{base}/lab/tree/quickstart.ipynb?token={token}")
+        page.click("li.lm-TabBar-tab[data-id='nbfinetune-runs']")
+        item = page.locator(f".nbft-run[data-run-id='{done.id}']")
+        item.wait_for(timeout=30_000)
+        item.locator(".nbft-delete").click()
+        dialog = page.locator(".jp-Dialog")
+        assert "to-delete" in dialog.inner_text()
+        dialog.locator("button:has-text('Keep it')").click()
+        assert RunStore().exists(done.id)
+        item.locator(".nbft-delete").click()
+        page.locator(".jp-Dialog button:has-text('Delete run')").click()
+        item.wait_for(state="detached", timeout=30_000)
+        assert not RunStore().exists(done.id)
