@@ -270,3 +270,45 @@ def test_the_sidebar_deletes_a_finished_run_after_confirmation(lab, home):
         page.locator(".jp-Dialog button:has-text('Delete run')").click()
         item.wait_for(state="detached", timeout=30_000)
         assert not RunStore().exists(done.id)
+
+
+def test_a_reopened_saved_notebook_shows_its_charts_without_network(lab, tmp_path):
+    """A notebook executed elsewhere (nbclient here) and opened in JupyterLab: the widgets' kernel is gone and
+    the notebook is not trusted, so Lab shows each output's HTML copy — charts must draw from it, offline."""
+    from nbclient import NotebookClient
+    import nbformat
+
+    base, token, model = lab
+    path = tmp_path / "lab" / "reopened.ipynb"
+    _write_notebook(path, ["import nbfinetune as nbft", "run = nbft.finetune(steps=4, eval_samples=0, name='saved')",
+                           "run.wait()", "run.plot()", "nbft.preflight('sample:people')"])
+    notebook = nbformat.read(path, as_version=4)
+    env = {"NBFINETUNE_HOME": str(tmp_path / "home"), "NBFINETUNE_DEFAULT_MODEL": str(model), "HF_HUB_OFFLINE": "1"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        NotebookClient(notebook, timeout=300, kernel_name="python3").execute()
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    nbformat.write(notebook, path)
+    with browser_page("reopen") as page:
+        page.context.route(lambda url: not url.startswith(base), lambda route: route.abort())  # no CDN
+        open_notebook(page, f"{base}/lab/tree/reopened.ipynb?token={token}")
+        charts = page.locator(".jp-OutputArea-output img.nbft-static-chart")
+        charts.first.wait_for(timeout=60_000)
+        assert charts.count() == 2  # the dashboard's and the pre-flight's copies
+        for index in range(2):
+            charts.nth(index).scroll_into_view_if_needed()
+            assert charts.nth(index).evaluate("img => img.complete && img.naturalWidth > 100")
+        # run.plot(): Lab's own plotly renderer (bundled, no CDN) draws its plotly JSON
+        page.locator(".jp-CodeCell:has-text('run.plot()')").scroll_into_view_if_needed()
+        plot = page.locator(".jp-CodeCell:has-text('run.plot()') .js-plotly-plot")
+        plot.first.wait_for(timeout=30_000)
+        assert plot.first.evaluate("plot => plot.data[0].x.length") == 4
+        assert "Preflight(children" not in page.locator(".jp-Notebook").inner_text()
+        assert "saved" in page.locator(".jp-Notebook").inner_text()
+        page.screenshot(path=str(ARTIFACTS / "reopen.png"), full_page=True)

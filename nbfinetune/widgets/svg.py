@@ -96,8 +96,9 @@ def line_chart(series: Sequence[Series], title: str = "", x_title: str = "step",
     if not points:
         return _svg(f"<text x='{width / 2:.0f}' y='{height / 2:.0f}' text-anchor='middle'>no data yet</text>",
                     width, height, title)
-    frame = _Frame((min(p[0] for p in points), max(p[0] for p in points)),
-                   (min(0.0, min(p[1] for p in points)), max(p[1] for p in points)), width, height)
+    low, high = min(p[1] for p in points), max(p[1] for p in points)
+    pad = (high - low) * 0.05
+    frame = _Frame((min(p[0] for p in points), max(p[0] for p in points)), (low - pad, high + pad), width, height)
     body = [frame.axes(x_title, y_title)]
     legend_x = width - _RIGHT
     for s, pts in reversed(thinned):
