@@ -59,3 +59,14 @@ def test_settings_rows_wrap_and_modal_settings_show_only_for_modal(home, tiny_mo
     assert launcher.gpu in launcher.modal_settings.children and launcher.budget in launcher.modal_settings.children
     launcher.backend.value = "modal"
     assert launcher.modal_settings.layout.display is None
+
+
+def test_the_saved_output_is_the_launched_runs_dashboard(home, tiny_model):
+    launcher = Launcher(api.build_config(model=tiny_model))
+    assert "New fine-tune" in launcher._repr_mimebundle_()["text/html"]
+    launcher.steps.value = 2
+    run = launcher.submit()
+    assert run.wait(timeout=120, progress=False).status == "finished"
+    bundle = launcher._repr_mimebundle_()
+    assert bundle["text/plain"] == f"<launcher: run {run.id}>"
+    assert "finished" in bundle["text/html"] and "data:image/svg+xml" in bundle["text/html"]

@@ -10,6 +10,7 @@ import ipywidgets as widgets
 
 from ..config import RunConfig
 from .preflight import Preflight
+from .static import StaticCopy
 
 # Assumed local throughput for the estimate: measured on 2 CPU cores, fp32, SmolLM2-135M LoRA
 # (bench/bench_trainer.py: 270 on varied data, 430 on the demo set). Stated next to the estimate,
@@ -23,7 +24,7 @@ def _number(description: str, value: float, kind: type = int, **limits: Any) -> 
                layout=widgets.Layout(width="230px"), **limits)
 
 
-class Launcher(widgets.VBox):
+class Launcher(StaticCopy, widgets.VBox):
     def __init__(self, defaults: RunConfig | None = None, launch: Any = None) -> None:
         config = defaults or RunConfig()
         self._launch = launch
@@ -75,6 +76,15 @@ class Launcher(widgets.VBox):
                           widgets.HBox([self.launch_button, self.error])])
         self.add_class("nbfinetune-launcher")
         self.update_estimate()
+
+    def static_html(self) -> str:
+        """Saved with the notebook: the launched run's dashboard copy, or what was being set up."""
+        if self.run is not None and self.run._dashboard is not None:
+            return self.run._dashboard.mimebundle()["text/html"]
+        return f"<div><b>New fine-tune</b> (the launcher; run the cell to use it)</div>{self.preflight.static_html()}"
+
+    def static_text(self) -> str:
+        return f"<launcher: run {self.run.id}>" if self.run is not None else "<launcher>"
 
     def _show_backend_settings(self) -> None:
         self.modal_settings.layout.display = None if self.backend.value == "modal" else "none"
@@ -141,6 +151,8 @@ class Launcher(widgets.VBox):
         self.run = launch(config)
         dashboard = self.run.dashboard()
         self.children = [widgets.HTML(f"<b>launched run {html.escape(self.run.id)}</b>"), dashboard]
+        dashboard._display_handle = self._static_handle  # the run's end refreshes this output's copy
+        self.refresh_static()
         return self.run
 
 
