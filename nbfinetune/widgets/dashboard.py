@@ -215,14 +215,17 @@ class Dashboard(widgets.VBox):
         from .charts import StaticChart, curves_svg
 
         curves = self.view.curves
-        drawn = (len(curves.steps), len(curves.eval_steps), curves.best_step, curves.steps[-1:])
+        ended = self.view.status in ("finished", "failed", "cancelled", "lost")
+        drawn = (len(curves.steps), len(curves.eval_steps), curves.best_step, curves.steps[-1:], ended)
         if drawn == self._drawn:
             return
         self._drawn = drawn
-        # Nothing to draw (a run that failed or is still loading): no empty 420 px axes.
-        self.chart.layout.display = None if self._has_curves() else "none"
-        if not self._has_curves():
+        # A run that ended without a step (it failed while loading): no empty 420 px axes. While a run
+        # starts, the empty chart is drawn at once, so the browser has its renderer ready for the first step.
+        if ended and not self._has_curves():
+            self.chart.layout.display = "none"
             return
+        self.chart.layout.display = None
         shown = curves.thinned(LIVE_POINTS)
         self.figure = empty_figure()
         apply_curves(self.figure, shown)
