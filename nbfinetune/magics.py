@@ -37,7 +37,7 @@ class _Parser(argparse.ArgumentParser):
 def train_parser() -> _Parser:
     parser = _Parser(prog="%finetune", add_help=False,
                      description="Launch a LoRA fine-tune. Subcommands: check [DATA], runs, attach [RUN], cancel [RUN] [--hard], "
-                                 "resume [RUN], export [RUN] [--out DIR], chat [RUN] [message].")
+                                 "resume [RUN], export [RUN] [--out DIR], chat [RUN] [message], delete RUN [--yes].")
     add = parser.add_argument
     add("--model", help="hub id or local path (default: %%config FinetuneMagics.default_model)")
     add("--data", help="jsonl/json/csv/parquet file, hub dataset id, or sample:people")

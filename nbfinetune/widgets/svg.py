@@ -32,10 +32,10 @@ def _thin(xs: Sequence[float], ys: Sequence[float]) -> list[tuple[float, float]]
     return [points[int(i * stride)] for i in range(MAX_POINTS - 1)] + [points[-1]]
 
 
-def _ticks(low: float, high: float, count: int = 5) -> list[float]:
+def _ticks(low: float, high: float, count: int = 5, whole: bool = False) -> list[float]:
     if high <= low:
         return [low]
-    raw = (high - low) / count
+    raw = max((high - low) / count, 1.0 if whole else 0.0)  # whole: counts have no half rows
     step = 10 ** math.floor(math.log10(raw))
     step *= next(m for m in (1, 2, 5, 10) if raw <= m * step)
     first = math.ceil(low / step) * step
@@ -49,7 +49,9 @@ def _label(value: float) -> str:
 class _Frame:
     """Maps data coordinates to pixels and draws axes, ticks and labels."""
 
-    def __init__(self, x_range: tuple[float, float], y_range: tuple[float, float], width: int, height: int) -> None:
+    def __init__(self, x_range: tuple[float, float], y_range: tuple[float, float], width: int, height: int,
+                 whole_y: bool = False) -> None:
+        self.whole_y = whole_y
         (self.x0, self.x1), (self.y0, self.y1) = x_range, y_range
         if self.x1 == self.x0:
             self.x0, self.x1 = self.x0 - 1, self.x1 + 1
@@ -65,7 +67,7 @@ class _Frame:
 
     def axes(self, x_title: str, y_title: str) -> str:
         parts = []
-        for y in _ticks(self.y0, self.y1):
+        for y in _ticks(self.y0, self.y1, whole=self.whole_y):
             parts.append(f"<line x1='{_LEFT}' x2='{self.width - _RIGHT}' y1='{self.py(y):.1f}' y2='{self.py(y):.1f}' "
                          f"stroke='#eee'/><text x='{_LEFT - 4}' y='{self.py(y) + 3:.1f}' text-anchor='end'>"
                          f"{_label(y)}</text>")
@@ -130,7 +132,7 @@ def histogram(values: Sequence[float], bins: int = 40, clip: float | None = None
     counts = [0] * bins
     for value in values:
         counts[min(bins - 1, int((min(value, top) - low) / size))] += 1
-    frame = _Frame((low, low + size * bins), (0, max(counts)), width, height)
+    frame = _Frame((low, low + size * bins), (0, max(counts)), width, height, whole_y=True)
     body = [frame.axes(x_title, y_title)]
     for index, count in enumerate(counts):
         if count:
