@@ -168,6 +168,11 @@ class Run:
             return ChatWidget(model, checkpoints, name=self.id)
         return model.ask(message, stream=stream, **sampling)
 
+    def serve(self, backend: str = "local", **options: Any) -> Any:
+        """An OpenAI-compatible API for this run's adapter (model name: the run id) and its base model;
+        see `serve()` for the options. Prints the URL and a new API key once."""
+        return serve([self], backend=backend, store=self.store, **options)
+
     def __repr__(self) -> str:
         return f"<Run {self.id}: {describe(self.summary())}>"
 
@@ -290,6 +295,32 @@ def preflight(data: Any = None, model: str | None = None, max_seq_len: int = 512
     from .widgets.preflight import Preflight
 
     return Preflight(data, model, max_seq_len)
+
+
+def serve(run_ids: list[str | Run] | None = None, backend: str = "local", *, store: RunStore | None = None,
+          **options: Any) -> Any:
+    """Serve runs' adapters (and their base models) through one OpenAI-compatible API; the latest run
+    when none is named. local options: host="127.0.0.1", port=0 (a free one), api_key=None (a new key,
+    printed once), aliases={run_id: name}. Returns the server: `.base_url`, `.api_key`, `.stop()`.
+
+    server = nbft.serve(["run-a", "run-b"]); OpenAI(base_url=server.base_url, api_key=server.api_key)
+    """
+    store = store or RunStore()
+    if not run_ids:
+        latest = store.latest()
+        if latest is None:
+            raise LookupError(f"no runs yet in {store.root}")
+        run_ids = [latest]
+    runs_ = [r if isinstance(r, Run) else Run(r, store) for r in run_ids]
+    if backend == "modal":
+        from .backends.modal_serve import serve_modal
+
+        return serve_modal(runs_, **options)
+    if backend != "local":
+        raise ValueError(f"backend: 'local' or 'modal', got {backend!r}")
+    from .serve.local import serve_runs
+
+    return serve_runs(runs_, **options)
 
 
 def runs(store: RunStore | None = None) -> RunList:
