@@ -8,6 +8,7 @@
     %finetune compare RUN RUN ...                         # curves overlaid + a table of settings and metrics
     %finetune runs | attach [RUN] | cancel [RUN] [--hard] | resume [RUN] | export [RUN] [--out DIR]
     %finetune chat [RUN] [message]
+    server = %finetune serve [RUN ...] [--backend local|modal] [--port P]   # an OpenAI-compatible API
     %chat What is 2 + 2?                                  # ask the latest run's adapter, streamed
     %%chat --run RUN                                      # the cell body is the (multi-line) message
 """
@@ -25,7 +26,7 @@ from traitlets import Unicode
 from . import api
 from .config import ConfigError, default_model, SAMPLE_DATA
 
-SUBCOMMANDS = ("runs", "compare", "check", "attach", "cancel", "resume", "export", "chat")
+SUBCOMMANDS = ("runs", "compare", "check", "attach", "cancel", "resume", "export", "chat", "serve")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -180,6 +181,17 @@ class FinetuneMagics(Magics):
         message = " ".join(words[1:] if run_id else words) or None
         run = _named_run([run_id] if run_id else [])
         return _guard(lambda: run.chat(message))
+
+
+    def _handle_serve(self, words: list[str]) -> Any:
+        parser = _Parser(prog="%finetune serve", add_help=False)
+        parser.add_argument("run_ids", nargs="*")
+        parser.add_argument("--backend", choices=("local", "modal"), default=self.default_backend)
+        parser.add_argument("--port", type=int)
+        parser.add_argument("--host")
+        args = parser.parse_args(words)
+        options = {k: v for k, v in (("port", args.port), ("host", args.host)) if v is not None}
+        return _guard(lambda: api.serve(args.run_ids or None, backend=args.backend, **options))
 
 
 def _named_run(words: list[str]) -> api.Run:

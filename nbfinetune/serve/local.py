@@ -24,6 +24,7 @@ class LocalServer:
     api_key: str = field(repr=False)
     _http: Any = field(repr=False, default=None)
     _engines: list[Any] = field(repr=False, default_factory=list)
+    _routes: dict[str, Any] = field(repr=False, default_factory=dict)
 
     def stop(self) -> None:
         if self._http is not None:
@@ -95,7 +96,7 @@ def serve_runs(runs: list[Any], host: str = "127.0.0.1", port: int = 0, api_key:
             engine.close()
         raise
     shown_host = "127.0.0.1" if host in ("0.0.0.0", "") else host
-    server = LocalServer(f"http://{shown_host}:{http.port}/v1", list(routes), key, http, engines)
+    server = LocalServer(f"http://{shown_host}:{http.port}/v1", list(routes), key, http, engines, routes)
     for run in runs:
         record(run.path, digest, server.base_url, server.models)
     if not quiet:
