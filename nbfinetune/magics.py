@@ -11,6 +11,7 @@
     server = %finetune serve [RUN ...] [--backend local|modal] [--port P]   # an OpenAI-compatible API
     %chat What is 2 + 2?                                  # ask the latest run's adapter, streamed
     %%chat --run RUN                                      # the cell body is the (multi-line) message
+    %chat --endpoint URL --model M [--key-env VAR] [--run RUN] message   # any OpenAI-compatible API, or beside a run
 """
 
 from __future__ import annotations
@@ -107,12 +108,25 @@ class FinetuneMagics(Magics):
         parser.add_argument("--max-tokens", dest="max_new_tokens", type=int, default=256)
         parser.add_argument("--temperature", type=float, default=0.0)
         parser.add_argument("--system")
+        parser.add_argument("--endpoint", help="an OpenAI-compatible base URL: alone, chat with it; with --run, "
+                                               "it answers beside the run")
+        parser.add_argument("--model", help="the endpoint's model name")
+        parser.add_argument("--key-env", dest="key_env", default="OPENAI_API_KEY",
+                            help="environment variable holding the endpoint's API key")
         parser.add_argument("message", nargs="*")
         args = parser.parse_args(_split(line))
-        run = _named_run([args.run] if args.run else [])
         message = cell.strip() if cell and cell.strip() else (" ".join(args.message) or None)
-        return _guard(lambda: run.chat(message, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                                       system=args.system) if message else run.chat())
+        sampling = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "system": args.system}
+        endpoints = []
+        if args.endpoint:
+            if not args.model:
+                raise UsageError("%chat --endpoint needs --model NAME (the endpoint's model)")
+            endpoints = [api.endpoint(args.endpoint, args.model, args.key_env)]
+            if not args.run:
+                return _guard(lambda: api.chat(endpoints[0], message, **(sampling if message else {})))
+        run = _named_run([args.run] if args.run else [])
+        return _guard(lambda: run.chat(message, compare=endpoints, **sampling) if message
+                      else run.chat(compare=endpoints))
 
     # --- handlers --------------------------------------------------------------------------------
     def _handle_train(self, words: list[str], yaml_config: str | None = None) -> api.Run | None:

@@ -44,8 +44,9 @@ def client(server):
     return openai.OpenAI(base_url=server.base_url, api_key=server.api_key, max_retries=0)
 
 
-def _answer(client, model, **options):
-    reply = client.chat.completions.create(model=model, messages=QUESTION, temperature=0, max_tokens=12, **options)
+def _answer(client, model, max_tokens=12, **options):
+    reply = client.chat.completions.create(model=model, messages=QUESTION, temperature=0, max_tokens=max_tokens,
+                                           **options)
     return reply.choices[0]
 
 
@@ -228,3 +229,35 @@ def test_magic_and_cli_call_the_same_api(ip, monkeypatch):
     assert cli.main(["serve", "r1", "r2", "--port", "9002", "--api-key-env", "MY_KEY"]) == 0
     assert calls == [(["20260101-000000-aaaaaa"], "local", {"port": 9001}),
                      (["r1", "r2"], "local", {"host": "127.0.0.1", "port": 9002, "api_key": "nbft-k"})]
+
+
+def test_chat_widget_and_chat_magic_answer_from_any_endpoint(server, store, tiny_model, ip, monkeypatch, capsys):
+    from nbfinetune.widgets.chat import ChatWidget
+
+    monkeypatch.setenv("NBFINETUNE_HOME", str(store.root.parent))
+    monkeypatch.setenv("SERVED_KEY", server.api_key)
+    run_id = store.ids()[0]
+    served = api.endpoint(server.base_url, run_id, api_key_env="SERVED_KEY")
+    provider = api.endpoint(server.base_url, tiny_model, api_key_env="SERVED_KEY")  # stands in for an API model
+    assert server.api_key not in served.describe() and server.api_key not in repr(served)
+
+    widget = api.chat(served, compare=[provider])
+    widget.max_tokens.value = 16  # the slider's least
+    widget.submit("Extract: Ada, 36, Turin", wait=True)
+    (_, tuned), (who, other) = widget._turns[1:]
+    client = openai.OpenAI(base_url=server.base_url, api_key=server.api_key)
+    assert tuned == _answer(client, run_id, 16).message.content
+    assert who == provider.label and other == _answer(client, tiny_model, 16).message.content
+
+    run_widget = api.Run(run_id, store).chat(compare=[provider])
+    assert isinstance(run_widget, ChatWidget) and run_widget.compare_with.value == provider.label
+
+    ip.run_line_magic("chat", f"--endpoint {server.base_url} --model {run_id} --key-env SERVED_KEY "
+                              "--max-tokens 16 Extract: Ada, 36, Turin")
+    assert tuned in capsys.readouterr().out
+
+    monkeypatch.setenv("SERVED_KEY", "nbft-a-wrong-key-123")
+    wrong = ChatWidget(served)
+    wrong.submit("hi", wait=True)
+    who, text = wrong._turns[-1]
+    assert who == "error" and "401" in text and "nbft-a-wrong-key-123" not in wrong.transcript.value
