@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import html
 import re
-import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,52 +54,77 @@ class LocalServer:
                 "</span></div>")
 
 
+@dataclass
+class BaseSpec:
+    """One base model to load: the name it is served under, its directory, and its adapters as
+    (model names, adapter directory, owner) — the first name is the adapter's id."""
+
+    name: str
+    path: str
+    adapters: list[tuple[list[str], str, str]] = field(default_factory=list)
+
+
 def serve_runs(runs: list[Any], host: str = "127.0.0.1", port: int = 0, api_key: str | None = None,
-               aliases: dict[str, str] | None = None, max_batch: int = 32, batch_window_s: float = 0.005,
-               max_waiting: int = 256, quiet: bool = False, device: str | None = None) -> LocalServer:
+               aliases: dict[str, str] | None = None, quiet: bool = False, **engine_options: Any) -> LocalServer:
     """Serve each run's adapter under its run id (and its alias: `aliases[run_id]` or the run's name),
     and each base model under the name the runs were trained from. api_key: reuse a key you keep
-    (e.g. from an environment variable); by default a new one is generated and printed once."""
+    (e.g. from an environment variable); by default a new one is generated and printed once.
+    engine_options: max_batch=32, batch_window_s=0.005, max_waiting=256, device."""
     from ..core.models import resolve_model
-    from ..serving import load_multi_adapter
-    from .engine import BASE, Engine
-    from .http import HTTPThread, Route, make_app
 
     if not runs:
         raise ValueError("serve: name at least one run")
     aliases = dict(aliases or {})
-    by_base: dict[str, list[Any]] = {}
+    specs: dict[str, BaseSpec] = {}
     for run in runs:
         if not run.adapter_path:
             raise RuntimeError(f"run {run.id} has no adapter yet (status: {run.status}); wait for it to finish")
-        by_base.setdefault(run.config.model, []).append(run)
+        base = run.config.model
+        spec = specs.setdefault(base, BaseSpec(base, resolve_model(base)))
+        names = list(dict.fromkeys([run.id, aliases.get(run.id) or run.config.name or run.id]))
+        spec.adapters.append((names, run.adapter_path, f"run {run.id}"))
+    server = serve_models(list(specs.values()), host, port, api_key, quiet, **engine_options)
+    for run in runs:
+        record(run.path, token_hash(server.api_key), server.base_url, server.models)
+    return server
+
+
+def serve_models(specs: list[BaseSpec], host: str = "127.0.0.1", port: int = 0, api_key: str | None = None,
+                 quiet: bool = False, max_batch: int = 32, batch_window_s: float = 0.005, max_waiting: int = 256,
+                 device: str | None = None) -> LocalServer:
+    """Load each base with its adapters (one engine per base) and start the HTTP server in front."""
+    from ..serving import load_multi_adapter
+    from .engine import BASE, Engine
+    from .http import HTTPThread, Route, make_app
+
     routes: dict[str, Route] = {}
     engines = []
-    for base_name, base_runs in by_base.items():
-        adapters = {_INTERNAL.sub("_", f"run_{run.id}"): run.adapter_path for run in base_runs}
-        loaded = load_multi_adapter(resolve_model(base_name), adapters, device)
-        engine = Engine(loaded, max_batch=max_batch, batch_window_s=batch_window_s, max_waiting=max_waiting)
-        engines.append(engine)
-        routes[base_name] = Route(base_name, engine, BASE, "base")
-        for run, adapter in zip(base_runs, adapters):
-            for name in dict.fromkeys([run.id, aliases.get(run.id) or run.config.name or run.id]):
-                if name in routes:
-                    raise ValueError(f"aliases: the model name {name!r} is used twice")
-                routes[name] = Route(name, engine, adapter, f"run {run.id}")
-    key = api_key or new_token()
-    digest = token_hash(key)
+
+    def add(name: str, route: Route) -> None:
+        if name in routes:
+            raise ValueError(f"aliases: the model name {name!r} is used twice")
+        routes[name] = route
+
     try:
-        http = HTTPThread(make_app(routes, digest), host, port)
+        for spec in specs:
+            adapters = {_INTERNAL.sub("_", f"adapter_{names[0]}"): path for names, path, _ in spec.adapters}
+            loaded = load_multi_adapter(spec.path, adapters, device)
+            engine = Engine(loaded, max_batch=max_batch, batch_window_s=batch_window_s, max_waiting=max_waiting)
+            engines.append(engine)
+            add(spec.name, Route(spec.name, engine, BASE, "base"))
+            for (names, _, owner), adapter in zip(spec.adapters, adapters):
+                for name in names:
+                    add(name, Route(name, engine, adapter, owner))
+        key = api_key or new_token()
+        http = HTTPThread(make_app(routes, token_hash(key)), host, port)
     except BaseException:
         for engine in engines:
             engine.close()
         raise
     shown_host = "127.0.0.1" if host in ("0.0.0.0", "") else host
     server = LocalServer(f"http://{shown_host}:{http.port}/v1", list(routes), key, http, engines, routes)
-    for run in runs:
-        record(run.path, digest, server.base_url, server.models)
     if not quiet:
         print(f"OpenAI-compatible API at {server.base_url} · models: {', '.join(server.models)}")
         if api_key is None:
-            print(f"API key (shown once, stored only as a hash): {key}", file=sys.stdout)
+            print(f"API key (shown once, stored only as a hash): {key}")
     return server
