@@ -80,7 +80,7 @@ async def load(base_url: str, key: str, models: list[str], messages: list[list[d
     async def client(index: int, http: httpx.AsyncClient) -> None:
         nonlocal tokens, requests, errors
         turn = index
-        while time.perf_counter() < deadline:
+        while turn == index or time.perf_counter() < deadline:  # at least one request each
             body = {"model": models[turn % len(models)], "messages": messages[turn % len(messages)],
                     "max_tokens": new_tokens, "temperature": 0, "stream": True,
                     "stream_options": {"include_usage": True}}
@@ -170,6 +170,7 @@ def main() -> None:
                                  env=os.environ | {"PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
         try:
             info = json.loads(child.stdout.readline())
+            asyncio.run(load(info["base_url"], info["api_key"], info["models"], messages, 1, 0.0, 4))  # warm-up
             levels = {}
             for clients in (int(c) for c in args.clients.split(",")):
                 levels[str(clients)] = result = asyncio.run(load(info["base_url"], info["api_key"], info["models"],

@@ -83,15 +83,19 @@ def serve_runs(runs: list[Any], host: str = "127.0.0.1", port: int = 0, api_key:
         spec = specs.setdefault(base, BaseSpec(base, resolve_model(base)))
         names = list(dict.fromkeys([run.id, aliases.get(run.id) or run.config.name or run.id]))
         spec.adapters.append((names, run.adapter_path, f"run {run.id}"))
-    server = serve_models(list(specs.values()), host, port, api_key, quiet, **engine_options)
+    from ..api import _in_notebook
+
+    # A notebook saves its outputs to a file: there the key stays in `server.api_key` only.
+    server = serve_models(list(specs.values()), host, port, api_key, quiet, show_key=not _in_notebook(),
+                          **engine_options)
     for run in runs:
         record(run.path, token_hash(server.api_key), server.base_url, server.models)
     return server
 
 
 def serve_models(specs: list[BaseSpec], host: str = "127.0.0.1", port: int = 0, api_key: str | None = None,
-                 quiet: bool = False, max_batch: int = 32, batch_window_s: float = 0.005, max_waiting: int = 256,
-                 device: str | None = None) -> LocalServer:
+                 quiet: bool = False, show_key: bool = True, max_batch: int = 32, batch_window_s: float = 0.005,
+                 max_waiting: int = 256, device: str | None = None) -> LocalServer:
     """Load each base with its adapters (one engine per base) and start the HTTP server in front."""
     from ..serving import load_multi_adapter
     from .engine import BASE, Engine
@@ -125,6 +129,8 @@ def serve_models(specs: list[BaseSpec], host: str = "127.0.0.1", port: int = 0, 
     server = LocalServer(f"http://{shown_host}:{http.port}/v1", list(routes), key, http, engines, routes)
     if not quiet:
         print(f"OpenAI-compatible API at {server.base_url} · models: {', '.join(server.models)}")
-        if api_key is None:
+        if api_key is None and show_key:
             print(f"API key (shown once, stored only as a hash): {key}")
+        elif api_key is None:
+            print("API key: in server.api_key (not printed: notebook outputs are saved to disk)")
     return server
