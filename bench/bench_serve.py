@@ -165,9 +165,10 @@ def main() -> None:
     messages = prompts(8)
     with tempfile.TemporaryDirectory() as tmp:
         adapters = [make_adapter(model_path, f"{tmp}/a{i}", seed=i) for i in range(2)]
+        path = f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
         child = subprocess.Popen([sys.executable, __file__, "--new-tokens", str(args.new_tokens), "--serve",
                                   model_path, *adapters], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                 env=os.environ | {"PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
+                                 env=os.environ | {"PYTHONPATH": path})
         try:
             info = json.loads(child.stdout.readline())
             asyncio.run(load(info["base_url"], info["api_key"], info["models"], messages, 1, 0.0, 4))  # warm-up

@@ -64,7 +64,8 @@ class EndpointChatModel:
                 if chunk.choices and chunk.choices[0].delta.content:
                     yield chunk.choices[0].delta.content
         except openai.APIError as exc:
-            raise RuntimeError(f"{self.label}: {_without_key(str(exc), os.environ.get(self.api_key_env, ''))}") from None
+            message = _without_key(str(exc), os.environ.get(self.api_key_env, ""))
+            raise RuntimeError(f"{self.label}: {message}") from None
 
     def ask(self, message: str, stream: bool = True, system: str | None = None, **sampling: Any) -> str:
         from ..serving import StreamedAnswer

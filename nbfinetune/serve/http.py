@@ -78,6 +78,7 @@ class ModelsHandler(_Handler):
 
 class NotFoundHandler(_Handler):
     def prepare(self) -> None:
+        super().prepare()  # the key first: the API's shape is not shown to strangers
         raise APIError(404, f"no such endpoint: {self.request.method} {self.request.path} "
                             "(this server has POST /v1/chat/completions and GET /v1/models)", code="not_found")
 
