@@ -261,3 +261,25 @@ def test_chat_widget_and_chat_magic_answer_from_any_endpoint(server, store, tiny
     wrong.submit("hi", wait=True)
     who, text = wrong._turns[-1]
     assert who == "error" and "401" in text and "nbft-a-wrong-key-123" not in wrong.transcript.value
+
+
+def test_the_cli_serves_until_interrupted(store, tiny_model):
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # the CLI must flush by itself
+    env |= {"NBFINETUNE_HOME": str(store.root.parent), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "nbfinetune.cli", "serve", store.ids()[0], "--port", "0"],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    try:
+        url = re.search(r"at (http://\S+/v1)", process.stdout.readline()).group(1)
+        key = re.search(r"(nbft-\S+)", process.stdout.readline()).group(1)
+        client = openai.OpenAI(base_url=url, api_key=key, max_retries=0)
+        assert [m.id for m in client.models.list()] == [tiny_model, store.ids()[0]]
+        assert _answer(client, store.ids()[0]).finish_reason == "length"
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 0

@@ -128,9 +128,9 @@ def serve_models(specs: list[BaseSpec], host: str = "127.0.0.1", port: int = 0, 
     shown_host = "127.0.0.1" if host in ("0.0.0.0", "") else host
     server = LocalServer(f"http://{shown_host}:{http.port}/v1", list(routes), key, http, engines, routes)
     if not quiet:
-        print(f"OpenAI-compatible API at {server.base_url} · models: {', '.join(server.models)}")
+        print(f"OpenAI-compatible API at {server.base_url} · models: {', '.join(server.models)}", flush=True)
         if api_key is None and show_key:
-            print(f"API key (shown once, stored only as a hash): {key}")
+            print(f"API key (shown once, stored only as a hash): {key}", flush=True)
         elif api_key is None:
             print("API key: in server.api_key (not printed: notebook outputs are saved to disk)")
     return server
