@@ -62,7 +62,7 @@ def serve(model_path: str, adapters: list[str], new_tokens: int) -> None:
     spec = BaseSpec("base", model_path, [([f"adapter-{i}"], path, "bench") for i, path in enumerate(adapters)])
     server = serve_models([spec], quiet=True)
     for engine in server._engines:
-        fixed_length(engine.loaded.model, new_tokens)
+        engine.min_new_tokens = new_tokens
     print(json.dumps({"base_url": server.base_url, "api_key": server.api_key, "models": server.models}), flush=True)
     sys.stdin.read()  # until the parent closes our stdin
     server.stop()

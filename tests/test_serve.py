@@ -100,7 +100,7 @@ def test_async_clients_at_once_get_each_their_own_adapter(server, client, store,
 
 
 def test_one_batch_answers_different_adapters_per_row(server, store, tiny_model):
-    """Requests that wait together are answered by one generate call, each row with its own adapter."""
+    """Requests that arrive while a batch runs join it, each row with its own adapter."""
     engine = server._engines[0]
     routes = {m: (r.engine, r.adapter) for m, r in server._routes.items()}
     from nbfinetune.serve.protocol import parse_chat_request
@@ -124,10 +124,9 @@ def test_one_batch_answers_different_adapters_per_row(server, store, tiny_model)
     events = [threading.Event() for _ in models]
     pending = [generation(m, 12, e) for m, e in zip(models, events)]
     before = engine.batches
-    for g, _ in pending:
-        engine.submit(g)
+    engine.submit(*(g for g, _ in pending))
     assert all(e.wait(120) for e in events) and busy_done.wait(120)
-    assert engine.batches - before == 1  # all three in one batch, after the busy one
+    assert engine.batches - before == 1  # all three prefilled together, joining the running one
     client = openai.OpenAI(base_url=server.base_url, api_key=server.api_key, max_retries=0)
     assert ["".join(text) for _, text in pending] == [_answer(client, m).message.content for m in models]
 
@@ -283,3 +282,4 @@ def test_the_cli_serves_until_interrupted(store, tiny_model):
     finally:
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=60) == 0
+        process.stdout.close()

@@ -1,6 +1,6 @@
-"""Batched generation for many adapters on one base model: requests that arrive within a few
-milliseconds of each other are answered by one `generate` call, each row with its own adapter (peft's
-mixed-adapter batches), its own stop strings and token limit, streaming text per row.
+"""Batched generation for many adapters on one base model: every request in flight is one row of a
+running batch (continuous batching), each row with its own adapter (peft's mixed-adapter batches), its
+own sampling settings, stop strings and token limit, streaming text per row.
 
 The engine knows nothing of HTTP or asyncio: a request carries a callback that the engine thread calls
 with each text delta and, once, with the finish reason.
@@ -99,7 +99,8 @@ class Engine:
         self._waiting: deque[Generation] = deque()
         self._wake = threading.Condition()
         self._closed = False
-        self.batches = 0  # generate calls made; for tests and the benchmark
+        self.batches = 0  # prefills run (each takes every request waiting at that moment)
+        self.min_new_tokens = 0  # benchmarks: no end of answer before this many tokens
         self._thread = threading.Thread(target=self._loop, name="nbfinetune-serve-engine", daemon=True)
         self._thread.start()
 
@@ -128,14 +129,15 @@ class Engine:
         max_tokens = request.max_tokens or min(DEFAULT_MAX_TOKENS, room)
         return Generation(adapter, tokenizer, ids, max_tokens, request.sampling, request.stop, sink)
 
-    def submit(self, generation: Generation) -> None:
+    def submit(self, *generations: Generation) -> None:
+        """Queue requests (several at once join the running batch together)."""
         with self._wake:
             if self._closed:
                 raise APIError(503, "the server is shutting down", type="server_error")
-            if len(self._waiting) >= self.max_waiting:
+            if len(self._waiting) + len(generations) > self.max_waiting:
                 raise APIError(503, f"overloaded: {len(self._waiting)} requests are waiting; retry shortly",
                                type="server_error", code="overloaded")
-            self._waiting.append(generation)
+            self._waiting.extend(generations)
             self._wake.notify()
 
     def close(self) -> None:
@@ -145,73 +147,156 @@ class Engine:
         self._thread.join(timeout=30)
 
     # --- the scheduler thread --------------------------------------------------------------------
+    # Continuous batching: one decoding step at a time for every active row; waiting requests join
+    # between steps (their prompts prefilled together, their KV cache left-padded into the running one),
+    # finished rows leave. So a new request never waits for a whole batch to end.
     def _loop(self) -> None:
+        batch: _Batch | None = None
+        new: list[Generation] = []
         while True:
             with self._wake:
-                while not self._waiting and not self._closed:
+                while not self._waiting and batch is None and not self._closed:
                     self._wake.wait()
                 if self._closed:
-                    for generation in self._waiting:
-                        generation.finish("cancelled")
+                    for generation in [*self._waiting, *(batch.rows if batch else [])]:
+                        if not generation.done:
+                            generation.finish("cancelled")
                     return
-            time.sleep(self.batch_window_s)  # let the requests that arrive together share the batch
-            batch = self._take_batch()
-            if batch:
-                self._run(batch)
+            if batch is None:
+                time.sleep(self.batch_window_s)  # let the requests that arrive together share the prefill
+            try:
+                new = self._take(self.max_batch - (len(batch.rows) if batch else 0))
+                if new:
+                    self.batches += 1
+                    joined = self._prefill(new)
+                    batch = joined if batch is None else batch.merge(joined)
+                if batch is not None:
+                    batch = self._step(batch)
+            except Exception as exc:  # noqa: BLE001 — every client in the batch gets the error; the engine lives on
+                for generation in [*(batch.rows if batch else []), *new]:
+                    if not generation.done:
+                        generation.finish(f"error: {type(exc).__name__}: {exc}")
+                batch = None
 
-    def _take_batch(self) -> list[Generation]:
-        """Up to max_batch waiting requests with the same sampling settings (one generate call has one),
-        oldest first; the others keep their place in the queue."""
+    def _take(self, room: int) -> list[Generation]:
         with self._wake:
-            live = [g for g in self._waiting if not g.cancelled]
-            for generation in self._waiting:
+            taken: list[Generation] = []
+            while self._waiting and len(taken) < room:
+                generation = self._waiting.popleft()
                 if generation.cancelled:
                     generation.finish("cancelled")
-            if not live:
-                self._waiting.clear()
-                return []
-            key = live[0].sampling
-            batch = [g for g in live if g.sampling == key][: self.max_batch]
-            chosen = set(map(id, batch))
-            self._waiting = deque(g for g in live if id(g) not in chosen)
-            return batch
+                else:
+                    taken.append(generation)
+            return taken
 
-    def _run(self, batch: list[Generation]) -> None:
+    def _forward(self, rows: list[Generation], input_ids: Any, mask: Any, positions: Any, cache: Any) -> Any:
         import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList
 
-        self.batches += 1
+        extra = {"adapter_names": [g.adapter for g in rows]} if len(self.loaded.tokenizers) > 1 else {}
+        device = self.loaded.device
+        with torch.no_grad():
+            out = self.loaded.model(input_ids=input_ids.to(device), attention_mask=mask.to(device),
+                                    position_ids=positions.to(device), use_cache=True,
+                                    **{self._cache_argument(): cache}, **extra)
+        # transformers 5.x renames past_key_values to cache (the old name warns, then goes in 5.40).
+        return out.logits, out.get("cache") or out.get("past_key_values")
+
+    def _cache_argument(self) -> str:
+        import inspect
+
+        if not hasattr(self, "_cache_name"):
+            model = self.loaded.model
+            base = model.get_base_model() if hasattr(model, "get_base_model") else model
+            self._cache_name = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+        return self._cache_name
+
+    def _prefill(self, rows: list[Generation]) -> _Batch:
+        import torch
+
         base = self.loaded.tokenizers[BASE]
         pad = base.pad_token_id if base.pad_token_id is not None else base.eos_token_id
-        width = max(len(g.prompt_ids) for g in batch)
-        # Left padding: every row's next token is at the same position of the batch.
-        input_ids = torch.tensor([[pad] * (width - len(g.prompt_ids)) + g.prompt_ids for g in batch])
-        mask = torch.tensor([[0] * (width - len(g.prompt_ids)) + [1] * len(g.prompt_ids) for g in batch])
+        width = max(len(g.prompt_ids) for g in rows)
+        ids = torch.tensor([[pad] * (width - len(g.prompt_ids)) + g.prompt_ids for g in rows])
+        mask = torch.tensor([[0] * (width - len(g.prompt_ids)) + [1] * len(g.prompt_ids) for g in rows])
+        logits, cache = self._forward(rows, ids, mask, (mask.cumsum(-1) - 1).clamp(min=0), None)
+        return _Batch(rows, cache, mask, self._pick(rows, logits[:, -1]))
 
-        class _Rows(StoppingCriteria):
-            def __call__(self, ids: Any, _scores: Any, **_kwargs: Any) -> Any:
-                for row, (generation, token) in enumerate(zip(batch, ids[:, -1].tolist())):
-                    if not generation.done:
-                        generation.accept(token)
-                return torch.tensor([g.done for g in batch], dtype=torch.bool, device=ids.device)
+    def _step(self, batch: _Batch) -> _Batch | None:
+        """Hand each row its next token; drop finished rows; run one decoding step for the rest."""
+        import torch
 
-        sampling = batch[0].sampling
-        options = ({"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p}
-                   if not sampling.greedy else {"do_sample": False})
-        eos = sorted({g.tokenizer.eos_token_id for g in batch if g.tokenizer.eos_token_id is not None})
-        if len(self.loaded.tokenizers) > 1:  # a PeftModel: each row names its adapter
-            options["adapter_names"] = [g.adapter for g in batch]
-        try:
-            with torch.no_grad():
-                self.loaded.model.generate(
-                    input_ids=input_ids.to(self.loaded.device), attention_mask=mask.to(self.loaded.device),
-                    max_new_tokens=max(g.max_tokens for g in batch), eos_token_id=eos or None, pad_token_id=pad,
-                    stopping_criteria=StoppingCriteriaList([_Rows()]), **options)
-        except Exception as exc:  # noqa: BLE001 — every waiting client gets the error, the engine lives on
-            for generation in batch:
-                if not generation.done:
-                    generation.finish(f"error: {type(exc).__name__}: {exc}")
-            return
-        for generation in batch:
-            if not generation.done:  # generate stopped on its own (context full)
-                generation.finish("length", generation._text())
+        for generation, token in zip(batch.rows, batch.next_tokens.tolist()):
+            generation.accept(token)
+        keep = [i for i, g in enumerate(batch.rows) if not g.done]
+        if not keep:
+            return None
+        batch = batch.select(keep)
+        positions = batch.mask.sum(-1, keepdim=True)
+        mask = torch.cat([batch.mask, torch.ones(len(keep), 1, dtype=batch.mask.dtype)], dim=1)
+        logits, cache = self._forward(batch.rows, batch.next_tokens[:, None], mask, positions, batch.cache)
+        return _Batch(batch.rows, cache, mask, self._pick(batch.rows, logits[:, -1]))
+
+    def _pick(self, rows: list[Generation], logits: Any) -> Any:
+        """Each row's next token with its own sampling settings (greedy: argmax, as `generate` does)."""
+        import torch
+
+        logits = logits.float()
+        for index, generation in enumerate(rows):
+            if len(generation.ids) < self.min_new_tokens and generation.tokenizer.eos_token_id is not None:
+                logits[index, generation.tokenizer.eos_token_id] = float("-inf")  # benchmarks: fixed lengths
+        tokens = logits.argmax(-1)
+        for index, generation in enumerate(rows):
+            if generation.sampling.greedy:
+                continue
+            scores = logits[index] / generation.sampling.temperature
+            probs = torch.softmax(scores, dim=-1)
+            if generation.sampling.top_p < 1.0:
+                ordered, order = probs.sort(descending=True)
+                drop = ordered.cumsum(-1) - ordered > generation.sampling.top_p  # keep the nucleus
+                ordered[drop] = 0.0
+                probs = torch.zeros_like(probs).scatter(0, order, ordered)
+            tokens[index] = torch.multinomial(probs / probs.sum(), 1)[0]
+        return tokens.cpu()
+
+
+@dataclass
+class _Batch:
+    """The running batch: its rows, their shared KV cache (left-padded to one length), the attention mask
+    over it, and each row's next token (sampled, not yet in the cache)."""
+
+    rows: list[Generation]
+    cache: Any
+    mask: Any
+    next_tokens: Any
+
+    def select(self, keep: list[int]) -> _Batch:
+        import torch
+
+        if len(keep) == len(self.rows):
+            return self
+        index = torch.tensor(keep)
+        mask = self.mask[index]
+        unused = int((mask.sum(0) == 0).long().cumprod(0).sum())  # leading columns no row needs any more
+        for layer in self.cache.layers:
+            layer.keys = layer.keys[index.to(layer.keys.device), :, unused:]
+            layer.values = layer.values[index.to(layer.values.device), :, unused:]
+        return _Batch([self.rows[i] for i in keep], self.cache, mask[:, unused:], self.next_tokens[index])
+
+    def merge(self, other: _Batch) -> _Batch:
+        import torch
+
+        width = max(self.mask.shape[1], other.mask.shape[1])
+
+        def left_pad(tensor: Any, dim: int) -> Any:
+            missing = width - tensor.shape[dim]
+            if not missing:
+                return tensor
+            shape = list(tensor.shape)
+            shape[dim] = missing
+            return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
+
+        for mine, theirs in zip(self.cache.layers, other.cache.layers):
+            mine.keys = torch.cat([left_pad(mine.keys, 2), left_pad(theirs.keys, 2)], dim=0)
+            mine.values = torch.cat([left_pad(mine.values, 2), left_pad(theirs.values, 2)], dim=0)
+        return _Batch(self.rows + other.rows, self.cache, torch.cat([left_pad(self.mask, 1), left_pad(other.mask, 1)]),
+                      torch.cat([self.next_tokens, other.next_tokens]))
