@@ -170,7 +170,6 @@ def _prepare_model(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     import os
-    import threading
 
     from . import api
 
@@ -185,10 +184,16 @@ def _serve(args: argparse.Namespace) -> int:
     server = api.serve(args.run_ids or None, backend=args.backend, **options)
     if args.backend == "local":
         try:
-            threading.Event().wait()
+            _wait_for_interrupt()
         except KeyboardInterrupt:
             server.stop()
     return 0
+
+
+def _wait_for_interrupt() -> None:
+    import threading
+
+    threading.Event().wait()
 
 
 def _make_tiny_model(args: argparse.Namespace) -> int:
