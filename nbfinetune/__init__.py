@@ -11,6 +11,8 @@ Importing this package is instant: torch, transformers, modal and plotly load on
 
 from __future__ import annotations
 
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -31,6 +33,26 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'nbfinetune' has no attribute {name!r}")
 
 
+class _Package(types.ModuleType):
+    """`nbfinetune.runs` is both the submodule and the `runs()` function: importing the submodule sets the
+    package attribute, which would otherwise shadow the function (`nbft.runs()` → "module is not callable")."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "runs" and isinstance(value, types.ModuleType):
+            value.__class__ = _CallableRuns
+        super().__setattr__(name, value)
+
+
+class _CallableRuns(types.ModuleType):
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from .api import runs
+
+        return runs(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _Package
+
+
 def _jupyter_server_extension_points() -> list[dict[str, str]]:
     return [{"module": "nbfinetune.server"}]
 
@@ -40,6 +62,7 @@ def _jupyter_labextension_paths() -> list[dict[str, str]]:
 
 
 def load_ipython_extension(ipython: Any) -> None:
-    from .magics import FinetuneMagics
+    from .magics import FinetuneMagics, register_transformers
 
     ipython.register_magics(FinetuneMagics)
+    register_transformers(ipython)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .backends.base import Backend, get_backend
-from .config import RunConfig
+from .config import RunConfig, absolute_paths
 from .events import Event
 from .runs import RunStore, RunSummary
 
@@ -44,7 +44,7 @@ def build_config(config: RunConfig | dict[str, Any] | str | None = None, **setti
         overrides[dotted] = value
     if "train.epochs" in overrides and "train.max_steps" not in overrides:
         overrides["train.max_steps"] = None
-    return base.with_overrides(overrides) if overrides else base
+    return absolute_paths(base.with_overrides(overrides) if overrides else base)
 
 
 class Run:
@@ -124,7 +124,14 @@ class Run:
 
     def resume(self) -> Run:
         """Continue a cancelled or failed run from its latest checkpoint (adapter, optimizer, scheduler and
-        data position); the loss curve continues in the same event stream."""
+        data position); the loss curve continues in the same event stream. A finished run is not resumed:
+        its adapter is its result, and retraining could only replace it."""
+        summary = self.summary()
+        if summary.status == "finished":
+            raise RuntimeError(
+                f"run {self.id} has finished ({summary.step} steps); resume continues only cancelled, failed or "
+                f"lost runs. To train more, launch a new run with more steps; its adapter stays at "
+                f"{summary.adapter_path} for chat and export")
         self.backend.resume(self.id, self.store)
         if self._dashboard is not None:
             self._dashboard.close()
@@ -140,7 +147,8 @@ class Run:
         adapter = self.adapter_path
         if not adapter:
             raise RuntimeError(f"run {self.id} has no adapter yet (status: {self.status})")
-        return export_merged(resolve_model(self.config.model), adapter, out_dir or self.path / "merged")
+        out = Path(out_dir).expanduser().absolute() if out_dir else self.path / "merged"
+        return export_merged(resolve_model(self.config.model), adapter, out)
 
     def dashboard(self) -> Any:
         from .widgets.dashboard import Dashboard
@@ -216,6 +224,9 @@ def finetune(config: RunConfig | dict[str, Any] | str | None = None, *, display:
 
         settings["data"], settings["eval_data"] = materialize(settings.get("data"), settings.get("eval_data"))
     resolved = build_config(config, **settings)
+    from .launch_checks import check_before_launch
+
+    check_before_launch(resolved)  # a wrong path, format or model fails here, not in the worker
     store = store or RunStore()
     backend = get_backend(resolved.backend)
     run = Run(backend.launch(resolved, store), store, backend)
@@ -240,6 +251,19 @@ def attach(run_id: str | None = None, *, display: bool | None = None, store: Run
     return run
 
 
+RESUMABLE = ("cancelled", "failed", "lost")
+
+
+def latest_resumable(store: RunStore | None = None) -> str:
+    """The newest run that resume can continue (cancelled, failed or lost) — never a finished one."""
+    store = store or RunStore()
+    for summary in reversed(store.list()):
+        if summary.status in RESUMABLE:
+            return summary.run_id
+    raise LookupError(f"no cancelled, failed or lost run to resume in {store.root} (finished runs are not resumed: "
+                      "launch a new run with more steps instead)")
+
+
 @dataclass
 class RunList:
     runs: list[RunSummary]
@@ -251,7 +275,8 @@ class RunList:
         for s in self.runs:
             step = f"{s.step}/{s.total_steps or '?'}"
             loss = f"{s.last_loss:.4f}" if s.last_loss is not None else "-"
-            lines.append(f"{s.run_id:<24} {s.status:<10} {step:>9} {loss:>8}  {s.model}")
+            lines.append(f"{s.run_id:<24} {s.status:<10} {step:>9} {loss:>8}  {s.model}"
+                         + (f"  ({s.error})" if s.status == "damaged" else ""))
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:

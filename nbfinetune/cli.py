@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from .config import SAMPLE_DATA, ConfigError, default_model
+from .config import FORMATS, SAMPLE_DATA, ConfigError, default_model
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -19,14 +19,23 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--data", default=SAMPLE_DATA, help="jsonl/json/csv/parquet file, hub id, or sample:people")
     train.add_argument("--eval-data", dest="eval_data")
     train.add_argument("--config", help="YAML file with settings; flags override it")
-    train.add_argument("--max-steps", dest="steps", type=int)
+    train.add_argument("--format", choices=FORMATS)
+    # The same flags as `%finetune` (--max-steps stays as an alias of --steps).
+    train.add_argument("--steps", "--max-steps", dest="steps", type=int)
     train.add_argument("--epochs", type=float)
     train.add_argument("--lr", type=float)
     train.add_argument("--r", type=int)
+    train.add_argument("--alpha", type=float)
     train.add_argument("--batch-size", dest="batch_size", type=int)
+    train.add_argument("--grad-accum", dest="grad_accum", type=int)
     train.add_argument("--max-seq-len", dest="max_seq_len", type=int)
-    train.add_argument("--eval-samples", dest="eval_samples", type=int)
+    train.add_argument("--eval-every", dest="eval_every", type=int)
+    train.add_argument("--eval-samples", dest="eval_samples", type=int,
+                       help="prompts answered by generation at each evaluation (default 24); 0: eval loss only")
+    train.add_argument("--early-stopping", dest="early_stopping", type=int)
+    train.add_argument("--early-stopping-metric", dest="early_stopping_metric")
     train.add_argument("--save-every", dest="save_every", type=int)
+    train.add_argument("--seed", type=int)
     train.add_argument("--name")
     train.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
@@ -39,8 +48,7 @@ def _parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("validate", help="check a dataset row by row before training (no GPU, no training)")
     check.add_argument("path", help="file, directory, hub dataset id, or sample:people")
-    check.add_argument("--format", default="auto", choices=("auto", "chat", "sharegpt", "instruction",
-                                                             "prompt_completion", "text"))
+    check.add_argument("--format", default="auto", choices=FORMATS)
     check.add_argument("--model", default=None, help="whose tokenizer and chat template to check against "
                                                      f"(default: {default_model()}); 'none' skips token checks")
     check.add_argument("--max-seq-len", dest="max_seq_len", type=int, default=512)
@@ -64,10 +72,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Rows may hold bytes that are not UTF-8 (kept as surrogates to report them): print them escaped.
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     args = _parser().parse_args(argv)
     try:
         return _COMMANDS[args.command](args)
-    except (ConfigError, FileNotFoundError, LookupError, ValueError) as exc:
+    except (ConfigError, FileNotFoundError, LookupError, ValueError, RuntimeError) as exc:
         print(f"nbfinetune {args.command}: error: {exc}", file=sys.stderr)
         return 2
 
@@ -76,8 +88,10 @@ def _train(args: argparse.Namespace) -> int:
     from . import api
 
     base = open(args.config, encoding="utf-8").read() if args.config else None
-    settings = {k: getattr(args, k) for k in ("model", "data", "eval_data", "steps", "epochs", "lr", "r", "batch_size",
-                                              "max_seq_len", "eval_samples", "save_every", "name")}
+    settings = {k: getattr(args, k) for k in ("model", "data", "eval_data", "format", "steps", "epochs", "lr", "r",
+                                              "alpha", "batch_size", "grad_accum", "max_seq_len", "eval_every",
+                                              "eval_samples", "early_stopping", "early_stopping_metric",
+                                              "save_every", "seed", "name")}
     run = api.finetune(base, display=False, backend="local", **settings)
     if not args.json:
         print(f"run {run.id} started: {run.path}", flush=True)
@@ -111,6 +125,7 @@ def _validate(args: argparse.Namespace) -> int:
     from .data.validate import validate
 
     try:
+        _require_local_data(args.path)  # before the model: a typo must not wait for a model conversion
         tokenizer = None
         if (args.model or "").lower() != "none":
             from .core.models import resolve_model
@@ -118,7 +133,7 @@ def _validate(args: argparse.Namespace) -> int:
 
             tokenizer = load_tokenizer(resolve_model(args.model or default_model()))
         result = validate(args.path, args.format, tokenizer, args.max_seq_len)
-    except (DataError, OSError, ValueError) as exc:
+    except (DataError, OSError, ValueError, RecursionError, UnicodeError) as exc:
         # Never a traceback for a bad file: one message, and a JSON object when asked for one.
         print(json.dumps({"error": str(exc)}) if args.json else f"nbfinetune validate: error: {exc}",
               file=sys.stdout if args.json else sys.stderr)
@@ -139,6 +154,18 @@ def _validate(args: argparse.Namespace) -> int:
             print(f"  ... and {report.problem_count - 50} more")
     bad = any(p.severity == "error" for p in report.problems)
     return 0 if result.ok and not (args.strict and bad) else 1
+
+
+def _require_local_data(path: str) -> None:
+    import os
+
+    from .config import is_local_path
+    from .data.prepare import DataError
+    from .data.sources import resolve
+
+    source, _ = resolve(path, None)
+    if is_local_path(source, os.getcwd()) and not os.path.exists(os.path.expanduser(source)):
+        raise DataError(f"data file not found: {source}")
 
 
 def _export(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,7 @@ FORMATS = ("auto", "chat", "sharegpt", "instruction", "prompt_completion", "text
 SCHEDULES = ("linear", "cosine", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 BACKENDS = ("local", "modal")
+MAX_BATCH_SIZE = 4096
 
 
 class ConfigError(ValueError):
@@ -72,7 +74,7 @@ class DataSettings:
 @dataclass
 class EvalSettings:
     every: int | None = None
-    # None picks metrics from the references: json_match when they are JSON, else exact_match.
+    # None picks metrics from the references: json_match/json_valid when they are JSON, else none (eval loss).
     metrics: list[str] | None = None
     samples: int = 24
     max_new_tokens: int = 64
@@ -117,9 +119,7 @@ class RunConfig:
 
     @classmethod
     def from_yaml(cls, text: str) -> RunConfig:
-        import yaml
-
-        values = yaml.safe_load(text) or {}
+        values = load_yaml(text) or {}
         if not isinstance(values, dict):
             raise ConfigError("the YAML config must be a mapping of settings, e.g. 'model: ...'")
         return cls.from_dict(values)
@@ -139,6 +139,30 @@ class RunConfig:
         problems = _problems(self)
         if problems:
             raise ConfigError("; ".join(problems))
+
+
+def load_yaml(text: str) -> Any:
+    """YAML with numbers as YAML 1.2 reads them (PyYAML's 1.1 rules read `2e-4` as a string); a syntax
+    error names its line, and absurd nesting is one ConfigError, not a RecursionError."""
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(
+        r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+    try:
+        return yaml.load(text, Loader=Loader)  # noqa: S506 — a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"the config is not valid YAML{where}: {problem}") from None
+    except RecursionError:
+        raise ConfigError("the YAML config is nested too deeply to be a settings mapping") from None
 
 
 def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
@@ -172,10 +196,13 @@ def _problems(config: RunConfig) -> list[str]:
         check(isinstance(value, int) and not isinstance(value, bool) and value > 0,
               f"{name} must be a positive integer, got {value!r}")
 
-    def number(name: str, value: Any, low: float, high: float | None = None, low_open: bool = False) -> None:
-        valid = isinstance(value, (int, float)) and not isinstance(value, bool)
-        valid = valid and (value > low if low_open else value >= low) and (high is None or value <= high)
-        bounds = f"{'>' if low_open else '>='} {low}" + (f" and <= {high}" if high is not None else "")
+    def number(name: str, value: Any, low: float, high: float | None = None, low_open: bool = False,
+               high_open: bool = False) -> None:
+        valid = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        valid = valid and (value > low if low_open else value >= low)
+        valid = valid and (high is None or (value < high if high_open else value <= high))
+        bounds = f"{'>' if low_open else '>='} {low}" + (
+            f" and {'<' if high_open else '<='} {high}" if high is not None else "")
         check(valid, f"{name} must be a number {bounds}, got {value!r}")
 
     def choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -195,9 +222,10 @@ def _problems(config: RunConfig) -> list[str]:
     positive_int("data.max_seq_len", config.data.max_seq_len)
     positive_int("lora.r", config.lora.r)
     number("lora.alpha", config.lora.alpha, 0.0, low_open=True)
-    number("lora.dropout", config.lora.dropout, 0.0, 1.0)
+    number("lora.dropout", config.lora.dropout, 0.0, 1.0, high_open=True)  # 1.0 would drop every input
     targets = config.lora.target_modules
-    check(isinstance(targets, str) or (isinstance(targets, list) and targets and all(isinstance(t, str) for t in targets)),
+    check((isinstance(targets, str) and targets.strip() != "")
+          or (isinstance(targets, list) and targets and all(isinstance(t, str) and t.strip() for t in targets)),
           "lora.target_modules must be 'all-linear' or a list of module names such as ['q_proj', 'v_proj']")
     t = config.train
     positive_int("train.max_steps", t.max_steps, allow_none=True)
@@ -205,13 +233,16 @@ def _problems(config: RunConfig) -> list[str]:
         number("train.epochs", t.epochs, 0.0, low_open=True)
     check(t.max_steps is not None or t.epochs is not None, "set train.max_steps or train.epochs")
     positive_int("train.batch_size", t.batch_size)
+    check(not isinstance(t.batch_size, int) or t.batch_size <= MAX_BATCH_SIZE,
+          f"train.batch_size must be at most {MAX_BATCH_SIZE} (use grad_accum for larger batches), got {t.batch_size!r}")
     positive_int("train.grad_accum", t.grad_accum)
     number("train.lr", t.lr, 0.0, 1.0, low_open=True)
     choice("train.schedule", t.schedule, SCHEDULES)
     check(isinstance(t.warmup_steps, int) and t.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {t.warmup_steps!r}")
     number("train.weight_decay", t.weight_decay, 0.0)
     number("train.max_grad_norm", t.max_grad_norm, 0.0)
-    check(isinstance(t.seed, int), f"train.seed must be an integer, got {t.seed!r}")
+    check(isinstance(t.seed, int) and not isinstance(t.seed, bool) and 0 <= t.seed < 2**32,
+          f"train.seed must be an integer from 0 to 2**32 - 1, got {t.seed!r}")
     choice("train.precision", t.precision, PRECISIONS)
     positive_int("train.save_every", t.save_every, allow_none=True)
     choice("train.batch_layout", t.batch_layout, ("auto", "shared", "packed", "padded"))
@@ -236,9 +267,24 @@ def _problems(config: RunConfig) -> list[str]:
             check(e.metrics is None or e.early_stopping_metric in e.metrics,
                   f"eval.early_stopping_metric {e.early_stopping_metric!r} is not among eval.metrics {e.metrics}")
     metrics = config.eval.metrics
-    check(metrics is None or (isinstance(metrics, list) and all(isinstance(m, str) for m in metrics)),
-          "eval.metrics must be a list of metric names (exact_match, json_valid, json_match, contains) "
-          "or 'module:function' references")
+    from .core.metrics import BUILTIN  # stdlib only
+
+    def known_metric(name: Any) -> bool:
+        if not isinstance(name, str):
+            return False
+        module, _, function = name.partition(":")
+        return name in BUILTIN or (module.replace(".", "").replace("_", "").isalnum()
+                                   and function.replace("_", "").isalnum())
+
+    check(metrics is None or (isinstance(metrics, list) and all(known_metric(m) for m in metrics)),
+          f"eval.metrics must be a list of metric names ({', '.join(BUILTIN)}) or 'module:function' references, "
+          f"got {metrics!r}")
+    check(e.early_stopping_metric == "eval_loss" or known_metric(e.early_stopping_metric),
+          f"eval.early_stopping_metric must be 'eval_loss' or a metric ({', '.join(BUILTIN)}, 'module:function'), "
+          f"got {e.early_stopping_metric!r}")
+    check(config.name is None or (isinstance(config.name, str) and len(config.name) <= 200),
+          f"name must be text (at most 200 characters), got "
+          + (f"{len(config.name)} characters" if isinstance(config.name, str) else type(config.name).__name__))
     choice("backend", config.backend, BACKENDS)
     from .pricing import UnknownGPU, parse_gpu
 
@@ -249,6 +295,40 @@ def _problems(config: RunConfig) -> list[str]:
     if config.budget_usd is not None:
         number("budget_usd", config.budget_usd, 0.0, low_open=True)
     return out
+
+
+_DATA_SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".parquet")
+
+
+def absolute_paths(config: RunConfig, cwd: str | None = None) -> RunConfig:
+    """The config with every local path (data, eval data, model directory) made absolute against the
+    caller's working directory: the worker runs in the run directory, so a relative path would miss.
+    Hub ids and 'sample:NAME' stay as they are."""
+    base = cwd or os.getcwd()
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data))
+    config.data.path = _absolute_data(config.data.path, base)
+    config.data.eval_path = _absolute_data(config.data.eval_path, base)
+    if isinstance(config.model, str) and is_local_path(config.model, base, dir_only=True):
+        config.model = _absolute(config.model, base)
+    return config
+
+
+def _absolute(path: str, base: str) -> str:
+    return os.path.normpath(os.path.join(base, os.path.expanduser(path)))
+
+
+def is_local_path(path: str, base: str, dir_only: bool = False) -> bool:
+    """Whether a path names something on this machine rather than a hub id: it exists here, or is
+    spelled like a path (./x, ../x, /x, ~/x, or a data file's suffix)."""
+    expanded = os.path.join(base, os.path.expanduser(path))
+    exists = os.path.isdir(expanded) if dir_only else os.path.exists(expanded)
+    return exists or path.startswith((".", "/", "~")) or (not dir_only and path.lower().endswith(_DATA_SUFFIXES))
+
+
+def _absolute_data(path: str | None, base: str) -> str | None:
+    if not isinstance(path, str) or not path.strip() or path.startswith("sample:") or not is_local_path(path, base):
+        return path
+    return _absolute(path, base)
 
 
 def nbfinetune_home() -> str:

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 from typing import Any
 
@@ -148,6 +149,10 @@ class FinetuneMagics(Magics):
             # No widgets here (terminal IPython, a script): show progress as text and end with a summary.
             print(f"run {run.id} started: {run.path}")
             run.wait(progress=True)
+        if yaml_config is not None and getattr(run, "_dashboard", None) is not None:
+            # A cell magic's value cannot be assigned, only shown: under the live dashboard it would be a
+            # `<Run …: pending>` line that never changes. `nbft.attach()` gives the Run.
+            return None
         return run
 
     def _handle_compare(self, words: list[str]) -> Any:
@@ -177,7 +182,7 @@ class FinetuneMagics(Magics):
         print(f"{'killing' if hard else 'cancelling'} run {run.id}; events and checkpoints so far are kept")
 
     def _handle_resume(self, words: list[str]) -> api.Run:
-        run = _named_run(words)
+        run = _named_run(words or [_guard(api.latest_resumable)])
         _guard(run.resume)
         return _guard(lambda: api.attach(run.id))
 
@@ -196,7 +201,6 @@ class FinetuneMagics(Magics):
         run = _named_run([run_id] if run_id else [])
         return _guard(lambda: run.chat(message))
 
-
     def _handle_serve(self, words: list[str]) -> Any:
         parser = _Parser(prog="%finetune serve", add_help=False)
         parser.add_argument("run_ids", nargs="*")
@@ -208,18 +212,49 @@ class FinetuneMagics(Magics):
         return _guard(lambda: api.serve(args.run_ids or None, backend=args.backend, **options))
 
 
+# `%chat Who are you?`: IPython reads a trailing `?` as a help request ("Object `you` not found"). A chat
+# line is a message, so it is turned into the magic call before the help transformer sees it.
+_CHAT_LINE = re.compile(r"^(?P<indent>[ \t]*)(?:(?P<target>[\w.]+)[ \t]*=[ \t]*)?%(?P<magic>chat|finetune[ \t]+chat)"
+                        r"(?P<args>[ \t]+.*\?)[ \t]*$")  # `%chat?` alone stays a help request
+
+
+def keep_question_marks(lines: list[str]) -> list[str]:
+    """IPython cleanup transform: `%chat ...?` and `x = %chat ...?` call the magic with the `?` kept."""
+    if lines and lines[0].lstrip().startswith("%%"):
+        return lines  # a cell magic: its body is not Python and is passed on as it is
+    out = []
+    for line in lines:
+        match = _CHAT_LINE.match(line.rstrip("\n"))
+        if match is None:
+            out.append(line)
+            continue
+        magic, args = match["magic"].split()[0], match["args"].strip()
+        if match["magic"] != "chat":  # %finetune chat ...
+            args = f"chat {args}"
+        call = f"get_ipython().run_line_magic({magic!r}, {args!r})"
+        target = f"{match['target']} = " if match["target"] else ""
+        out.append(f"{match['indent']}{target}{call}" + ("\n" if line.endswith("\n") else ""))
+    return out
+
+
+def register_transformers(shell: Any) -> None:
+    transforms = shell.input_transformer_manager.cleanup_transforms
+    if keep_question_marks not in transforms:
+        transforms.append(keep_question_marks)
+
+
 def _named_run(words: list[str]) -> api.Run:
     """The run named by the first word, or the latest run; no dashboard."""
     return _guard(lambda: api.attach(words[0] if words else None, display=False))
 
 
 def _yaml_settings(text: str) -> dict[str, Any]:
-    import yaml
+    from .config import load_yaml
 
     try:
-        values = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise UsageError(f"the cell is not valid YAML: {str(exc).splitlines()[0]}") from None
+        values = load_yaml(text) or {}
+    except ConfigError as exc:
+        raise UsageError(str(exc).replace("the config", "the cell", 1)) from None
     if not isinstance(values, dict):
         raise UsageError("the cell must be a YAML mapping of settings, e.g. 'train: {lr: 2e-4}'")
     return values

@@ -205,6 +205,10 @@ def chat_model_for_run(run: Any) -> ChatModel | RemoteChatModel:
     if run.config.backend == "modal":
         return RemoteChatModel(run.id)
     summary = run.summary()
+    if not summary.adapter_path and summary.status in ("failed", "lost"):
+        raise RuntimeError(f"run {run.id} {summary.status} without an adapter"
+                           + (f": {summary.error}" if summary.error else "") + " — fix the cause and launch again, "
+                           "or resume it if it saved a checkpoint")
     if not summary.adapter_path:
         raise RuntimeError(f"run {run.id} has no adapter yet (status: {summary.status}); wait for it to finish "
                            "or cancel it — a cancelled run keeps its adapter")

@@ -40,6 +40,10 @@ class Sweep:
         self.metric = metric
         self.points = grid_points(grid, samples)
         self.configs: list[RunConfig] = [build_config(**(settings | point)) for point in self.points]
+        from .launch_checks import check_before_launch
+
+        for config in self.configs:  # a bad path or format is refused before the first run, not in each
+            check_before_launch(config)
         backends = {c.backend for c in self.configs}
         if len(backends) != 1:
             raise ValueError("all runs of a sweep use one backend")

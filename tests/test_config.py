@@ -1,3 +1,4 @@
+import os
 import pytest
 
 from nbfinetune.api import build_config
@@ -46,7 +47,7 @@ def test_validation_messages_name_the_field(values, message):
 def test_yaml_and_flat_overrides():
     config = build_config("model: m\ntrain:\n  lr: 0.01\n", steps=5, r=4, data="x.jsonl")
     assert (config.model, config.train.lr, config.train.max_steps, config.lora.r, config.data.path) == \
-        ("m", 0.01, 5, 4, "x.jsonl")
+        ("m", 0.01, 5, 4, os.path.join(os.getcwd(), "x.jsonl"))
     assert build_config(epochs=2).train.max_steps is None
     with pytest.raises(ConfigError, match="must be a mapping"):
         RunConfig.from_yaml("- a\n- b\n")

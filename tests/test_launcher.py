@@ -49,3 +49,19 @@ def test_modal_choice_gives_a_dated_cost_estimate_and_config(home, tiny_model):
     assert "on Modal" in launcher.estimate.value and "prices of 2026-07-01" in launcher.estimate.value
     config = launcher.config()
     assert (config.backend, config.gpu, config.budget_usd) == ("modal", "H100:2", 5.0)
+
+
+def test_estimate_includes_evaluation_and_follows_the_eval_fields(home, tiny_model):
+    import re
+
+    launcher = Launcher(api.build_config(model=tiny_model))
+    launcher.preflight.check(wait=True)
+    launcher.steps.value, launcher.eval_every.value, launcher.eval_samples.value = 40, 10, 24
+    text = launcher.estimate.value
+    assert "for 5 evaluations of 24 generated answers" in text  # base, steps 10/20/30/40
+    minutes = int(re.search(r"\+ (\d+) min for", text).group(1))
+    assert minutes >= 6  # 5 x 24 answers x 3.2 s
+    launcher.eval_samples.value = 0
+    assert "for 5 evaluations of 0 generated answers" in launcher.estimate.value
+    launcher.eval_every.value = 0
+    assert "for 2 evaluations" in launcher.estimate.value  # base and final

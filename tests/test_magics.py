@@ -1,5 +1,6 @@
 """Magics in a real InteractiveShell: thin parsing, one-line errors, the Python API underneath."""
 
+from pathlib import Path
 from unittest.mock import patch
 
 import pytest
@@ -18,7 +19,7 @@ def test_flags_map_to_the_python_api(ip, home):
     assert {k: kwargs[k] for k in ("data", "steps", "lr", "r", "batch_size")} == \
         {"data": "my.jsonl", "steps": 5, "lr": 2e-4, "r": 8, "batch_size": 4}
     config = api.build_config(launch.call_args.args[0], **{k: v for k, v in kwargs.items() if k != "display"})
-    assert (config.backend, config.data.path, config.train.max_steps) == ("local", "my.jsonl", 5)
+    assert (config.backend, config.data.path, config.train.max_steps) == ("local", str(Path.cwd() / "my.jsonl"), 5)
     with patch.object(api, "finetune", return_value="RUN") as launch:
         ip.run_line_magic("finetune", "--eval-every 5 --early-stopping 3 --early-stopping-metric json_match --no-dashboard")
     kwargs = {k: v for k, v in launch.call_args.kwargs.items() if k != "display"}

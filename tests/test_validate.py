@@ -149,7 +149,8 @@ def test_fuzzed_files_never_crash_and_bad_rows_are_numbered(tmp_path_factory, ti
         try:
             result = validate(str(path), fmt=fmt, tokenizer=tiny_tokenizer, max_seq_len=48)
         except DataError as exc:
-            assert "could not detect the data format" in str(exc)
+            # Said once for the file: no row has the fields, or no format fits.
+            assert "could not detect the data format" in str(exc) or "needs the field(s)" in str(exc)
             continue
         report = result.report
         errors = {p.row for p in report.problems if p.severity == "error"}

@@ -61,10 +61,11 @@ def resolve_metric(name: str) -> Metric:
 
 
 def default_metrics(references: Sequence[str]) -> list[str]:
-    """JSON references get json_match/json_valid; anything else exact_match."""
+    """JSON references get json_match/json_valid. On free-form answers an exact match says next to nothing,
+    so none is computed by default: eval loss is the measure, and the generated samples are shown to read."""
     if references and all(json_valid(r, r) for r in references):
         return ["json_match", "json_valid"]
-    return ["exact_match"]
+    return []
 
 
 def score_each(names: Sequence[str], predictions: Sequence[str], references: Sequence[str]) -> dict[str, list[float]]:

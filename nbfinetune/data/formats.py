@@ -25,6 +25,8 @@ _SIGNATURES = (
     (TEXT, ("text",)),
 )
 
+FORMAT_FIELDS = dict(_SIGNATURES)
+
 
 class RowProblem(ValueError):
     """One row cannot be used; the message says why in plain words."""
@@ -36,6 +38,8 @@ class Example:
 
     messages: tuple[dict[str, str], ...] | None = None
     text: str | None = None
+    # Indices of assistant messages that are context only (LLaMA-Factory's `loss_weight: 0`): not trained.
+    untrained: tuple[int, ...] = ()
 
 
 def detect_format(records: Iterable[Any], sample: int = 200) -> str | None:
@@ -74,9 +78,9 @@ def normalize(record: Any, fmt: str) -> Example:
     if not isinstance(record, dict):
         raise RowProblem(f"expected a JSON object, got {type(record).__name__}")
     if fmt == CHAT:
-        return Example(messages=_turns(_field(record, "messages", list), _CHAT_SCHEMA))
+        return _turns(_field(record, "messages", list), _CHAT_SCHEMA)
     if fmt == SHAREGPT:
-        return Example(messages=_turns(_field(record, "conversations", list), _SHAREGPT_SCHEMA))
+        return _turns(_field(record, "conversations", list), _SHAREGPT_SCHEMA)
     if fmt == INSTRUCTION:
         instruction = _field(record, "instruction", str)
         extra = record.get("input") or ""
@@ -96,6 +100,7 @@ def normalize(record: Any, fmt: str) -> Example:
         text = _field(record, "text", str)
         if not text.strip():
             raise RowProblem("field 'text' is empty")
+        _unicode(text, "field 'text'")
         return Example(text=text)
     raise ValueError(f"unknown format {fmt!r}")
 
@@ -123,15 +128,32 @@ def _content(value: Any, where: str) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, list):
-        # OpenAI style content parts: [{"type": "text", "text": "..."}]; non-text parts are not trainable.
-        texts = []
+        # Content parts: OpenAI's {"type": "text", "text": ...} and LLaMA-Factory v1's {"type": "text",
+        # "value": ...}. Other parts (images, tool calls, reasoning) are not trainable as text here.
+        texts, other = [], []
         for part in value:
-            if isinstance(part, dict) and part.get("type", "text") == "text" and isinstance(part.get("text"), str):
-                texts.append(part["text"])
-            elif not (isinstance(part, dict) and "type" in part):
-                raise RowProblem(f"{where}: content parts must be objects like {{'type': 'text', 'text': ...}}")
+            text = part.get("text", part.get("value")) if isinstance(part, dict) else None
+            if isinstance(part, dict) and part.get("type", "text") == "text" and isinstance(text, str):
+                texts.append(text)
+            elif isinstance(part, dict) and isinstance(part.get("type"), str):
+                other.append(part["type"])
+            else:
+                found = sorted(part) if isinstance(part, dict) else type(part).__name__
+                raise RowProblem(f"{where}: content parts must be objects like {{'type': 'text', 'text': ...}} "
+                                 f"(or 'value': ... as LLaMA-Factory writes them); found {found}")
+        if other and not texts:
+            raise RowProblem(f"{where}: only {', '.join(sorted(set(other)))} content parts; text parts are what "
+                             "can be trained (supported: type 'text' with 'text' or 'value')")
         return "".join(texts)
     raise RowProblem(f"{where}: content must be text or a list of text parts, got {type(value).__name__}")
+
+
+def _unicode(text: str, where: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise RowProblem(f"{where}: text that is not valid Unicode (a lone surrogate such as \\ud800, or bytes "
+                         "that are not UTF-8)") from None
 
 
 @dataclass(frozen=True)
@@ -147,8 +169,9 @@ _CHAT_SCHEMA = _TurnSchema("message", "role", "content", {r: r for r in ROLES}, 
 _SHAREGPT_SCHEMA = _TurnSchema("turn", "from", "value", _SHAREGPT_ROLES, "human, gpt or system")
 
 
-def _turns(items: list[Any], schema: _TurnSchema) -> tuple[dict[str, str], ...]:
+def _turns(items: list[Any], schema: _TurnSchema) -> Example:
     out = []
+    untrained = []
     for index, item in enumerate(items, start=1):
         where = f"{schema.label} {index}"
         if not isinstance(item, dict):
@@ -161,7 +184,15 @@ def _turns(items: list[Any], schema: _TurnSchema) -> tuple[dict[str, str], ...]:
         if schema.content_key not in item:
             raise RowProblem(f"{where}: missing field '{schema.content_key}'")
         out.append({"role": role, "content": _content(item[schema.content_key] or "", where)})
-    return _checked(out)
+        weight = item.get("loss_weight", 1)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight:
+            raise RowProblem(f"{where}: loss_weight must be a number >= 0, got {weight!r}")
+        if role == "assistant" and weight == 0:
+            untrained.append(index - 1)
+    messages = _checked(out)
+    if untrained and len(untrained) == sum(m["role"] == "assistant" for m in messages):
+        raise RowProblem("every assistant turn has loss_weight 0: nothing to learn")
+    return Example(messages=messages, untrained=tuple(untrained))
 
 
 def _checked(messages: list[dict[str, str]]) -> tuple[dict[str, str], ...]:
@@ -172,4 +203,6 @@ def _checked(messages: list[dict[str, str]]) -> tuple[dict[str, str], ...]:
         raise RowProblem("no assistant turn: nothing to learn from")
     if not assistant[-1]["content"].strip():
         raise RowProblem("the last assistant turn is empty")
+    for index, message in enumerate(messages, start=1):
+        _unicode(message["content"], f"message {index}")
     return tuple(messages)

@@ -10,12 +10,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .formats import Example, RowProblem, apply_columns, detect_format, normalize, split_for_generation
+from .formats import (FORMAT_FIELDS, Example, RowProblem, apply_columns, detect_format, normalize,
+                      split_for_generation)
 from .render import Rendered, render_many
 from .sources import DataSourceError, Row, iter_rows, resolve
 
 MAX_LISTED_PROBLEMS = 1000  # the report keeps the first ones; problem_count has them all
 DETECT_ROWS = 200
+TOOLS_DROPPED = ("this row and others have 'tools' (function schemas): they are not given to the chat template, "
+                 "so they are dropped; the model trains on the messages' text only")
 
 
 @dataclass
@@ -80,9 +83,20 @@ def iter_examples(source: str, fmt: str = "auto", columns: dict[str, str] | None
     try:
         rows = iter_rows(source)
         head = list(itertools.islice(rows, DETECT_ROWS))
+        if len(head) == DETECT_ROWS and not any(isinstance(r.record, dict) for r in head):
+            # The first rows are all broken: read on to the first object, so that later good rows are
+            # judged by their format instead of all being reported as not objects.
+            for row in rows:
+                head.append(row)
+                if isinstance(row.record, dict):
+                    break
     except DataSourceError as exc:
         raise DataError(str(exc)) from None
+    if not head:
+        raise DataError(f"{source}: no rows — the data is empty")
     records = [apply_columns(r.record, columns) for r in head if r.error is None]
+    if fmt != "auto":
+        _check_fields_fit(source, fmt, records)
     if fmt == "auto":
         detected = detect_format(records)
         if detected is None and any(isinstance(r, dict) for r in records):
@@ -93,6 +107,7 @@ def iter_examples(source: str, fmt: str = "auto", columns: dict[str, str] | None
         fmt = detected
 
     def stream() -> Iterator[tuple[Row, Example | None, str | None]]:
+        warned_tools = False
         try:
             for row in itertools.chain(head, rows):
                 if row.error is not None:
@@ -102,13 +117,35 @@ def iter_examples(source: str, fmt: str = "auto", columns: dict[str, str] | None
                     yield row, None, f"expected a JSON object, got {type(row.record).__name__}"
                     continue
                 try:
-                    yield row, normalize(apply_columns(row.record, columns), fmt), None
+                    example = normalize(apply_columns(row.record, columns), fmt)
                 except RowProblem as problem:
                     yield row, None, str(problem)
+                    continue
+                # A usable row with a note (said once per source): the note is a warning, not a skip.
+                note = None
+                if not warned_tools and isinstance(row.record, dict) and row.record.get("tools"):
+                    warned_tools = True
+                    note = TOOLS_DROPPED
+                yield row, example, note
         except DataSourceError as exc:
             raise DataError(str(exc)) from None
 
     return fmt, stream()
+
+
+def _check_fields_fit(source: str, fmt: str, records: list[Any]) -> None:
+    """Refuse once, up front, a format that none of the first rows has the fields for (instead of the same
+    "missing field" problem on every row), and say which format the fields look like."""
+    objects = [r for r in records if isinstance(r, dict)]
+    needed = FORMAT_FIELDS.get(fmt, ())
+    if not objects or any(all(key in r for key in needed) for r in objects):
+        return
+    detected = detect_format(objects)
+    fields = sorted({str(key) for r in objects[:20] for key in r})[:12]
+    looks = (f"; they look like the '{detected}' format (use format='{detected}' or 'auto')" if detected
+             else "; they match no known format (map them with columns={...})")
+    raise DataError(f"{source}: format '{fmt}' needs the field(s) {', '.join(needed)}, but the rows have "
+                    f"{', '.join(fields)}{looks}")
 
 
 def load_examples(source: str, fmt: str = "auto", split: str = "train", columns: dict[str, str] | None = None
@@ -121,6 +158,8 @@ def load_examples(source: str, fmt: str = "auto", split: str = "train", columns:
         if example is None:
             report.add(Problem(row.number, problem or "unusable row", split, row.file))
         else:
+            if problem:
+                report.add(Problem(row.number, problem, split, row.file, "warning"))
             examples.append((row.number, example, row.file))
     return fmt, examples, report
 

@@ -54,7 +54,7 @@ def render_many(tokenizer: Any, examples: Sequence[Example], max_seq_len: int, t
                 texts.append(example.text)
                 pending.append((index, None))
             else:
-                text, spans = _render_chat(tokenizer, list(example.messages or ()))
+                text, spans = _render_chat(tokenizer, list(example.messages or ()), set(example.untrained))
                 texts.append(text)
                 pending.append((index, spans))
         except RowProblem as problem:
@@ -92,11 +92,20 @@ def _finish(tokenizer: Any, ids: list[int], offsets: list[tuple[int, int]], span
 
 
 def _mask(ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[int]:
-    """Token ids inside an assistant span (by characters), IGNORE elsewhere."""
+    """Token ids inside an assistant span (by characters), IGNORE elsewhere. Spans come in text order, so
+    one pointer walks them with the tokens: linear in tokens + spans, however many turns a row has."""
     if len(spans) == 1:  # the common single-answer row: no per-token loop over spans
         first, last = spans[0]
         return [tok if first <= start < end <= last else IGNORE for tok, (start, end) in zip(ids, offsets)]
-    return [tok if _inside(start, end, spans) else IGNORE for tok, (start, end) in zip(ids, offsets)]
+    ordered = sorted(spans)
+    out = []
+    current = 0
+    for tok, (start, end) in zip(ids, offsets):
+        while current < len(ordered) and ordered[current][1] < end:
+            current += 1
+        inside = current < len(ordered) and end > start and ordered[current][0] <= start and end <= ordered[current][1]
+        out.append(tok if inside else IGNORE)
+    return out
 
 
 def render_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> str:
@@ -104,14 +113,27 @@ def render_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
-def _render_chat(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
+def _render_chat(tokenizer: Any, messages: list[dict[str, str]], untrained: frozenset[int] | set[int] = frozenset()
+                 ) -> tuple[str, list[tuple[int, int]]]:
     if not getattr(tokenizer, "chat_template", None):
         raise RowProblem("the model's tokenizer has no chat template; use a chat/instruct model or plain text data")
     full = tokenizer.apply_chat_template(messages, tokenize=False)
     spans: list[tuple[int, int]] = []
     cursor = 0
+    # Rendering each prefix is exact but quadratic in the turns; past a few turns, find each answer in
+    # the one rendering instead (linear), as for templates that rewrite earlier turns.
+    by_prefix = sum(m["role"] == "assistant" for m in messages) <= PREFIX_RENDER_TURNS
     for index, message in enumerate(messages):
-        if message["role"] != "assistant":
+        if message["role"] != "assistant" or index in untrained:
+            if message["role"] == "assistant" and message["content"] and not by_prefix:
+                found = full.find(message["content"], cursor)
+                cursor = found + len(message["content"]) if found >= 0 else cursor
+            continue
+        if not by_prefix:
+            start = full.find(message["content"], cursor)
+            if start < 0:
+                raise RowProblem(f"the chat template dropped assistant turn {index + 1}; cannot mask it")
+            cursor = _answer_span(tokenizer, full, start, message["content"], spans)
             continue
         before = tokenizer.apply_chat_template(messages[:index], tokenize=False, add_generation_prompt=True) if index else ""
         last = index == len(messages) - 1  # the same call as `full`: one render saved per row
@@ -120,22 +142,26 @@ def _render_chat(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str, l
             spans.append((len(before), len(through)))
             cursor = len(through)
             continue
-        # Templates that rewrite earlier turns (e.g. drop reasoning): locate the answer text itself,
-        # and keep the end-of-turn marker that follows it so the model learns to stop.
+        # Templates that rewrite earlier turns (e.g. drop reasoning): locate the answer text itself.
         start = full.find(message["content"], cursor)
         if start < 0:
             raise RowProblem(f"the chat template dropped assistant turn {index + 1}; cannot mask it")
-        end = start + len(message["content"])
-        eos = tokenizer.eos_token or ""
-        if eos and full.startswith(eos, end):
-            end += len(eos)
-        spans.append((start, end))
-        cursor = end
+        cursor = _answer_span(tokenizer, full, start, message["content"], spans)
     return full, spans
 
 
-def _inside(start: int, end: int, spans: list[tuple[int, int]]) -> bool:
-    return end > start and any(s <= start and end <= e for s, e in spans)
+PREFIX_RENDER_TURNS = 16
+
+
+def _answer_span(tokenizer: Any, full: str, start: int, content: str, spans: list[tuple[int, int]]) -> int:
+    """Add the span of an answer found at `start`, with the end-of-turn marker that follows it so the model
+    learns to stop; returns where the next search starts."""
+    end = start + len(content)
+    eos = tokenizer.eos_token or ""
+    if eos and full.startswith(eos, end):
+        end += len(eos)
+    spans.append((start, end))
+    return end
 
 
 def trained_spans(tokenizer: Any, rendered: Rendered) -> list[tuple[str, bool]]:

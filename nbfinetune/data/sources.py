@@ -65,24 +65,38 @@ def iter_rows(source: str) -> Iterator[Row]:
     yield from _hub_rows(source)
 
 
+# "utf-8-sig" drops a byte-order mark; bytes that are not UTF-8 become lone surrogates, which the row's
+# checks report by row number (rather than training on replacement characters).
+_ENCODING = {"encoding": "utf-8-sig", "errors": "surrogateescape"}
+
+
+def _parse(text: str) -> tuple[Any, str | None]:
+    """(value, None) or (None, why the text is not usable JSON) — never an exception."""
+    try:
+        return json.loads(text), None
+    except json.JSONDecodeError as exc:
+        return None, f"invalid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+    except RecursionError:
+        return None, "JSON nested too deeply to be a row"
+    except ValueError as exc:  # e.g. an integer longer than Python's 4,300-digit limit
+        return None, f"invalid JSON ({str(exc).split(';')[0]})"
+
+
 def _jsonl_rows(path: str) -> Iterator[Row]:
     # Line by line on purpose: a bad line is reported by its number and the rest still load.
-    with open(path, encoding="utf-8", errors="replace") as handle:
+    with open(path, **_ENCODING) as handle:  # type: ignore[call-overload]
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
-            try:
-                yield Row(number, json.loads(line))
-            except json.JSONDecodeError as exc:
-                yield Row(number, error=f"invalid JSON ({exc.msg} at column {exc.colno})")
+            record, error = _parse(line)
+            yield Row(number, record) if error is None else Row(number, error=error.replace(" at line 1 ", " at "))
 
 
 def _json_rows(path: str) -> Iterator[Row]:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except json.JSONDecodeError as exc:
-        raise DataSourceError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
+    with open(path, **_ENCODING) as handle:  # type: ignore[call-overload]
+        data, error = _parse(handle.read())
+    if error is not None:
+        raise DataSourceError(f"{path}: {error}")
     if isinstance(data, dict):
         lists = [v for v in data.values() if isinstance(v, list)]
         if len(lists) != 1:
@@ -94,15 +108,58 @@ def _json_rows(path: str) -> Iterator[Row]:
         yield Row(number, record)
 
 
-def _table_rows(kind: str) -> Any:
-    def read(path: str) -> Iterator[Row]:
-        import datasets
+CSV_FIELD_LIMIT = 64 * 1024 * 1024
 
-        table = datasets.load_dataset(kind, data_files=path, split="train")
-        for number, record in enumerate(table, start=1):
-            yield Row(number, record)
 
-    return read
+def _csv_rows(path: str) -> Iterator[Row]:
+    """CSV read with the stdlib reader: values are text; each bad line is a row problem, never an exception
+    (empty cells are missing values, as pandas and datasets read them)."""
+    import csv
+
+    # A long text cell is a normal row (the default limit is 128 KB); an unclosed quote still ends as a
+    # reported error at the end of the file rather than taking memory without bound.
+    csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
+    with open(path, newline="", **_ENCODING) as handle:  # type: ignore[call-overload]
+        reader = csv.reader(handle, strict=True)
+        try:
+            header = next(reader, None)
+        except csv.Error as exc:
+            raise DataSourceError(f"{path}: not a readable CSV header ({exc})") from None
+        if header is None:
+            return
+        number = 0
+        while True:
+            number += 1
+            try:
+                values = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:  # the reader cannot find where the row ends: stop, say where
+                yield Row(number, error=f"unreadable CSV at line {reader.line_num} ({exc}); the rest of the file "
+                                        "was not read")
+                return
+            if not values:
+                number -= 1
+                continue
+            if len(values) > len(header):
+                yield Row(number, error=f"{len(values)} fields, but the header has {len(header)}")
+                continue
+            yield Row(number, {name: (value if value != "" else None) for name, value in zip(header, values)})
+
+
+def _parquet_rows(path: str) -> Iterator[Row]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.ParquetFile(path)
+        batches = table.iter_batches(batch_size=1024)
+        number = 0
+        for batch in batches:
+            for record in batch.to_pylist():
+                number += 1
+                yield Row(number, record)
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        raise DataSourceError(f"{path}: not a readable Parquet file ({exc})") from None
 
 
 def _hub_rows(name: str) -> Iterator[Row]:
@@ -119,4 +176,4 @@ def _hub_rows(name: str) -> Iterator[Row]:
         yield Row(number, record)
 
 
-_READERS = {"jsonl": _jsonl_rows, "json": _json_rows, "csv": _table_rows("csv"), "parquet": _table_rows("parquet")}
+_READERS = {"jsonl": _jsonl_rows, "json": _json_rows, "csv": _csv_rows, "parquet": _parquet_rows}

@@ -48,6 +48,8 @@ def validate(source: str, fmt: str = "auto", tokenizer: Any = None, max_seq_len:
             if example is None:
                 report.add(Problem(row.number, problem or "unusable row", file=row.file))
                 continue
+            if problem:  # a usable row with a note (e.g. dropped tool schemas)
+                report.add(Problem(row.number, problem, file=row.file, severity="warning"))
             if tokenizer is None:
                 report.valid += 1
                 continue

@@ -15,6 +15,9 @@ from .preflight import Preflight
 # (bench/bench_trainer.py: 270 on varied data, 430 on the demo set). Stated next to the estimate,
 # since other machines and data differ.
 CPU_TOKENS_PER_S = 300
+# Generating one evaluation answer (64 new tokens) on the same machine: the issue report measured 324 s for
+# 100 prompts with SmolLM2-135M, ~3.2 s each. Eval loss is a forward pass only, ~3x the training rate.
+CPU_S_PER_GENERATED_ANSWER = 3.2
 
 
 def _number(description: str, value: float, kind: type = int, **limits: Any) -> widgets.Widget:
@@ -27,6 +30,7 @@ class Launcher(widgets.VBox):
     def __init__(self, defaults: RunConfig | None = None, launch: Any = None) -> None:
         config = defaults or RunConfig()
         self._launch = launch
+        self._config_eval_fraction = config.data.eval_fraction
         self.run: Any = None
         self.preflight = Preflight(model=config.model, max_seq_len=config.data.max_seq_len)
         self.preflight.source.value = config.data.path
@@ -59,7 +63,10 @@ class Launcher(widgets.VBox):
         self.error = widgets.HTML()
         self.launch_button = widgets.Button(description="Launch", button_style="success", icon="rocket")
         self.launch_button.on_click(lambda _b: self.submit())
-        for control in (self.steps, self.batch_size, self.preflight.summary, self.backend, self.gpu, self.gpu_count):
+        self.eval_samples.tooltip = ("prompts answered by generation at each evaluation (base, every 'eval every' "
+                                     "steps, and the end); 0: eval loss only")
+        for control in (self.steps, self.batch_size, self.preflight.summary, self.backend, self.gpu, self.gpu_count,
+                        self.eval_samples, self.eval_every):
             control.observe(lambda _change: self.update_estimate(), "value")
         settings = widgets.VBox([
             widgets.HBox([self.steps, self.lr, self.batch_size]),
@@ -105,9 +112,21 @@ class Launcher(widgets.VBox):
             guess = estimate(self.gpu_spec(), int(total), _parameters(self.preflight.model.value.strip()))
             self.estimate.value = head + f"on Modal: {html.escape(str(guess))}"
         else:
+            evaluations = self.evaluations()
+            eval_rows = max(1, round(rows * self._config_eval_fraction)) if validation else 0
+            eval_s = evaluations * (self.eval_samples.value * CPU_S_PER_GENERATED_ANSWER
+                                    + eval_rows * tokens["total"] / rows / (3 * CPU_TOKENS_PER_S))
+            train_s = total / CPU_TOKENS_PER_S
             self.estimate.value = head + (
-                f"local cost: $0 (your machine). On 2 CPU cores a 135M model trains ~{CPU_TOKENS_PER_S} tokens/s, "
-                f"so this run takes about {total / CPU_TOKENS_PER_S / 60:,.0f} min there; a GPU is far faster.")
+                f"local cost: $0 (your machine). On 2 CPU cores a 135M model trains ~{CPU_TOKENS_PER_S} tokens/s "
+                f"and answers an eval prompt in ~{CPU_S_PER_GENERATED_ANSWER:.0f} s, so this run takes about "
+                f"{(train_s + eval_s) / 60:,.0f} min there ({train_s / 60:,.0f} min training + {eval_s / 60:,.0f} min "
+                f"for {evaluations} evaluations of {self.eval_samples.value} generated answers); a GPU is far faster.")
+
+    def evaluations(self) -> int:
+        """How many times the run evaluates: the base model, every `eval every` steps, and at the end."""
+        every = self.eval_every.value
+        return 1 + (self.steps.value // every if every else 0) + (0 if every and self.steps.value % every == 0 else 1)
 
     def submit(self) -> Any:
         from .. import api
