@@ -140,7 +140,8 @@ class Run:
         adapter = self.adapter_path
         if not adapter:
             raise RuntimeError(f"run {self.id} has no adapter yet (status: {self.status})")
-        return export_merged(resolve_model(self.config.model), adapter, out_dir or self.path / "merged")
+        return export_merged(resolve_model(self.config.model), adapter, out_dir or self.path / "merged",
+                             quantization=self.config.train.quantization)
 
     def dashboard(self) -> Any:
         from .widgets.dashboard import Dashboard
