@@ -20,7 +20,7 @@ TRAIN_FLAGS = {"steps": "train.max_steps", "max_steps": "train.max_steps", "epoc
                "columns": "data.columns", "on_bad_rows": "data.on_bad_rows", "train_on": "data.train_on",
                "eval_data": "data.eval_path", "format": "data.format", "eval_every": "eval.every",
                "eval_samples": "eval.samples", "metrics": "eval.metrics", "save_every": "train.save_every",
-               "precision": "train.precision", "schedule": "train.schedule", "warmup_steps": "train.warmup_steps",
+               "precision": "train.precision", "quantization": "train.quantization", "schedule": "train.schedule", "warmup_steps": "train.warmup_steps",
                "data": "data.path", "model": "model", "backend": "backend", "name": "name", "gpu": "gpu",
                "budget_usd": "budget_usd", "budget": "budget_usd", "processes": "train.processes",
                "early_stopping": "eval.early_stopping", "early_stopping_metric": "eval.early_stopping_metric"}

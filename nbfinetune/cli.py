@@ -28,6 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--eval-samples", dest="eval_samples", type=int)
     train.add_argument("--save-every", dest="save_every", type=int)
     train.add_argument("--name")
+    train.add_argument("--quantization", choices=("nf4",), help="nf4: QLoRA, the base model in 4-bit (bitsandbytes)")
     train.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
     runs = sub.add_parser("runs", help="list runs")
@@ -69,7 +70,8 @@ def _train(args: argparse.Namespace) -> int:
 
     base = open(args.config, encoding="utf-8").read() if args.config else None
     settings = {k: getattr(args, k) for k in ("model", "data", "eval_data", "steps", "epochs", "lr", "r", "batch_size",
-                                              "max_seq_len", "eval_samples", "save_every", "name")}
+                                              "max_seq_len", "eval_samples", "save_every", "name",
+                                              "quantization")}
     run = api.finetune(base, display=False, backend="local", **settings)
     if not args.json:
         print(f"run {run.id} started: {run.path}", flush=True)

@@ -60,6 +60,7 @@ def train_parser() -> _Parser:
     add("--early-stopping-metric", dest="early_stopping_metric", help="eval_loss (default) or e.g. json_match")
     add("--save-every", dest="save_every", type=int)
     add("--seed", type=int)
+    add("--quantization", choices=("nf4",), help="nf4: QLoRA, the base model in 4-bit (bitsandbytes)")
     add("--name")
     add("--no-dashboard", dest="dashboard", action="store_false")
     add("--background", action="store_true",

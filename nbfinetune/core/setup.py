@@ -115,10 +115,17 @@ def load_base_model(model_path: str, precision: str, device: str, quantization: 
     if quantization is not None:
         # Non-quantized parts (embeddings, norms, head) in the compute dtype; bitsandbytes places the
         # 4-bit weights on the device while loading (a quantized model cannot be moved afterwards).
-        return AutoModelForCausalLM.from_pretrained(
+        model = AutoModelForCausalLM.from_pretrained(
             model_path, dtype=torch_dtype(precision if precision != "fp32" else "bf16"),
             attn_implementation=attention_for(model_path), device_map={"": device},
             quantization_config=quantization_config(quantization, precision))
+        for module in model.modules():
+            # On CPUs with AVX512-BF16, bitsandbytes repacks a 4-bit weight for inference the first time it
+            # runs in eval mode without grad (an evaluation); that kernel has no backward, so every later
+            # training step would get wrong gradients through the frozen layers.
+            if hasattr(module, "support_avx512bf16_for_cpu"):
+                module.support_avx512bf16_for_cpu = False
+        return model
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype(precision),
                                                  attn_implementation=attention_for(model_path))
     return model.to(device)

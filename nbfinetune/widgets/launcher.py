@@ -53,6 +53,10 @@ class Launcher(widgets.VBox):
         self.budget = widgets.BoundedFloatText(value=0.0, min=0.0, max=100000.0, step=1.0, description="budget $",
                                                tooltip="Modal: cancel at this spend (0: no cap)",
                                                style={"description_width": "70px"}, layout=widgets.Layout(width="170px"))
+        self.quantization = widgets.Dropdown(options=[("base weights as stored (LoRA)", None),
+                                                      ("4-bit NF4 (QLoRA)", "nf4")],
+                                             value=config.train.quantization, description="weights",
+                                             style={"description_width": "60px"})
         self.name = widgets.Text(description="run name", placeholder="optional",
                                  style={"description_width": "110px"})
         self.estimate = widgets.HTML()
@@ -64,7 +68,7 @@ class Launcher(widgets.VBox):
         settings = widgets.VBox([
             widgets.HBox([self.steps, self.lr, self.batch_size]),
             widgets.HBox([self.r, self.alpha, self.eval_samples, self.eval_every, self.early_stopping]),
-            widgets.HBox([self.backend, self.gpu, self.gpu_count, self.budget, self.name]),
+            widgets.HBox([self.backend, self.gpu, self.gpu_count, self.budget, self.quantization, self.name]),
         ])
         super().__init__([widgets.HTML("<h3>New fine-tune</h3>"), self.preflight, settings, self.estimate,
                           widgets.HBox([self.launch_button, self.error])])
@@ -83,6 +87,7 @@ class Launcher(widgets.VBox):
             eval_samples=self.eval_samples.value, eval_every=self.eval_every.value or None,
             early_stopping=self.early_stopping.value or None,
             backend=self.backend.value, gpu=self.gpu_spec(), budget_usd=self.budget.value or None,
+            quantization=self.quantization.value,
             name=self.name.value.strip() or None)
 
     def gpu_spec(self) -> str:
