@@ -37,14 +37,20 @@ def build_config(config: RunConfig | dict[str, Any] | str | None = None, **setti
     else:
         base = RunConfig()
     overrides = {}
+    auto_gpu = settings.get("gpu") == "auto"  # the memory planner picks it (nbfinetune.planner)
     for key, value in settings.items():
-        if value is None:
+        if value is None or (key == "gpu" and auto_gpu):
             continue
         dotted = TRAIN_FLAGS.get(key, key)
         overrides[dotted] = value
     if "train.epochs" in overrides and "train.max_steps" not in overrides:
         overrides["train.max_steps"] = None
-    return base.with_overrides(overrides) if overrides else base
+    built = base.with_overrides(overrides) if overrides else base
+    if auto_gpu:
+        from .planner import apply_choice, choose_gpu
+
+        built = apply_choice(built, choose_gpu(built.model, built))
+    return built
 
 
 class Run:
@@ -206,6 +212,8 @@ def finetune(config: RunConfig | dict[str, Any] | str | None = None, *, display:
 
         settings["data"], settings["eval_data"] = materialize(settings.get("data"), settings.get("eval_data"))
     resolved = build_config(config, **settings)
+    if resolved.backend == "modal":
+        _check_memory(resolved)
     store = store or RunStore()
     backend = get_backend(resolved.backend)
     run = Run(backend.launch(resolved, store), store, backend)
@@ -214,6 +222,22 @@ def finetune(config: RunConfig | dict[str, Any] | str | None = None, *, display:
 
         show(run.dashboard())
     return run
+
+
+def _check_memory(config: RunConfig) -> None:
+    """Refuse, before any GPU second is billed, a run the planner says cannot fit the chosen GPU."""
+    from .planner import GIB, USABLE, DoesNotFit, plan_memory
+    from .pricing import parse_gpu, price_table
+
+    name, _count = parse_gpu(config.gpu)
+    try:
+        estimate = plan_memory(config.model, config)
+    except (OSError, KeyError, ValueError):
+        return  # no readable config: the planner cannot judge, the run decides
+    memory = price_table()["memory_gib"][name]
+    if estimate.total > memory * GIB * USABLE:
+        raise DoesNotFit(f"this run needs {estimate} but {name} has {memory} GiB; use gpu='auto' to pick one that "
+                         f"fits, or train.gradient_checkpointing / quantization='nf4' / a smaller batch")
 
 
 def attach(run_id: str | None = None, *, display: bool | None = None, store: RunStore | None = None) -> Run:

@@ -108,11 +108,32 @@ class Launcher(widgets.VBox):
             from ..pricing import estimate
 
             guess = estimate(self.gpu_spec(), int(total), _parameters(self.preflight.model.value.strip()))
-            self.estimate.value = head + f"on Modal: {html.escape(str(guess))}"
+            self.estimate.value = head + f"on Modal: {html.escape(str(guess))}" + self._memory_note()
         else:
             self.estimate.value = head + (
                 f"local cost: $0 (your machine). On 2 CPU cores a 135M model trains ~{CPU_TOKENS_PER_S} tokens/s, "
                 f"so this run takes about {total / CPU_TOKENS_PER_S / 60:,.0f} min there; a GPU is far faster.")
+
+    def _memory_note(self) -> str:
+        """The memory planner's verdict for the chosen GPU, and the cheapest GPU that fits."""
+        from ..api import build_config
+        from ..planner import GIB, USABLE, DoesNotFit, choose_gpu, plan_memory
+        from ..pricing import price_table
+
+        try:
+            config = build_config(model=self.preflight.model.value.strip(), batch_size=self.batch_size.value,
+                                  max_seq_len=self.preflight.max_seq_len.value, r=self.r.value,
+                                  quantization=self.quantization.value)
+            plan = plan_memory(config.model, config)
+            best = choose_gpu(config.model, config)
+        except DoesNotFit as exc:
+            return f"<br><span style='color:#dc3545'>memory: {html.escape(str(exc))}</span>"
+        except Exception:  # an estimate must never stop the launcher
+            return ""
+        fits = plan.total <= price_table()["memory_gib"][self.gpu.value] * GIB * USABLE
+        verdict = "fits" if fits else "<b>does not fit</b>"
+        return (f"<br>memory: {html.escape(str(plan))} — {verdict} on {html.escape(self.gpu.value)}; "
+                f"cheapest that fits: {html.escape(str(best))}")
 
     def submit(self) -> Any:
         from .. import api
