@@ -37,7 +37,7 @@ def _reference_loss(model, examples) -> float:
     return total
 
 
-@pytest.mark.parametrize("family", ["granite", "cohere", "gemma2", "gpt_oss", "qwen2"])
+@pytest.mark.parametrize("family", ["granite", "cohere", "gemma2", "gpt_oss", "qwen2", "gemma3", "lfm2"])
 def test_loss_equals_the_models_own_loss(family, family_model, tiny_tokenizer):
     """Granite divides logits by logits_scaling, Cohere multiplies by logit_scale, Gemma-2 soft-caps them:
     the loss on trained positions only must still be the model's own loss."""
@@ -183,3 +183,24 @@ def test_chunked_cross_entropy_never_holds_all_logits_and_matches(family_model, 
     assert max(rows_seen) <= 16 and sum(rows_seen) == 2 * int(keep.sum())  # forward + recompute in backward
     for a, b in zip(whole, chunked):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["gemma3", "lfm2", "granite"])
+def test_each_family_loads_for_training_and_passes_the_output_check(family, family_model):
+    from nbfinetune.config import RunConfig
+    from nbfinetune.core.setup import load_for_training
+
+    path = family_model(family)
+    loaded = load_for_training(RunConfig.from_dict({"model": path}), path)
+    assert loaded.trainable_params > 0
+
+
+def test_unknown_logit_processing_is_caught_at_load(family_model, monkeypatch):
+    """A family whose head output is processed in a way we do not mirror must not train on a wrong loss."""
+    from nbfinetune.core import logits
+    from nbfinetune.core.setup import load_base_model
+
+    model = load_base_model(family_model("granite"), "fp32", "cpu")
+    monkeypatch.setattr(logits, "processing_for", lambda model: logits.LogitProcessing())
+    with pytest.raises(logits.UnknownLogitProcessing, match="GraniteForCausalLM"):
+        logits.check_output_path(model, model.get_decoder(), model.get_output_embeddings())
