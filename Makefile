@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 TORCH  ?= torch==2.13.0
 BUILD  := build
 
-.PHONY: setup browser demo lab test test-fast test-slow bench clean
+.PHONY: setup browser demo lab test test-fast test-slow bench faults clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,10 @@ bench: setup
 	$(PY) bench/bench_overhead.py
 	$(PY) bench/bench_generate.py
 	$(PY) bench/bench_validate.py
+
+## make faults: kill trainer/supervisor/process group at each phase, full disk, corrupted events (a few minutes)
+faults: setup
+	$(PY) bench/faults.py
 
 clean:
 	rm -rf $(BUILD) .pytest_cache test-artifacts

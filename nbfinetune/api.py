@@ -130,7 +130,14 @@ class Run:
 
     def resume(self) -> Run:
         """Continue a cancelled or failed run from its latest checkpoint (adapter, optimizer, scheduler and
-        data position); the loss curve continues in the same event stream."""
+        data position); the loss curve continues in the same event stream. A finished run is not resumed:
+        its adapter is its result, and retraining could only replace it."""
+        summary = self.summary()
+        if summary.status == "finished":
+            raise RuntimeError(
+                f"run {self.id} has finished ({summary.step} steps); resume continues only cancelled, failed or "
+                f"lost runs. To train more, launch a new run with more steps; its adapter stays at "
+                f"{summary.adapter_path} for chat and export")
         self.backend.resume(self.id, self.store)
         if self._dashboard is not None:
             self._dashboard.close()
@@ -254,6 +261,19 @@ def attach(run_id: str | None = None, *, display: bool | None = None, store: Run
     return run
 
 
+RESUMABLE = ("cancelled", "failed", "lost")
+
+
+def latest_resumable(store: RunStore | None = None) -> str:
+    """The newest run that resume can continue (cancelled, failed or lost) — never a finished one."""
+    store = store or RunStore()
+    for summary in reversed(store.list()):
+        if summary.status in RESUMABLE:
+            return summary.run_id
+    raise LookupError(f"no cancelled, failed or lost run to resume in {store.root} (finished runs are not resumed: "
+                      "launch a new run with more steps instead)")
+
+
 @dataclass
 class RunList:
     runs: list[RunSummary]
@@ -265,7 +285,8 @@ class RunList:
         for s in self.runs:
             step = f"{s.step}/{s.total_steps or '?'}"
             loss = f"{s.last_loss:.4f}" if s.last_loss is not None else "-"
-            lines.append(f"{s.run_id:<24} {s.status:<10} {step:>9} {loss:>8}  {s.model}")
+            lines.append(f"{s.run_id:<24} {s.status:<10} {step:>9} {loss:>8}  {s.model}"
+                         + (f"  ({s.error})" if s.status == "damaged" else ""))
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:

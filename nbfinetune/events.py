@@ -75,12 +75,18 @@ class Event:
             raise EventError("an event must be a JSON object")
         if obj.get("v") != SCHEMA_VERSION:
             raise EventError(f"unsupported event schema version {obj.get('v')!r}")
-        try:
-            payload = {k: v for k, v in obj.items() if k not in _ENVELOPE}
-            return cls(type=obj["type"], run_id=str(obj["run_id"]), seq=int(obj["seq"]),
-                       time=float(obj["time"]), payload=payload)
-        except KeyError as missing:
-            raise EventError(f"event lacks {missing}") from None
+        missing = [name for name in ("type", "run_id", "seq", "time") if name not in obj]
+        if missing:
+            raise EventError(f"event lacks {', '.join(repr(m) for m in missing)}")
+        seq, when = obj["seq"], obj["time"]
+        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
+            raise EventError(f"event seq must be a positive integer, got {seq!r:.40}")
+        if isinstance(when, bool) or not isinstance(when, (int, float)) or when != when:
+            raise EventError(f"event time must be a number, got {when!r:.40}")
+        if not isinstance(obj["type"], str):
+            raise EventError(f"event type must be a string, got {obj['type']!r:.40}")
+        payload = {k: v for k, v in obj.items() if k not in _ENVELOPE}
+        return cls(type=obj["type"], run_id=str(obj["run_id"]), seq=seq, time=float(when), payload=payload)
 
     @classmethod
     def from_json(cls, line: str) -> Event:

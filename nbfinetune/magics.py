@@ -164,7 +164,7 @@ class FinetuneMagics(Magics):
         print(f"{'killing' if hard else 'cancelling'} run {run.id}; events and checkpoints so far are kept")
 
     def _handle_resume(self, words: list[str]) -> api.Run:
-        run = _named_run(words)
+        run = _named_run(words or [_guard(api.latest_resumable)])
         _guard(run.resume)
         return _guard(lambda: api.attach(run.id))
 

@@ -6,26 +6,33 @@ Stdlib only: the server extension and the notebook read runs without importing t
 
 from __future__ import annotations
 
+import bisect
 import json
+import math
 import os
 import re
 import secrets
 import shutil
 import threading
 import time
+from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .config import RunConfig, nbfinetune_home
-from .events import Event, EventError
+from .events import Event, EventError, redact
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
 class RunNotFound(LookupError):
     """No run with this id in the store."""
+
+
+class RunDamaged(ValueError):
+    """A run directory whose files cannot be read as a run (e.g. an empty config.json after a full disk)."""
 
 
 def validate_run_id(run_id: str) -> str:
@@ -49,12 +56,23 @@ class EventWriter:
         self.run_id = run_id
         self._lock = threading.Lock()
         self._next_seq = _last_seq(self.path) + 1
+        torn = _torn_tail(self.path)
         self._file = open(self.path, "a", encoding="utf-8")
+        if torn:
+            # A line cut short (a crash or a full disk mid-write): start a fresh line so the next event is
+            # not glued onto it and lost, and say what happened in the stream itself.
+            self._file.write("\n")
+            self.emit("log", level="warning", message=f"the previous writer left a torn last line ({torn} bytes, "
+                                                      "e.g. a full disk or a kill mid-write); it is kept as it was")
 
     def emit(self, type: str, **payload: Any) -> Event:
         with self._lock:
             event = Event(type=type, run_id=self.run_id, seq=self._next_seq, time=time.time(), payload=payload)
-            self._file.write(event.to_json() + "\n")
+            line = event.to_json()
+            safe = redact(line)
+            if safe != line:  # a credential in a path or message: what is stored and passed on is redacted
+                line, event = safe, Event.from_json(safe)
+            self._file.write(line + "\n")
             self._file.flush()
             os.fsync(self._file.fileno())
             self._next_seq += 1
@@ -63,6 +81,24 @@ class EventWriter:
     def close(self) -> None:
         with self._lock:
             self._file.close()
+
+
+def _torn_tail(path: Path) -> int:
+    """Length of an unterminated last line (0 when the file ends with a newline, is empty or missing)."""
+    try:
+        with open(path, "rb") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            if size == 0:
+                return 0
+            block = min(size, 1 << 16)
+            handle.seek(size - block)
+            tail = handle.read(block)
+    except FileNotFoundError:
+        return 0
+    if tail.endswith(b"\n"):
+        return 0
+    cut = tail.rfind(b"\n")
+    return len(tail) - cut - 1 if cut >= 0 else size
 
 
 def _last_seq(path: Path) -> int:
@@ -106,6 +142,88 @@ def read_events(path: str | os.PathLike[str], offset: int = 0, first_line: int =
 
 
 @dataclass
+class EventPage:
+    events: list[Event]
+    more: bool
+    problems: list[tuple[int, str]] = field(default_factory=list)
+
+
+_SEQ = re.compile(rb'"seq":\s*(\d+)')
+
+
+class _OffsetIndex:
+    """Byte offset and line number of each event line by seq, extended as the file grows: a page of
+    events is then read from its first line onwards, in time proportional to the page."""
+
+    def __init__(self) -> None:
+        self.seqs: array[int] = array("q")
+        self.offsets: array[int] = array("q")
+        self.lines: array[int] = array("q")
+        self.end, self.next_line = 0, 1
+
+    def extend(self, path: Path) -> None:
+        with open(path, "rb") as handle:
+            handle.seek(self.end)
+            while chunk := handle.read(1 << 20):
+                complete = chunk[: chunk.rfind(b"\n") + 1]
+                if not complete:
+                    if len(chunk) < 1 << 20:
+                        break  # a line still being written
+                    complete = chunk + handle.readline()  # a line longer than the chunk
+                    if not complete.endswith(b"\n"):
+                        break
+                position = 0
+                for raw in complete.splitlines(keepends=True):
+                    found = _SEQ.search(raw)
+                    if found:
+                        self.seqs.append(int(found.group(1)))
+                        self.offsets.append(self.end + position)
+                        self.lines.append(self.next_line)
+                    position += len(raw)
+                    self.next_line += 1
+                self.end += len(complete)
+                handle.seek(self.end)
+
+
+_indexes: dict[Path, _OffsetIndex] = {}
+
+
+def page_events(path: Path, since: int, limit: int) -> EventPage:
+    """Events with seq > since, at most limit of them, read from an offset index (see _OffsetIndex)."""
+    index = _indexes.get(path)
+    try:
+        if index is None or path.stat().st_size < index.end:  # new, or replaced (e.g. re-mirrored)
+            index = _indexes[path] = _OffsetIndex()
+        index.extend(path)
+    except FileNotFoundError:
+        return EventPage([], False)
+    start = bisect.bisect_right(index.seqs, since)
+    if start >= len(index.seqs):
+        return EventPage([], False)
+    page = EventPage([], False)
+    line = index.lines[start]
+    with open(path, "rb") as handle:
+        handle.seek(index.offsets[start])
+        position = index.offsets[start]
+        while position < index.end:
+            raw = handle.readline()
+            position += len(raw)
+            if raw.strip():
+                try:
+                    event = Event.from_json(raw.decode("utf-8"))
+                except (EventError, UnicodeDecodeError) as exc:
+                    page.problems.append((line, str(exc)))
+                else:
+                    if event.seq > since:
+                        if len(page.events) == limit:
+                            page.more = True
+                            break
+                        page.events.append(event)
+            line += 1
+    return page
+
+
+@dataclass
 class RunSummary:
     run_id: str
     status: str
@@ -144,32 +262,61 @@ def _downsample(values: list[float], points: int = SPARK_POINTS) -> list[float]:
     return [values[min(len(values) - 1, int(i * stride))] for i in range(points - 1)] + [values[-1]]
 
 
+def _number(value: Any) -> float | None:
+    """A finite number, or None: events are data from disk, and views (the sidebar's toFixed, JSON without
+    NaN) need real numbers."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _count(value: Any) -> int | None:
+    number = _number(value)
+    return int(number) if number is not None and number == int(number) else None
+
+
+def _scores(value: Any) -> dict[str, float]:
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): v for k, v in ((k, _number(v)) for k, v in value.items()) if v is not None}
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
 def summarize(run_id: str, config: dict[str, Any], events: list[Event], worker_alive: bool | None) -> RunSummary:
-    summary = RunSummary(run_id=run_id, status="pending", name=config.get("name"), model=config.get("model"),
-                         data=(config.get("data") or {}).get("path"), backend=config.get("backend"))
+    data = config.get("data")
+    summary = RunSummary(run_id=run_id, status="pending", name=_text(config.get("name")),
+                         model=_text(config.get("model")),
+                         data=_text(data.get("path")) if isinstance(data, dict) else None,
+                         backend=_text(config.get("backend")))
     losses: list[float] = []
     for event in events:
         summary.started = summary.started or event.time
-        if event.type == "started":
-            summary.status = "running"
-            summary.total_steps = event.get("total_steps")
+        if event.type == "started":  # also a resume: what an earlier end reported no longer holds
+            summary.status, summary.error, summary.ended = "running", None, None
+            summary.total_steps = _count(event.get("total_steps"))
         elif event.type == "step":
-            summary.step = event["step"]
-            summary.last_loss = event["loss"]
-            losses.append(event["loss"])
+            summary.step = _count(event["step"]) or summary.step
+            loss = _number(event["loss"])
+            if loss is not None:
+                summary.last_loss = loss
+                losses.append(loss)
         elif event.type == "eval":
-            summary.eval_loss = event.get("eval_loss", summary.eval_loss)
-            summary.metrics = event.get("metrics") or summary.metrics
-            summary.base_metrics = event.get("base_metrics") or summary.base_metrics
+            summary.eval_loss = _number(event.get("eval_loss")) if "eval_loss" in event.payload else summary.eval_loss
+            summary.metrics = _scores(event.get("metrics")) or summary.metrics
+            summary.base_metrics = _scores(event.get("base_metrics")) or summary.base_metrics
         elif event.terminal:
             summary.status = event.type
             summary.ended = event.time
-            summary.adapter_path = event.get("adapter_path")
-            kept = event.get("summary") or {}
-            if event.type == "finished" and kept.get("best_step") is not None:
-                summary.best_step = kept["best_step"]
-                summary.eval_loss = kept.get("eval_loss", summary.eval_loss)
-                summary.metrics = kept.get("metrics") or summary.metrics
+            summary.adapter_path = _text(event.get("adapter_path"))
+            kept = event.get("summary")
+            kept = kept if isinstance(kept, dict) else {}
+            if event.type == "finished" and _count(kept.get("best_step")) is not None:
+                summary.best_step = _count(kept["best_step"])
+                summary.eval_loss = _number(kept.get("eval_loss")) if "eval_loss" in kept else summary.eval_loss
+                summary.metrics = _scores(kept.get("metrics")) or summary.metrics
             if event.type == "failed":
                 summary.error = f"{event['error']}: {event['message']}"
     summary.loss_trace = _downsample(losses)
@@ -199,7 +346,9 @@ class RunStore:
         run_id = validate_run_id(run_id or new_run_id())
         directory = self.path(run_id)
         directory.mkdir(parents=True, exist_ok=False)
-        (directory / "config.json").write_text(config.to_json(), encoding="utf-8")
+        # Secrets (a token inside a model path, say) never reach the disk; see LocalBackend for how the
+        # worker still gets the real value.
+        (directory / "config.json").write_text(redact(config.to_json()), encoding="utf-8")
         (directory / "events.jsonl").touch()
         return run_id
 
@@ -213,7 +362,14 @@ class RunStore:
         return self.path(run_id)
 
     def config(self, run_id: str) -> dict[str, Any]:
-        return json.loads((self.require(run_id) / "config.json").read_text(encoding="utf-8"))
+        path = self.require(run_id) / "config.json"
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, OSError) as exc:  # ValueError: not JSON, or not UTF-8
+            raise RunDamaged(f"config.json is unreadable ({'empty' if not path.stat().st_size else exc})") from None
+        if not isinstance(config, dict):
+            raise RunDamaged(f"config.json holds a {type(config).__name__}, not a JSON object")
+        return config
 
     def ids(self) -> list[str]:
         if not self.root.is_dir():
@@ -230,6 +386,9 @@ class RunStore:
         result = read_events(self.require(run_id) / "events.jsonl")
         result.events = [e for e in result.events if e.seq > since_seq]
         return result
+
+    def events_page(self, run_id: str, since_seq: int, limit: int) -> EventPage:
+        return page_events(self.require(run_id) / "events.jsonl", since_seq, limit)
 
     def follow(self, run_id: str, since_seq: int = 0, poll_s: float = 0.2,
                should_stop: Callable[[], bool] = lambda: False,
@@ -265,6 +424,16 @@ class RunStore:
             time.sleep(poll_s)
 
     def summary(self, run_id: str) -> RunSummary:
+        """The run's summary; a run whose files cannot be read is `damaged`, with why in `error`."""
+        try:
+            return self._summary(run_id)
+        except RunDamaged as exc:
+            return RunSummary(run_id=run_id, status="damaged", error=str(exc))
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            # One run's damage stays its own: every listing (CLI, REST, sidebar) goes on with the others.
+            return RunSummary(run_id=run_id, status="damaged", error=f"{type(exc).__name__}: {exc}")
+
+    def _summary(self, run_id: str) -> RunSummary:
         config = self.config(run_id)
         alive = pid_alive(self.path(run_id))
         events_file = self.events_path(run_id)
@@ -310,21 +479,13 @@ def _events_so_far(path: Path, keep: bool) -> list[Event]:
 
 
 def pid_alive(run_dir: Path) -> bool | None:
-    """True/False when the run's worker pid is known; None when no worker was recorded."""
-    pid_file = run_dir / "worker.pid"
-    try:
-        pid = int(pid_file.read_text().strip())
-    except (FileNotFoundError, ValueError):
+    """Whether the run's worker lives: its writer lock is held (see ownership.py). Runs of earlier versions
+    (no lock file): the recorded pid, only if it is still the same process. None when no worker was recorded."""
+    from .ownership import lock_held, our_pid
+
+    held = lock_held(run_dir)
+    if held is not None:
+        return held
+    if not (run_dir / "worker.pid").is_file():
         return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (exited, not yet reaped by its parent) still answers kill(0).
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8") as handle:
-            return handle.read().split(") ", 1)[1][:1] != "Z"
-    except (FileNotFoundError, IndexError):
-        return True
+    return our_pid(run_dir / "worker.pid") is not None

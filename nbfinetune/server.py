@@ -11,6 +11,7 @@ Every handler requires Jupyter's authentication. Imports no torch: it only reads
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import tornado.web
@@ -18,7 +19,7 @@ from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import url_path_join
 
 from .events import redact
-from .runs import RunNotFound, RunStore, validate_run_id
+from .runs import RunDamaged, RunNotFound, RunStore, validate_run_id
 
 API = "nbfinetune/api"
 MAX_PAGE = 1000
@@ -46,7 +47,7 @@ class _RunsHandler(APIHandler):
 
     def write_json(self, value: Any) -> None:
         self.set_header("Content-Type", "application/json")
-        self.finish(redact(json.dumps(value, default=str)))
+        self.finish(redact(json.dumps(_finite(value), default=str, allow_nan=False)))
 
 
 class RunListHandler(_RunsHandler):
@@ -60,7 +61,11 @@ class RunHandler(_RunsHandler):
     @tornado.web.authenticated
     def get(self, run_id: str) -> None:
         run_id = self.run_dir(run_id)
-        self.write_json({"run": self.store.summary(run_id).to_dict(), "config": self.store.config(run_id)})
+        try:
+            config = self.store.config(run_id)
+        except RunDamaged:
+            config = None  # the summary says why (status "damaged")
+        self.write_json({"run": self.store.summary(run_id).to_dict(), "config": config})
 
 
 class EventsHandler(_RunsHandler):
@@ -74,11 +79,10 @@ class EventsHandler(_RunsHandler):
             raise tornado.web.HTTPError(400, "since and limit must be integers") from None
         if since < 0 or limit < 1:
             raise tornado.web.HTTPError(400, "since must be >= 0 and limit >= 1")
-        result = self.store.events(run_id, since)
-        page = result.events[:limit]
-        self.write_json({"events": [e.to_dict() for e in page], "next_since": page[-1].seq if page else since,
-                         "more": len(result.events) > limit,
-                         "problems": [{"line": n, "message": m} for n, m in result.problems]})
+        page = self.store.events_page(run_id, since, limit)
+        events = page.events
+        self.write_json({"events": [e.to_dict() for e in events], "next_since": events[-1].seq if events else since,
+                         "more": page.more, "problems": [{"line": n, "message": m} for n, m in page.problems]})
 
 
 class CancelHandler(_RunsHandler):
@@ -89,11 +93,27 @@ class CancelHandler(_RunsHandler):
         run_id = self.run_dir(run_id)
         try:
             body = json.loads(self.request.body or b"{}")
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, UnicodeDecodeError):
             raise tornado.web.HTTPError(400, "the body must be JSON") from None
-        backend = get_backend(self.store.config(run_id).get("backend", "local"))
+        if not isinstance(body, dict):
+            raise tornado.web.HTTPError(400, 'the body must be a JSON object, e.g. {"hard": true}')
+        try:
+            backend = get_backend(self.store.config(run_id).get("backend", "local"))
+        except RunDamaged as exc:
+            raise tornado.web.HTTPError(409, f"run {run_id} is damaged: {exc}") from None
         backend.cancel(run_id, self.store, hard=bool(body.get("hard")))
         self.write_json({"run_id": run_id, "cancelling": True, "hard": bool(body.get("hard"))})
+
+
+def _finite(value: Any) -> Any:
+    """NaN and infinities (which an events file may hold) as null: browsers' JSON.parse rejects them."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 _ID = r"(?P<run_id>[^/]+)"

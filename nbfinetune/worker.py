@@ -25,6 +25,8 @@ from .runs import EventWriter, read_events
 CANCEL_MARKER = "cancel-requested"
 HARD_CANCEL_MARKER = "kill-requested"
 CHILD_PID = "train.pid"
+# The run's settings unredacted, when they hold a secret (config.json on disk is redacted).
+CONFIG_ENV = "NBFINETUNE_RUN_CONFIG"
 
 
 def run_child(run_dir: Path) -> int:
@@ -33,7 +35,12 @@ def run_child(run_dir: Path) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    config = RunConfig.from_dict(json.loads((run_dir / "config.json").read_text(encoding="utf-8")))
+    if "RANK" in os.environ:  # under torchrun: die with it, as torchrun dies with the supervisor
+        from .ownership import die_with_parent
+
+        die_with_parent(os.getppid())
+    text = os.environ.pop(CONFIG_ENV, None) or (run_dir / "config.json").read_text(encoding="utf-8")
+    config = RunConfig.from_dict(json.loads(text))
     if os.environ.get("RANK", "0") != "0":  # another data-parallel process: rank 0 writes the events
         from .core.trainer import train
 
@@ -68,21 +75,41 @@ def _human(exc: BaseException) -> str:
     return text
 
 
-def supervise(run_dir: Path) -> int:
+def supervise(run_dir: Path, lock_fd: int | None = None) -> int:
+    from .ownership import RunLocked, die_with_parent, take_lock, write_pid
+
+    if lock_fd is None:  # started by hand, not by a launcher: take the run's writer lock ourselves
+        try:
+            lock_fd = take_lock(run_dir)
+        except RunLocked as exc:
+            print(f"nbfinetune worker: {exc}; not starting a second writer", file=sys.stderr)
+            return 3
     log_path = run_dir / "worker.log"
     processes = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))["train"].get("processes", 1)
-    child = subprocess.Popen(child_command(run_dir, processes), stdout=sys.stdout, stderr=sys.stderr)
-    (run_dir / CHILD_PID).write_text(str(child.pid))
+    child: subprocess.Popen | None = None
 
     def forward(signum: int, _frame: object) -> None:
         (run_dir / CANCEL_MARKER).touch()
-        if child.poll() is None:
+        if child is not None and child.poll() is None:
             child.send_signal(signum)
 
+    # Handlers before train.pid exists: a canceller signals us only once it can read train.pid.
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    me = os.getpid()
+    # A resumed run's stream already ends in a terminal event: only one written after this point counts.
+    before = len(read_events(run_dir / "events.jsonl").events)
+    # The trainer holds the run's lock too (pass_fds) and dies with us (PR_SET_PDEATHSIG).
+    child = subprocess.Popen(child_command(run_dir, processes), stdout=sys.stdout, stderr=sys.stderr,
+                             pass_fds=(lock_fd,), preexec_fn=lambda: die_with_parent(me))
+    write_pid(run_dir / CHILD_PID, child.pid)
+    # A cancel that came before train.pid was written found nothing to signal: its marker is acted on here.
+    if (run_dir / HARD_CANCEL_MARKER).exists():
+        child.kill()
+    elif (run_dir / CANCEL_MARKER).exists():
+        child.send_signal(signal.SIGTERM)
     code = child.wait()
-    events = read_events(run_dir / "events.jsonl").events
+    events = read_events(run_dir / "events.jsonl").events[before:]
     if events and events[-1].terminal:
         return code
     writer = EventWriter(run_dir / "events.jsonl", run_dir.name)
@@ -124,10 +151,14 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] == "--child":
         return run_child(Path(args[1]))
+    lock_fd = None
+    if len(args) == 3 and args[1] == "--lock-fd":
+        lock_fd = int(args.pop(2))
+        args.pop(1)
     if len(args) != 1:
-        print("usage: python -m nbfinetune.worker RUN_DIR", file=sys.stderr)
+        print("usage: python -m nbfinetune.worker RUN_DIR [--lock-fd FD]", file=sys.stderr)
         return 2
-    return supervise(Path(args[0]))
+    return supervise(Path(args[0]), lock_fd)
 
 
 if __name__ == "__main__":

@@ -45,3 +45,14 @@ def test_gpu_benchmark_runs_in_smoke_mode_and_reports_every_candidate(tmp_path):
         assert row[candidate]["tokens_per_s"] > 0 and row[candidate]["peak_memory_gib"] > 0, candidate
     assert row["speedup_vs_stock_hf"] > 0 and row["speedup_vs_padding_free_hf"] > 0
     assert result["versions"]["torch"] and result["gpu"] is None
+
+
+def test_fault_injection_quick_subset_loses_nothing(tmp_path):
+    """`make faults` in small: a trainer killed mid-step, full disks and corrupted event files."""
+    env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "faults.py"), "--quick"], capture_output=True,
+                          text=True, timeout=600, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["faults_injected"] >= 15
+    assert result["runs_unrecoverable"] == result["events_lost"] == result["tracebacks"] == 0, result

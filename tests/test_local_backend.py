@@ -7,6 +7,7 @@ import time
 import pytest
 
 from nbfinetune import api
+from nbfinetune.backends.local import LocalBackend
 from nbfinetune.runs import RunStore, read_events
 
 from tests.helpers import chat_row, wait_for, write_jsonl
@@ -62,7 +63,7 @@ def test_graceful_cancel_keeps_adapter_and_checkpoint(home, tiny_model):
 def test_killed_worker_ends_as_failed_and_keeps_earlier_events(home, tiny_model):
     run = api.finetune(model=tiny_model, steps=100000, eval_samples=0, display=False)
     wait_for(lambda: any(e.type == "step" for e in run.events()))
-    child = int((run.path / "train.pid").read_text())
+    child = int((run.path / "train.pid").read_text().split()[0])
     import os
 
     os.kill(child, signal.SIGKILL)  # what the OOM killer does
@@ -125,3 +126,88 @@ def test_hard_cancel_ends_as_cancelled_and_keeps_events(home, tiny_model):
     events = run.events()
     assert summary.status == "cancelled" and events[-1]["hard"] is True
     assert any(e.type == "step" for e in events)
+
+
+def _cleanup(run):
+    """If a test fails with a worker still alive, do not leave it training."""
+    import os
+
+    try:
+        os.killpg(int((run.path / "worker.pid").read_text().split()[0]), signal.SIGKILL)
+    except (OSError, ValueError):
+        pass
+
+
+def test_resume_right_when_status_says_cancelled(home, tiny_model):
+    """The `cancelled` event is written before the worker exits; resume must not answer "still running"."""
+    run = api.finetune(model=tiny_model, steps=30, eval_samples=0, display=False)
+    try:
+        wait_for(lambda: any(e.type == "step" and e["step"] >= 2 for e in run.events()))
+        run.cancel()
+        wait_for(lambda: run.status == "cancelled", timeout=60)
+        run.resume()
+        summary = run.wait(timeout=180, progress=False)
+        assert summary.status == "finished" and summary.step == 30
+    finally:
+        _cleanup(run)
+
+
+def test_hard_cancel_right_after_launch_kills_on_the_first_try(home, tiny_model):
+    run = api.finetune(model=tiny_model, steps=100000, eval_samples=0, display=False)
+    try:
+        run.cancel(hard=True)  # before the supervisor has started its trainer
+        summary = run.wait(timeout=90, progress=False)
+        assert summary.status == "cancelled" and run.events()[-1]["hard"] is True
+        assert not any(e.type == "step" for e in run.events())
+    finally:
+        _cleanup(run)
+
+
+def test_the_trainer_dies_with_its_supervisor_and_one_writer_is_enforced(home, tiny_model):
+    import os
+    import subprocess
+    import sys
+
+    from nbfinetune.ownership import our_pid
+
+    run = api.finetune(model=tiny_model, steps=100000, eval_samples=0, display=False)
+    try:
+        wait_for(lambda: any(e.type == "step" for e in run.events()))
+        # A second writer, by hand or by a resume, is refused while the trainer lives.
+        second = subprocess.run([sys.executable, "-m", "nbfinetune.worker", str(run.path)], capture_output=True,
+                                text=True, timeout=60)
+        assert second.returncode == 3 and "still running" in second.stderr
+        with pytest.raises(RuntimeError, match="still running"):
+            LocalBackend().resume(run.id, run.store)
+        trainer = our_pid(run.path / "train.pid")
+        assert trainer is not None
+        os.kill(our_pid(run.path / "worker.pid"), signal.SIGKILL)
+        wait_for(lambda: our_pid(run.path / "train.pid") is None, timeout=30)
+        wait_for(lambda: run.status == "lost", timeout=30)
+        events = run.events()
+        assert [e.seq for e in events] == list(range(1, len(events) + 1))
+        run.resume()  # no writer left: resume may start one, and says what happened
+        assert "stopped without a final event" in run.events()[len(events)]["message"]
+        wait_for(lambda: [e.type for e in run.events()].count("started") == 2, timeout=120)
+        run.cancel(hard=True)
+        assert run.wait(timeout=60, progress=False).status == "cancelled"
+    finally:
+        _cleanup(run)
+
+
+def test_a_secret_in_the_model_path_stays_out_of_config_events_and_listings(home, tiny_model, tmp_path, capsys):
+    import shutil
+
+    from nbfinetune import cli
+
+    secret = "hf_" + "Q7" * 12
+    model = shutil.copytree(tiny_model, tmp_path / secret / "model")
+    run = api.finetune(model=str(model), steps=2, eval_samples=0, display=False)
+    assert run.wait(timeout=120, progress=False).status == "finished", (run.path / "worker.log").read_text()[-1500:]
+    for name in ("config.json", "events.jsonl"):
+        assert secret not in (run.path / name).read_text(), name
+    assert "[redacted]" in (run.path / "config.json").read_text()
+    assert any("[redacted]" in str(e.get("message", "")) for e in run.events() if e.type == "log")
+    assert cli.main(["runs"]) == 0
+    out = capsys.readouterr().out
+    assert run.id in out and secret not in out

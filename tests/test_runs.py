@@ -107,7 +107,9 @@ def test_live_summary_parses_only_new_events_and_survives_a_replaced_file(tmp_pa
 
     store = RunStore(tmp_path)
     run_id = store.create(RunConfig())
-    (store.path(run_id) / "worker.pid").write_text(str(os.getpid()))  # "alive": this process
+    from nbfinetune.ownership import take_lock
+
+    lock = take_lock(store.path(run_id))  # "alive": this process holds the run's writer lock
     writer = EventWriter(store.events_path(run_id), run_id)
     writer.emit("started", model="m", device="cpu", total_steps=10)
     for step in range(1, 4):
@@ -129,6 +131,7 @@ def test_live_summary_parses_only_new_events_and_survives_a_replaced_file(tmp_pa
     other.close()
     store.events_path(run_id).with_suffix(".new").replace(store.events_path(run_id))
     assert store.summary(run_id).step == 1
+    os.close(lock)
 
 
 def test_summary_of_an_early_stopped_run_reports_the_kept_adapters_scores():
@@ -157,3 +160,49 @@ def test_loss_trace_is_downsampled_for_sparklines():
     trace = summarize("r", {}, events, worker_alive=None).loss_trace
     assert len(trace) == 40 and trace[0] == 1.0 and trace[-1] == 500.0 and trace == sorted(trace)
     assert summarize("r", {}, events[:5], worker_alive=None).loss_trace == [1.0, 2.0, 3.0, 4.0, 5.0]
+
+
+def test_damaged_runs_stay_their_own_in_every_listing(home, capsys):
+    """An empty/non-JSON/list config.json, an event with a bad seq or time, a "NaN" loss: the listing goes
+    on, each damaged run says why, and a text loss never reaches a view as a loss."""
+    import json
+
+    from nbfinetune import api, cli
+
+    from tests.damaged import make_damaged_runs
+
+    made = make_damaged_runs(RunStore())
+    by_id = {s.run_id: s for s in api.runs().runs}
+    assert len(by_id) == len(made)
+    for label in ("empty-config", "not-json-config", "list-config"):
+        summary = by_id[made[label]]
+        assert summary.status == "damaged" and "config.json" in summary.error, label
+    assert "empty" in by_id[made["empty-config"]].error and "list" in by_id[made["list-config"]].error
+    for label in ("seq-text", "seq-list", "time-null", "loss-nan-text", "loss-nan", "healthy"):
+        assert by_id[made[label]].status == "running" and by_id[made[label]].last_loss is None, label
+    assert {"seq-text", "seq-list", "time-null"} <= {
+        label for label, run_id in made.items() if RunStore().events(run_id).problems}
+    for run_id in made.values():
+        repr(api.attach(run_id, display=False))
+    assert cli.main(["runs"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("damaged") == 3 and "config.json is unreadable (empty)" in out
+    assert cli.main(["runs", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert len(listed) == len(made)
+
+
+def test_writer_starts_a_fresh_line_after_a_torn_tail(tmp_path):
+    path = tmp_path / "events.jsonl"
+    writer = EventWriter(path, "r")
+    writer.emit("log", level="info", message="before")
+    writer.close()
+    with open(path, "a") as handle:
+        handle.write('{"v":1,"type":"step","run_id":"r","se')  # the disk filled mid-line
+    again = EventWriter(path, "r")
+    again.emit("failed", error="X", message="after")
+    again.close()
+    result = read_events(path)
+    assert [e.type for e in result.events] == ["log", "log", "failed"], "nothing glued onto the torn line"
+    assert [e.seq for e in result.events] == [1, 2, 3]
+    assert "torn last line" in result.events[1]["message"] and len(result.problems) == 1

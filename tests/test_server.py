@@ -81,3 +81,51 @@ async def test_cancel_a_live_run(jp_fetch, home, tiny_model):
     reply = await jp_fetch("nbfinetune", "api", "runs", run.id, "cancel", method="POST", body="{}")
     assert json.loads(reply.body)["cancelling"] is True
     assert run.wait(timeout=60, progress=False).status == "cancelled"
+
+
+async def test_damaged_runs_do_not_break_the_listing_or_the_sidebar(jp_fetch, home):
+    from tests.damaged import make_damaged_runs
+
+    made = make_damaged_runs(RunStore())
+    runs = {r["run_id"]: r for r in json.loads((await jp_fetch("nbfinetune", "api", "runs")).body)["runs"]}
+    assert len(runs) == len(made)
+    assert runs[made["empty-config"]]["status"] == "damaged" and "config.json" in runs[made["empty-config"]]["error"]
+    # The sidebar calls last_loss.toFixed(): a loss is a number or null, never "NaN" or NaN.
+    assert runs[made["loss-nan-text"]]["last_loss"] is None and runs[made["loss-nan"]]["last_loss"] is None
+    details = json.loads((await jp_fetch("nbfinetune", "api", "runs", made["list-config"])).body)
+    assert details["run"]["status"] == "damaged" and details["config"] is None
+    with pytest.raises(tornado.httpclient.HTTPClientError) as info:
+        await jp_fetch("nbfinetune", "api", "runs", made["empty-config"], "cancel", method="POST", body="{}")
+    assert info.value.code == 409
+    page = json.loads((await jp_fetch("nbfinetune", "api", "runs", made["loss-nan"], "events")).body)
+    assert page["events"][-1]["loss"] is None  # JSON.parse rejects NaN
+
+
+@pytest.mark.parametrize("body", ["[]", "null", "7", '"hard"', "\xff"])
+async def test_cancel_with_a_body_that_is_not_an_object_is_a_bad_request(jp_fetch, home, body):
+    run_id = RunStore().create(RunConfig())
+    with pytest.raises(tornado.httpclient.HTTPClientError) as info:
+        await jp_fetch("nbfinetune", "api", "runs", run_id, "cancel", method="POST", body=body)
+    assert info.value.code == 400
+
+
+async def test_an_events_page_parses_only_that_page(jp_fetch, home, monkeypatch):
+    from nbfinetune.events import Event
+
+    store = RunStore()
+    run_id = store.create(RunConfig())
+    writer = EventWriter(store.events_path(run_id), run_id)
+    for step in range(1, 3001):
+        writer.emit("step", step=step, epoch=0, loss=1.0, lr=0.1)
+    writer.close()
+    await jp_fetch("nbfinetune", "api", "runs", run_id, "events", params={"since": 0, "limit": 10})
+    parsed = []
+    real = Event.from_dict.__func__
+    monkeypatch.setattr(Event, "from_dict", classmethod(lambda cls, obj: parsed.append(1) or real(cls, obj)))
+    page = json.loads((await jp_fetch("nbfinetune", "api", "runs", run_id, "events",
+                                      params={"since": 2900, "limit": 20})).body)
+    assert [e["seq"] for e in page["events"]] == list(range(2901, 2921)) and page["more"] is True
+    assert len(parsed) <= 21
+    last = json.loads((await jp_fetch("nbfinetune", "api", "runs", run_id, "events",
+                                      params={"since": 2990, "limit": 20})).body)
+    assert [e["seq"] for e in last["events"]] == list(range(2991, 3001)) and last["more"] is False

@@ -259,3 +259,85 @@ def test_user_metric_by_module_path(tiny_model, tmp_path):
     final = emit.of("eval")[-1]
     assert set(final["metrics"]) == {"tests.helpers:starts_like_reference", "contains"}
     assert set(final["base_metrics"]) == set(final["metrics"])
+
+
+def test_resume_skips_broken_newer_checkpoints_and_reports_them(tiny_model, tmp_path):
+    """A kill mid-save (0-byte state), a full disk (truncated state) or a lost history.json must not
+    make every later resume fail: resume from the newest complete checkpoint and say what was skipped."""
+    import shutil
+
+    train(tiny_config(tiny_model, max_steps=9, save_every=4), Recorder(), lambda: False, tmp_path)
+    good = tmp_path / "checkpoints" / "step-8"
+    for step, damage in [(9, "empty"), (10, "truncated"), (11, "no-history")]:
+        broken = shutil.copytree(good, tmp_path / "checkpoints" / f"step-{step}")
+        state = broken / "trainer_state.pt"
+        if damage == "empty":
+            state.write_bytes(b"")
+        elif damage == "truncated":
+            state.write_bytes(state.read_bytes()[:8192])
+        else:
+            (broken / "history.json").unlink()
+    resumed = Recorder()
+    train(tiny_config(tiny_model, max_steps=12), resumed, lambda: False, tmp_path)
+    assert resumed.of("started")[0]["resumed_step"] == 8
+    warnings = [e["message"] for e in resumed.of("log") if e["level"] == "warning"]
+    assert [w.split(":")[0] for w in warnings] == [f"skipped the broken checkpoint step-{s}" for s in (11, 10, 9)]
+    assert "history.json is missing" in warnings[0] and "trainer_state.pt" in warnings[1]
+    assert [s["step"] for s in resumed.of("step")] == [9, 10, 11, 12]
+
+
+def test_a_full_disk_during_a_checkpoint_says_so_and_leaves_no_partial_checkpoint(tiny_model, tmp_path, monkeypatch):
+    import nbfinetune.core.checkpoints as checkpoints
+
+    real_save = torch.save
+
+    def disk_fills(obj, path, *args, **kwargs):
+        if "step-8" in str(path):  # what torch reports when its zip writer hits a full disk
+            open(path, "wb").write(b"PK" * 100)
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 7232 vs 7124")
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", disk_fills)
+    try:
+        train(tiny_config(tiny_model, max_steps=12, save_every=4), Recorder(), lambda: False, tmp_path)
+    except OSError as exc:
+        error = exc
+    assert "no space left on device" in str(error) and str(tmp_path / "checkpoints" / "step-8") in str(error)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-4"], "nothing half-written"
+    monkeypatch.setattr(torch, "save", real_save)
+    assert checkpoints.latest_checkpoint(tmp_path).name == "step-4"
+    resumed = Recorder()
+    train(tiny_config(tiny_model, max_steps=12, save_every=4), resumed, lambda: False, tmp_path)
+    assert resumed.of("started")[0]["resumed_step"] == 4 and resumed.of("finished")
+
+
+def test_checkpoints_keep_the_random_state_of_every_generator(tiny_model, tmp_path):
+    import random
+
+    train(tiny_config(tiny_model, max_steps=4, save_every=2), Recorder(), lambda: False, tmp_path)
+    state = torch.load(tmp_path / "checkpoints" / "step-2" / "trainer_state.pt", weights_only=False)["rng"]
+    assert set(state) >= {"cpu", "python"} and ("cuda" in state) == torch.cuda.is_available()
+    from nbfinetune.core.checkpoints import _set_rng_state
+
+    _set_rng_state(state)
+    first = (torch.rand(1).item(), random.random())
+    _set_rng_state(state)
+    assert (torch.rand(1).item(), random.random()) == first
+
+
+def test_cancel_right_after_a_resume_keeps_the_better_adapter(tiny_model, tmp_path):
+    """Issue 11: a cancel at step 0 saved an untrained adapter over the trained one."""
+    train(tiny_config(tiny_model, max_steps=6), Recorder(), lambda: False, tmp_path)
+    adapter = tmp_path / "adapter" / "adapter_model.safetensors"
+    trained = adapter.read_bytes()
+    import shutil
+
+    shutil.rmtree(tmp_path / "checkpoints", ignore_errors=True)  # a finished run: nothing to resume from
+    cancelled = Recorder()
+    train(tiny_config(tiny_model, max_steps=6), cancelled, lambda: True, tmp_path)
+    assert cancelled.of("cancelled")[0]["step"] == 0
+    assert adapter.read_bytes() == trained
+    assert cancelled.of("cancelled")[0]["adapter_path"] == str(tmp_path / "adapter")
+    fresh = Recorder()
+    train(tiny_config(tiny_model, max_steps=6), fresh, lambda: True, tmp_path / "fresh")
+    assert fresh.of("cancelled")[0]["adapter_path"] is None and not (tmp_path / "fresh" / "adapter").exists()

@@ -1,5 +1,8 @@
 """Local backend: the worker runs as a detached subprocess, so the kernel stays responsive and the run
-keeps going if the kernel restarts."""
+keeps going if the kernel restarts.
+
+Liveness and the right to write a run come from the run's writer lock (see ownership.py), never from a
+pid alone: pids are reused, and a signal must only ever reach this run's own processes."""
 
 from __future__ import annotations
 
@@ -9,8 +12,13 @@ import subprocess
 import sys
 
 from ..config import RunConfig
-from ..runs import RunStore, pid_alive
-from ..worker import CANCEL_MARKER, CHILD_PID, HARD_CANCEL_MARKER
+from ..events import redact
+from ..ownership import RunLocked, signal_ours, take_lock, write_pid
+from ..runs import EventWriter, RunStore, pid_alive, read_events
+from ..worker import CANCEL_MARKER, CHILD_PID, CONFIG_ENV, HARD_CANCEL_MARKER
+
+# How long resume waits for a worker that has written its terminal event to exit.
+EXIT_GRACE_S = 30.0
 
 
 class LocalBackend:
@@ -18,50 +26,76 @@ class LocalBackend:
 
     def launch(self, config: RunConfig, store: RunStore) -> str:
         run_id = store.create(config)
-        self._start(run_id, store)
+        if redact(config.to_json()) != config.to_json():
+            # config.json is stored redacted: the worker gets the real settings through its environment.
+            _secret_configs[run_id] = config.to_json()
+        self._start(run_id, store, take_lock(store.path(run_id)))
         return run_id
 
     def resume(self, run_id: str, store: RunStore) -> None:
         """Start the worker again on an existing run: it continues from the latest checkpoint."""
         run_dir = store.require(run_id)
-        if self.is_alive(run_id, store):
-            raise RuntimeError(f"run {run_id} is still running")
+        events = read_events(run_dir / "events.jsonl").events
+        # After `cancelled` the worker still saves and exits: wait for that rather than refuse.
+        wait_s = EXIT_GRACE_S if events and events[-1].terminal else 2.0
+        try:
+            lock = take_lock(run_dir, wait_s)
+        except RunLocked:
+            raise RuntimeError(f"run {run_id} is still running; cancel it first") from None
+        if run_id not in _secret_configs and REDACTED in (run_dir / "config.json").read_text(encoding="utf-8"):
+            os.close(lock)
+            raise RuntimeError(f"run {run_id}'s settings held a secret (e.g. a token in the model path), which is "
+                               "never stored on disk, and this kernel no longer has it: launch a new run instead")
         for marker in (CANCEL_MARKER, HARD_CANCEL_MARKER):
             (run_dir / marker).unlink(missing_ok=True)
-        self._start(run_id, store)
+        if events and not events[-1].terminal:  # `lost`: we hold the lock, so we may write what happened
+            writer = EventWriter(run_dir / "events.jsonl", run_id)
+            writer.emit("log", level="warning", message="the previous worker stopped without a final event (its "
+                        "processes were killed, or the machine restarted); resuming from the latest checkpoint")
+            writer.close()
+        self._start(run_id, store, lock)
 
-    def _start(self, run_id: str, store: RunStore) -> None:
+    def _start(self, run_id: str, store: RunStore, lock: int) -> None:
         run_dir = store.path(run_id)
         env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
-        with open(run_dir / "worker.log", "ab") as log:
-            process = subprocess.Popen([sys.executable, "-m", "nbfinetune.worker", str(run_dir)],
-                                       stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                       start_new_session=True, cwd=run_dir)
-        (run_dir / "worker.pid").write_text(str(process.pid))
+        if run_id in _secret_configs:
+            env[CONFIG_ENV] = _secret_configs[run_id]
+        (run_dir / CHILD_PID).unlink(missing_ok=True)  # the previous trainer's, on a resume
+        try:
+            with open(run_dir / "worker.log", "ab") as log:
+                # The worker inherits the lock: it stays held while the supervisor or its trainer lives.
+                process = subprocess.Popen([sys.executable, "-m", "nbfinetune.worker", str(run_dir),
+                                            "--lock-fd", str(lock)], pass_fds=(lock,),
+                                           stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                           start_new_session=True, cwd=run_dir)
+        finally:
+            os.close(lock)
+        write_pid(run_dir / "worker.pid", process.pid)
         # Keep a reference so the child is reaped when it ends (no zombie while the kernel lives).
         _children[run_id] = process
 
     def cancel(self, run_id: str, store: RunStore, hard: bool = False) -> None:
+        """Marker first, then a signal to our own process: a supervisor that has not yet started its
+        trainer acts on the marker itself, so a cancel right after launch is never lost."""
         run_dir = store.require(run_id)
+        if not self.is_alive(run_id, store):
+            return
         if hard:
             (run_dir / HARD_CANCEL_MARKER).touch()
-            _signal_pid_file(run_dir / CHILD_PID, signal.SIGKILL)
+            signal_ours(run_dir / CHILD_PID, signal.SIGKILL)
         else:
-            _signal_pid_file(run_dir / "worker.pid", signal.SIGTERM)
+            (run_dir / CANCEL_MARKER).touch()
+            if (run_dir / CHILD_PID).exists():  # the supervisor's handlers are installed once train.pid exists
+                signal_ours(run_dir / "worker.pid", signal.SIGTERM)
 
     def is_alive(self, run_id: str, store: RunStore) -> bool | None:
         process = _children.get(run_id)
         if process is not None:
-            return process.poll() is None
+            process.poll()  # reap
         return pid_alive(store.path(run_id))
 
 
 _children: dict[str, subprocess.Popen] = {}
-
-
-def _signal_pid_file(path: "os.PathLike[str]", signum: int) -> None:
-    try:
-        pid = int(open(path).read().strip())
-        os.kill(pid, signum)
-    except (FileNotFoundError, ValueError, ProcessLookupError):
-        pass
+# run id → the unredacted config JSON of runs launched from this process whose settings held a secret.
+_secret_configs: dict[str, str] = {}
+REDACTED = "[redacted]"

@@ -109,6 +109,13 @@ def quantization_config(quantization: str | None, precision: str) -> Any:
                               bnb_4bit_compute_dtype=compute)
 
 
+def _device_index(device: str) -> Any:
+    """The process's current CUDA device (one per data-parallel rank), not always cuda:0."""
+    import torch
+
+    return torch.cuda.current_device() if device == "cuda" else device
+
+
 def load_base_model(model_path: str, precision: str, device: str, quantization: str | None = None) -> Any:
     from transformers import AutoModelForCausalLM
 
@@ -117,7 +124,7 @@ def load_base_model(model_path: str, precision: str, device: str, quantization: 
         # 4-bit weights on the device while loading (a quantized model cannot be moved afterwards).
         model = AutoModelForCausalLM.from_pretrained(
             model_path, dtype=torch_dtype(precision if precision != "fp32" else "bf16"),
-            attn_implementation=attention_for(model_path), device_map={"": device},
+            attn_implementation=attention_for(model_path), device_map={"": _device_index(device)},
             quantization_config=quantization_config(quantization, precision))
         for module in model.modules():
             # On CPUs with AVX512-BF16, bitsandbytes repacks a 4-bit weight for inference the first time it

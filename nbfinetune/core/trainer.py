@@ -7,7 +7,6 @@ bench/bench_trainer.py for the measured difference).
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
@@ -18,7 +17,7 @@ from ..config import RunConfig
 from ..data.prepare import PreparedData, prepare
 from .batching import DataPosition, EpochSampler, collate, pick_layout
 from .distributed import Group
-from .checkpoints import latest_checkpoint, load_adapter_weights, load_checkpoint, save_adapter, save_checkpoint
+from .checkpoints import adapter_step, load_adapter_weights, resume_point, save_adapter, save_checkpoint
 from .early_stopping import EarlyStopping
 from .evaluate import GenerationEval, eval_loss, evaluate_generation, summed_loss
 from .metrics import default_metrics
@@ -78,11 +77,11 @@ def _train(config: RunConfig, emit: Emit, should_stop: Callable[[], bool], run_d
                               num_training_steps=steps)
     metric_names = config.eval.metrics or default_metrics([ref for _, ref in data.eval_cases])
 
-    step, position, history = 0, DataPosition(), {}
-    resume_from = latest_checkpoint(run_dir)
-    if resume_from is not None:
-        step, position = load_checkpoint(resume_from, model, optimizer, scheduler)
-        history = json.loads((resume_from / "history.json").read_text(encoding="utf-8"))
+    resumed = resume_point(run_dir, model, optimizer, scheduler)
+    step, position, history = resumed.step, resumed.position, resumed.history
+    for broken, why in resumed.skipped:
+        emit("log", level="warning", message=f"skipped the broken checkpoint {broken.name}: {why}")
+    if resumed.path is not None:
         emit("log", level="info", message=f"resumed from checkpoint at step {step}")
 
     emit("started", model=config.model, model_path=model_path, device=device, precision=loaded.precision,
@@ -181,7 +180,8 @@ def _train(config: RunConfig, emit: Emit, should_stop: Callable[[], bool], run_d
             emit("log", level="info", message=f"the adapter is the best evaluated one: step {stopper.best_step} "
                                               f"({stopper.metric} {stopper.best_value:.4g})")
         extra = {"best_step": stopper.best_step, "stopped_early": step < steps}
-    adapter = save_adapter(model, loaded.tokenizer, run_dir / "adapter")
+    adapter = save_adapter(model, loaded.tokenizer, run_dir / "adapter", step=stopper.best_step if stopper and
+                           stopper.best_step is not None else step)
     summary = {"first_loss": first_loss, "last_loss": loss_value, "eval_loss": final.get("eval_loss"),
                "metrics": final.get("metrics", {}), "base_metrics": evaluator.history.get("base_metrics", {}),
                "steps": step, "train_time_s": round(time.time() - started_at, 2), **extra}
@@ -239,11 +239,20 @@ class _Evaluator:
 
 def _stop(emit: Emit, run_dir: Path, loaded: Loaded, optimizer: Any, scheduler: Any, step: int,
           position: DataPosition, history: dict[str, Any], started_at: float) -> dict[str, Any]:
-    """Cancelled: keep the adapter and a resumable checkpoint of where we stopped."""
-    adapter = save_adapter(loaded.model, loaded.tokenizer, run_dir / "adapter")
+    """Cancelled: keep the adapter and a resumable checkpoint of where we stopped.
+
+    An adapter already saved from as many steps or more (a finished run's, or one saved before a resume
+    that was cancelled at once) is kept: a cancel never replaces a result with a less trained one."""
+    adapter: Path | None = run_dir / "adapter"
+    kept = adapter_step(adapter)
+    if step > 0 and (kept is None or kept < step):
+        save_adapter(loaded.model, loaded.tokenizer, adapter, step=step)
+    elif kept is None and not (adapter / "adapter_model.safetensors").is_file():
+        adapter = None  # cancelled before the first step: there is nothing trained to keep
     if step > 0:
         path = save_checkpoint(run_dir / "checkpoints" / f"step-{step}", loaded.model, loaded.tokenizer, optimizer,
                                scheduler, step, position, history)
         emit("checkpoint", step=step, path=str(path))
-    emit("cancelled", step=step, adapter_path=str(adapter), train_time_s=round(time.time() - started_at, 2))
-    return {"adapter_path": str(adapter), "cancelled": True, "steps": step}
+    path_text = str(adapter) if adapter is not None else None
+    emit("cancelled", step=step, adapter_path=path_text, train_time_s=round(time.time() - started_at, 2))
+    return {"adapter_path": path_text, "cancelled": True, "steps": step}
