@@ -111,4 +111,7 @@ def _liger_loss(hidden: Any, head: Any, targets: Any, processing: LogitProcessin
         return None
     # head(h) × s == head(h × s) for a bias-free head: the scale folds into the hidden states.
     loss = LigerFusedLinearCrossEntropyLoss(reduction="sum", softcap=processing.softcap)
-    return loss(head.weight, hidden * processing.scale if processing.scale != 1.0 else hidden, targets).float()
+    scaled = hidden * processing.scale if processing.scale != 1.0 else hidden
+    out = loss(head.weight, scaled.to(head.weight.dtype), targets)  # one dtype for its Triton matmul
+    out = out[0] if isinstance(out, tuple) else getattr(out, "loss", out)  # versions return a tuple/dataclass
+    return out.float()
