@@ -11,7 +11,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def last_json(script: str, *args: str, home: Path) -> dict:
-    env = {"NBFINETUNE_HOME": str(home), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    # This checkout first (not whichever nbfinetune the venv has installed).
+    env = {"NBFINETUNE_HOME": str(home), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], capture_output=True, text=True,
                           timeout=600, env=env, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
