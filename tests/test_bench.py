@@ -11,7 +11,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def last_json(script: str, *args: str, home: Path) -> dict:
-    env = {"NBFINETUNE_HOME": str(home), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    # This checkout first (not whichever nbfinetune the venv has installed).
+    env = {"NBFINETUNE_HOME": str(home), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], capture_output=True, text=True,
                           timeout=600, env=env, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -43,6 +44,16 @@ def test_serving_benchmark_reports_load_levels_and_baseline(tiny_model, tmp_path
     assert set(result["server"]) == {"1", "4"} and result["errors"] == 0
     for level in (*result["server"].values(), result["baseline"]):
         assert level["requests"] > 0 and level["tokens_per_s"] > 0 and level["ttft_p95_s"] >= level["ttft_p50_s"] > 0
+
+
+def test_gpu_benchmark_runs_in_smoke_mode_and_reports_every_candidate(tmp_path):
+    """On CPU in --smoke mode (a tiny model built from a config): the JSON has each candidate's numbers."""
+    result = last_json("bench_gpu.py", "--smoke", "--lengths", "lognormal", home=tmp_path)
+    (row,) = result["rows"]
+    for candidate in ("ours", "stock_hf", "padding_free_hf"):
+        assert row[candidate]["tokens_per_s"] > 0 and row[candidate]["peak_memory_gib"] > 0, candidate
+    assert row["speedup_vs_stock_hf"] > 0 and row["speedup_vs_padding_free_hf"] > 0
+    assert result["versions"]["torch"] and result["gpu"] is None
 
 
 def test_fault_injection_quick_subset_loses_nothing(tmp_path):
