@@ -63,7 +63,7 @@ def test_export_out_dir_is_relative_to_the_caller(home, project, monkeypatch):
     from nbfinetune.core import export
 
     seen = {}
-    monkeypatch.setattr(export, "export_merged", lambda model, adapter, out: seen.setdefault("out", out) and {})
+    monkeypatch.setattr(export, "export_merged", lambda model, adapter, out, **_: seen.setdefault("out", out) and {})
     run = api.finetune(model="models/tiny", data="data/x.jsonl", steps=1, eval_samples=0, display=False)
     assert run.wait(timeout=180, progress=False).status == "finished"
     run.export("merged-here")
