@@ -367,7 +367,7 @@ class RealModalClient:
         deploy()
 
     def upload(self, local_path: str, remote_path: str) -> None:
-        with self.app.volume.batch_upload(force=True) as batch:
+        with self._volume().batch_upload(force=True) as batch:
             if os.path.isdir(local_path):
                 batch.put_directory(local_path, remote_path)
             else:
@@ -376,8 +376,13 @@ class RealModalClient:
     def write_history(self, run_id: str, data: bytes) -> None:
         import io
 
-        with self.app.volume.batch_upload(force=True) as batch:
+        with self._volume().batch_upload(force=True) as batch:
             batch.put_file(io.BytesIO(data), f"/{run_id}/events.jsonl")
+
+    def _volume(self) -> Any:
+        import modal
+
+        return modal.Volume.from_name(self.app.RUNS_VOLUME, create_if_missing=True)
 
     def _flags(self) -> Any:
         import modal
@@ -404,7 +409,7 @@ class RealModalClient:
 
     def read_history(self, run_id: str) -> bytes | None:
         try:
-            return b"".join(self.app.volume.read_file(f"{run_id}/events.jsonl"))
+            return b"".join(self._volume().read_file(f"{run_id}/events.jsonl"))
         except FileNotFoundError:
             return None
 
@@ -412,7 +417,7 @@ class RealModalClient:
         from .remote import CONTAINER_LOG
 
         try:
-            text = b"".join(self.app.volume.read_file(f"{run_id}/{CONTAINER_LOG}")).decode("utf-8", "replace")
+            text = b"".join(self._volume().read_file(f"{run_id}/{CONTAINER_LOG}")).decode("utf-8", "replace")
         except FileNotFoundError:
             return ""
         return "".join(text.splitlines(keepends=True)[-lines:])
@@ -443,10 +448,12 @@ class RealModalClient:
 
 def remote_adapter_exists(run_id: str) -> bool:
     """Whether the run's adapter is committed on the Volume: checked before a chat starts a billed GPU."""
+    import modal
+
     from . import modal_app
 
+    volume = modal.Volume.from_name(modal_app.RUNS_VOLUME, create_if_missing=True)
     try:
-        return any(entry.path.endswith("adapter_config.json")
-                   for entry in modal_app.volume.listdir(f"{run_id}/adapter"))
+        return any(entry.path.endswith("adapter_config.json") for entry in volume.listdir(f"{run_id}/adapter"))
     except (FileNotFoundError, Exception):  # noqa: BLE001 — modal's NotFoundError: no such directory
         return False

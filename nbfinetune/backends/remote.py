@@ -119,6 +119,7 @@ def remote_train(config: dict[str, Any], run_id: str, runs_root: str, publish: P
     if not (run_dir / "config.json").exists():
         (run_dir / "config.json").write_text(run_config.to_json(), encoding="utf-8")
     with _container_log(run_dir):
+        print(f"nbfinetune {run_id}: starting ({run_config.model}, gpu={run_config.gpu})", flush=True)
         if run_config.train.processes > 1:
             return _train_in_processes(run_dir, run_config.train.processes, publish, commit, cancelled)
         return _train_one(run_config, run_id, run_dir, publish, commit, cancelled, require_cuda)

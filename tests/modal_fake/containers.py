@@ -20,7 +20,7 @@ def trainer(fake: FakeModal, call: Call, container: Container) -> Any:
     from nbfinetune.backends import modal_app
 
     client = modal.Client.from_credentials(container.token, "as-container")
-    runs = fake.mount(fake.named[("volume", modal_app.RUNS_VOLUME)], container)
+    runs = fake.mount(fake.named_object("volume", modal_app.RUNS_VOLUME, True, fake.volumes), container)
     config, run_id = call.args
     config = json.loads(json.dumps(config).replace(f'"{modal_app.RUNS_ROOT}/', f'"{runs}/'))  # the mount point
     with ONE_AT_A_TIME:

@@ -145,7 +145,7 @@ class Handlers:  # noqa: D101 (the queue, dict, volume and blob part)
         if container is None or req.volume_id not in container.mounts:
             raise GRPCError(Status.FAILED_PRECONDITION, "reload must be called inside a container that mounts "
                                                         "the Volume")
-        fake._write_committed(req.volume_id, container.mounts[req.volume_id])
+        fake.reload(req.volume_id, container)
         await stream.send_message(empty_pb2.Empty())
 
     async def VolumeGetFile2(self, stream) -> None:

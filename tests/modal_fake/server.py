@@ -50,7 +50,8 @@ class Container:
     attempt: int
     mounts: dict[str, Path]  # volume id -> this container's view of it
     alive: bool = True
-    log: list[str] = dataclasses.field(default_factory=list)
+    preempted: bool = False
+    thread: threading.Thread | None = None
 
 
 @dataclasses.dataclass
@@ -113,6 +114,7 @@ class FakeModal:
         self.result_delay_s = FUNCTION_CALL_RESULT_DELAY_S
         self.start_error: str | None = None  # e.g. Modal refusing to start a container
         self.rpc_log: list[str] = []
+        self.container_errors: list[tuple[str, BaseException]] = []
         self.queue_changed = threading.Condition(self.lock)
 
     # --- ids and naming ---------------------------------------------------------------------------
@@ -144,9 +146,25 @@ class FakeModal:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
 
+    def reload(self, volume_id: str, container: Container) -> None:
+        """Modal commits the container's own changes on reload, then shows what others committed; files
+        this container has written stay as it wrote them (each run has one writer)."""
+        self.commit(volume_id, container)
+        path = container.mounts[volume_id]
+        for name, data in dict(self.volumes[volume_id]).items():
+            target = path / name
+            if not target.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
+
     def commit(self, volume_id: str, container: Container) -> None:
         path = container.mounts[volume_id]
-        files = {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+        files = {}
+        for file in sorted(path.rglob("*")):
+            try:
+                files[str(file.relative_to(path))] = file.read_bytes()
+            except (FileNotFoundError, IsADirectoryError):  # renamed or removed while we looked: as on Modal
+                continue
         with self.lock:
             self.volumes[volume_id].update(files)
 
@@ -162,11 +180,18 @@ class FakeModal:
         return container
 
     def kill(self, call_id: str, reason: str, status: int = api_pb2.GenericResult.GENERIC_STATUS_FAILURE) -> None:
-        """The container dies now (OOM-killed, crashed, hard-cancelled): its uncommitted writes are lost."""
+        """The container dies now (OOM-killed, crashed, hard-cancelled): its uncommitted writes are lost,
+        and Modal reports `reason` as the call's result."""
         call = self.calls[call_id]
         for container in call.containers:
-            container.alive = False
+            _stop(container)
         self._finish(call, api_pb2.GenericResult(status=status, exception=reason))
+
+    def preempt(self, call_id: str) -> None:
+        """The running container is preempted: it dies now and Modal restarts the input in a new one."""
+        container = self.calls[call_id].containers[-1]
+        container.preempted = True
+        _stop(container)
 
     def _finish(self, call: Call, result: api_pb2.GenericResult) -> None:
         with self.lock:
@@ -186,7 +211,8 @@ class FakeModal:
             from modal._serialization import serialize
 
             for attempt in range(retries + 1):
-                container = Container(token=self.new_id("ct"), call_id=call.call_id, attempt=attempt, mounts={})
+                container = Container(token=self.new_id("ct"), call_id=call.call_id, attempt=attempt, mounts={},
+                                      thread=threading.current_thread())
                 with self.lock:
                     self.containers[container.token] = container
                     call.containers.append(container)
@@ -198,6 +224,9 @@ class FakeModal:
                     container.alive = False
                     continue
                 except BaseException as exc:  # noqa: BLE001 — becomes the call's failure, as on Modal
+                    self.container_errors.append((container.token, exc))
+                    if container.preempted:
+                        continue
                     if not container.alive:
                         return
                     container.alive = False
@@ -207,6 +236,8 @@ class FakeModal:
                         status=api_pb2.GenericResult.GENERIC_STATUS_FAILURE, exception=repr(exc),
                         data=serialize(exc)))
                     return
+                if container.preempted:
+                    continue
                 if not container.alive:
                     return
                 container.alive = False
@@ -218,6 +249,16 @@ class FakeModal:
                                                      exception="Function exceeded its retries after preemption"))
 
         threading.Thread(target=run, daemon=True, name=f"fake-modal-{call.call_id}").start()
+
+
+def _stop(container: Container) -> None:
+    """Mark the container dead (the fake refuses its calls) and end its thread with ContainerKilled."""
+    import ctypes
+
+    container.alive = False
+    thread = container.thread
+    if thread is not None and thread.is_alive() and thread is not threading.current_thread():
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(ContainerKilled))
 
 
 class Preempted(Exception):
@@ -281,8 +322,11 @@ def fake_modal(root: Path, env: dict[str, str] | None = None) -> Iterator[FakeMo
     try:
         yield fake
     finally:
-        for container in fake.containers.values():
-            container.alive = False
+        for container in list(fake.containers.values()):
+            _stop(container)
+        for container in list(fake.containers.values()):
+            if container.thread is not None:
+                container.thread.join(30)  # torch in a thread at interpreter exit aborts the process
         loop_box[0].call_soon_threadsafe(stop[0].set)
         thread.join(10)
         for key, value in saved.items():
