@@ -190,3 +190,23 @@ def test_chat_before_the_adapter_exists_fails_without_starting_a_container(modal
     with pytest.raises(RuntimeError, match="no adapter on the Modal Volume yet"):
         RemoteChatModel("no-such-run")
     assert not [c for c in modal_fake.calls.values() if c.method == "generate"]
+
+
+def test_an_app_deployed_from_another_version_is_redeployed_with_progress(modal_fake, tiny_model, capsys):
+    """Item 1l: the deployed version is recorded at deploy and compared at launch."""
+    import modal
+
+    from nbfinetune import __version__
+    from nbfinetune.backends import modal_app
+    from nbfinetune.backends.modal_backend import deploy
+
+    deploy()
+    meta = modal.Dict.from_name(modal_app.META_DICT, create_if_missing=True)
+    meta["version"] = "0.0.1"
+    capsys.readouterr()
+    run = api.finetune(model=tiny_model, backend="modal", steps=2, eval_samples=0, display=False)
+    printed = capsys.readouterr().out
+    assert f"is version 0.0.1, this kernel has {__version__}: redeploying it now" in printed
+    assert "Created objects" in printed  # modal's own deploy progress
+    assert meta.get("version") == __version__
+    assert run.wait(timeout=120, progress=False).status == "finished"

@@ -35,11 +35,13 @@ HF_SECRET = os.environ.get(HF_SECRET_ENV, "")
 PACKAGES = ["torch==2.13.0", "transformers==5.24.0", "peft==0.21.2", "datasets==5.2.0", "safetensors==0.8.0",
             "huggingface_hub==2.4.0", "pyyaml", "tqdm"]
 
+IMAGE_ENV = {"HF_HOME": HF_CACHE_ROOT, "TOKENIZERS_PARALLELISM": "false", HF_SECRET_ENV: HF_SECRET,
+             "NBFINETUNE_VERSION": __version__}
+
 image = (
     modal.Image.debian_slim(python_version="3.11")
     .uv_pip_install(*PACKAGES)
-    .env({"HF_HOME": HF_CACHE_ROOT, "TOKENIZERS_PARALLELISM": "false", HF_SECRET_ENV: HF_SECRET,
-          "NBFINETUNE_VERSION": __version__})
+    .env(IMAGE_ENV)
     # Our own source, data files included (samples, prices); not the built JupyterLab extension.
     .add_local_python_source("nbfinetune", ignore=["**/__pycache__", "**/*.pyc", "**/labextension/**"])
 )
