@@ -333,7 +333,7 @@ def _image_env(image, env):
     import sys
 
     code = ("import json, warnings; warnings.simplefilter('ignore'); from nbfinetune.backends import modal_app as m\n"
-            "print(json.dumps(m.IMAGE_ENV))")
+            "print(json.dumps(getattr(m, 'IMAGE_ENV', {})))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout)
