@@ -378,7 +378,7 @@ def test_credentials_written_after_import_are_read_without_a_restart(tmp_path, m
     path = tmp_path / "modal.toml"
     monkeypatch.setenv("MODAL_CONFIG_PATH", str(path))
     importlib.reload(modal.config)
-    with pytest.raises(ModalSetupError, match="no kernel restart"):
+    with pytest.raises(ModalSetupError, match="modal token new"):
         require_credentials()
     path.write_text('[default]\ntoken_id = "ak-1"\ntoken_secret = "as-1"\nactive = true\n')
     require_credentials()

@@ -175,10 +175,12 @@ def test_a_full_partition_with_nobody_draining_never_blocks_training(modal_fake,
 
 
 def test_a_sweep_of_four_runs(modal_fake, tiny_model):
-    runs = [api.finetune(model=tiny_model, backend="modal", steps=2, lr=lr, eval_samples=0, display=False)
-            for lr in (1e-4, 2e-4, 3e-4, 4e-4)]
-    assert [r.wait(timeout=180, progress=False).status for r in runs] == ["finished"] * 4
-    assert len(modal_fake.calls) == 4
+    sweep = api.sweep({"lr": [1e-4, 2e-4], "r": [2, 4]}, model=tiny_model, backend="modal", gpu="L4", steps=2,
+                      eval_samples=0)
+    assert len(modal_fake.calls) == 4  # all spawned before any was waited on
+    table = sweep.wait(timeout=300)
+    assert list(table["status"]) == ["finished"] * 4
+    assert all(c.options["gpu"] == ["L4"] for c in modal_fake.calls.values())
 
 
 def test_chat_before_the_adapter_exists_fails_without_starting_a_container(modal_fake, tiny_model):
