@@ -212,3 +212,18 @@ def test_an_app_deployed_from_another_version_is_redeployed_with_progress(modal_
     assert "Created objects" in printed  # modal's own deploy progress
     assert meta.get("version") == __version__
     assert run.wait(timeout=120, progress=False).status == "finished"
+
+
+def test_chat_with_the_served_adapter_and_with_the_base_model(modal_fake, tiny_model):
+    """Item 1g: the Chat class answers with the adapter, and with the base model when asked."""
+    from nbfinetune.serving import RemoteChatModel
+
+    run = api.finetune(model=tiny_model, backend="modal", steps=2, eval_samples=0, display=False)
+    assert run.wait(timeout=120, progress=False).status == "finished"
+    chat = RemoteChatModel(run.id)
+    messages = [{"role": "user", "content": "Who is Ada?"}]
+    tuned = "".join(chat.stream(messages, max_new_tokens=8))
+    base = "".join(chat.stream(messages, max_new_tokens=8, adapter="base"))
+    assert tuned and base
+    generate_calls = [c for c in modal_fake.calls.values() if c.method == "generate"]
+    assert [c.kwargs["adapter"] for c in generate_calls] == ["default", "base"]

@@ -29,5 +29,25 @@ def trainer(fake: FakeModal, call: Call, container: Container) -> Any:
         return modal_app.container_train(config, run_id, runs_root=str(runs), client=client, require_cuda=False)
 
 
+def chat(fake: FakeModal, call: Call, container: Container) -> Any:
+    """The Chat class: @modal.enter loads the run's base model and adapter from the Volume mount, then
+    the real `generate` method body streams the answer."""
+    import types
+
+    from modal._serialization import deserialize_proto_params
+    from modal._utils.async_utils import synchronizer
+
+    from nbfinetune.backends import modal_app
+
+    runs = fake.mount(fake.named_object("volume", modal_app.RUNS_VOLUME, True, fake.volumes), container)
+    run_id = deserialize_proto_params(call.options["params"])["run_id"]
+    generate = synchronizer._translate_in(modal_app.Chat._get_user_cls().generate).raw_f
+    with ONE_AT_A_TIME:
+        model = modal_app.chat_model_for(run_id, str(runs))
+        self = types.SimpleNamespace(model=model, run_id=run_id)
+        return iter(list(generate(self, *call.args, **call.kwargs)))
+
+
 def install(fake: FakeModal) -> None:
     fake.handlers["Trainer.*"] = trainer
+    fake.handlers["Chat.*"] = chat

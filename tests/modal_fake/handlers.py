@@ -347,9 +347,23 @@ class AppHandlers:
         outputs = []
         if call.result is not None:
             outputs = [api_pb2.FunctionGetOutputsItem(result=call.result, idx=0, input_id="in",
-                                                      data_format=api_pb2.DATA_FORMAT_PICKLE)]
+                                                      data_format=call.result_format)]
         await stream.send_message(api_pb2.FunctionGetOutputsResponse(
             outputs=outputs, last_entry_id="0-0", num_unfinished_inputs=0 if outputs else 1))
+
+    async def FunctionCallGetDataOut(self, stream) -> None:
+        fake, req = await _request(self, stream)
+        call = fake.calls[req.function_call_id]
+        sent = req.last_index
+        while True:
+            finished = call.done.is_set()
+            for index in range(sent + 1, len(call.data_out) + 1):
+                await stream.send_message(api_pb2.DataChunk(
+                    index=index, data_format=api_pb2.DATA_FORMAT_PICKLE, data=call.data_out[index - 1]))
+                sent = index
+            if finished:
+                return
+            await asyncio.sleep(0.05)
 
     async def FunctionCallFromId(self, stream) -> None:
         fake, req = await _request(self, stream)

@@ -66,6 +66,8 @@ class Call:
     cancelled: bool = False
     containers: list[Container] = dataclasses.field(default_factory=list)
     done: threading.Event = dataclasses.field(default_factory=threading.Event)
+    data_out: list[bytes] = dataclasses.field(default_factory=list)  # a generator's items, serialized
+    result_format: int = api_pb2.DATA_FORMAT_PICKLE
 
 
 @dataclasses.dataclass
@@ -242,6 +244,14 @@ class FakeModal:
                     return
                 container.alive = False
                 time.sleep(self.result_delay_s)  # final commits, container shutdown
+                if hasattr(value, "__next__"):  # a generator method: items stream out, then GeneratorDone
+                    for item in value:
+                        call.data_out.append(serialize(item))
+                    call.result_format = api_pb2.DATA_FORMAT_GENERATOR_DONE
+                    value = api_pb2.GeneratorDone(items_total=len(call.data_out))
+                    self._finish(call, api_pb2.GenericResult(status=api_pb2.GenericResult.GENERIC_STATUS_SUCCESS,
+                                                             data=value.SerializeToString()))
+                    return
                 self._finish(call, api_pb2.GenericResult(status=api_pb2.GenericResult.GENERIC_STATUS_SUCCESS,
                                                          data=serialize(value)))
                 return
