@@ -14,13 +14,11 @@ Methods not implemented answer UNIMPLEMENTED with the method's name.
 from __future__ import annotations
 
 import asyncio
-import base64
 import collections
 import contextlib
 import dataclasses
 import itertools
 import os
-import shutil
 import socket
 import threading
 import time
@@ -28,7 +26,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from google.protobuf import empty_pb2
 from grpclib import GRPCError, Status
 from grpclib.server import Server
 from modal_proto import api_grpc, api_pb2
@@ -353,9 +350,3 @@ def _forget_modal_client() -> None:
 
     _Client._client_from_env = None
 
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-__all__ = ["FakeModal", "fake_modal", "Preempted", "ContainerKilled", "PARTITION_LIMIT", "empty_pb2", "shutil"]
