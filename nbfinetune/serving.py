@@ -177,7 +177,11 @@ class RemoteChatModel:
         import modal
 
         from .backends.modal_app import APP_NAME
+        from .backends.modal_backend import remote_adapter_exists
 
+        if not remote_adapter_exists(run_id):  # checked before a billed GPU container starts, only to fail
+            raise RuntimeError(f"run {run_id} has no adapter on the Modal Volume yet; wait for it to finish "
+                               "or cancel it — a cancelled run keeps its adapter")
         self.run_id = run_id
         self.adapter_path = f"/runs/{run_id}/adapter"
         self.adapters = ["default"]
@@ -191,7 +195,8 @@ class RemoteChatModel:
 
     def stream(self, messages: list[dict[str, str]], max_new_tokens: int = 256, temperature: float = 0.0,
                top_p: float = 1.0, adapter: str = "default", stop: threading.Event | None = None) -> Iterator[str]:
-        for chunk in self._chat.generate.remote_gen(messages, max_new_tokens=max_new_tokens, temperature=temperature):
+        for chunk in self._chat.generate.remote_gen(messages, max_new_tokens=max_new_tokens, temperature=temperature,
+                                                    top_p=top_p, adapter=adapter):
             if stop is not None and stop.is_set():
                 return
             yield chunk

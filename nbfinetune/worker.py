@@ -69,10 +69,9 @@ def child_command(run_dir: Path, processes: int) -> list[str]:
 
 
 def _human(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    if "out of memory" in text.lower() or isinstance(exc, MemoryError):
-        return f"out of memory: {text.splitlines()[0]} — try a smaller batch_size or max_seq_len, or gradient_checkpointing"
-    return text
+    from .failures import describe
+
+    return describe(exc)
 
 
 def supervise(run_dir: Path, lock_fd: int | None = None) -> int:

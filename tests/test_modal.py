@@ -23,15 +23,24 @@ from tests.helpers import wait_for
 
 
 class FakeModal:
-    """Stands in for Modal: runs the real remote body in a thread, a directory as the Volume."""
+    """Stands in for Modal behind our thin ModalClient interface, behaving as the modal library does:
+    polls that see nothing return [] after waiting (RealModalClient turns queue.Empty into []); a
+    partition holds PARTITION_LIMIT items and a put to a full one fails; the Volume shows only what a
+    container committed; a call reports its end RESULT_DELAY_S after its body returns; a cancel flag
+    stays until someone removes it. The container runs the real remote body in a thread."""
+
+    PARTITION_LIMIT = 5000
+    RESULT_DELAY_S = 0.3
 
     def __init__(self, volume: Path, fail_polls: int = 0):
         self.volume = volume
+        self.volume.mkdir(parents=True, exist_ok=True)
         self.queues: dict[str, queue.Queue] = {}
         self.calls: dict[str, threading.Thread] = {}
         self.flags: dict[str, bool] = {}
         self.fail_polls = fail_polls
         self.spawned: list[tuple[str, str]] = []
+        self.configs: list[dict] = []
         self.ready_error: str | None = None
         self.one_container_at_a_time = threading.Lock()
         self.deployed = True
@@ -50,17 +59,35 @@ class FakeModal:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(local_path, target)
 
+    def write_history(self, run_id, data):
+        (self.volume / run_id).mkdir(parents=True, exist_ok=True)
+        (self.volume / run_id / "events.jsonl").write_bytes(data)
+
     def spawn(self, config, run_id, gpu):
-        config = json.loads(json.dumps(config).replace('"/runs/', f'"{self.volume}/'))  # the mount point
-        events = self.queues.setdefault(run_id, queue.Queue())
+        self.configs.append(config)
+        mount = self.volume.parent / f"container-{len(self.calls)}"
+        shutil.copytree(self.volume, mount, dirs_exist_ok=True)  # what the container sees at start
+        config = json.loads(json.dumps(config).replace('"/runs/', f'"{mount}/'))  # the mount point
+        events = self.queues.setdefault(run_id, queue.Queue(maxsize=self.PARTITION_LIMIT))
+        done = threading.Event()
+
+        def publish(batch):
+            for event in batch:
+                events.put_nowait(event)  # queue.Full when nobody drains it, as put(block=False)
+
+        def commit():
+            shutil.copytree(mount, self.volume, dirs_exist_ok=True)
+
         def container():
             # Real containers are separate processes; threads of one process must not load models
             # at the same time (transformers' meta-device loading is process-global).
             with self.one_container_at_a_time:
-                remote_train(config, run_id, str(self.volume), events.put, lambda: None,
-                             lambda: self.flags.get(run_id, False))
+                remote_train(config, run_id, str(mount), publish, commit, lambda: self.flags.get(run_id, False))
+            time.sleep(self.RESULT_DELAY_S)
+            done.set()
 
         call = threading.Thread(target=container, daemon=True)
+        call.done = done
         call_id = f"fc-{len(self.calls)}"
         self.calls[call_id] = call
         self.spawned.append((run_id, gpu))
@@ -71,7 +98,7 @@ class FakeModal:
         if self.fail_polls:
             self.fail_polls -= 1
             raise ConnectionError("network lost")
-        out, events = [], self.queues.setdefault(run_id, queue.Queue())
+        out, events = [], self.queues.setdefault(run_id, queue.Queue(maxsize=self.PARTITION_LIMIT))
         try:
             out.append(events.get(timeout=min(timeout_s, 0.2)))
             while True:
@@ -83,8 +110,12 @@ class FakeModal:
         path = self.volume / run_id / "events.jsonl"
         return path.read_bytes() if path.exists() else None
 
+    def read_log_tail(self, run_id, lines=15):
+        path = self.volume / run_id / "container.log"
+        return "".join(path.read_text().splitlines(keepends=True)[-lines:]) if path.exists() else ""
+
     def call_status(self, call_id):
-        return "running" if self.calls[call_id].is_alive() else "finished"
+        return "finished" if self.calls[call_id].done.is_set() else "running"
 
     def cancel(self, call_id, run_id, hard):
         self.flags[run_id] = True
@@ -93,6 +124,7 @@ class FakeModal:
 @pytest.fixture
 def fake(tmp_path, monkeypatch):
     monkeypatch.setattr("nbfinetune.backends.remote.CANCEL_CHECK_S", 0.0)
+    monkeypatch.setattr("nbfinetune.backends.remote.FLUSH_S", 0.2)
     monkeypatch.setattr("nbfinetune.backends.modal_backend.MIRROR_POLL_S", 0.2)
     monkeypatch.setattr("nbfinetune.backends.modal_backend.STATUS_CACHE_S", 0.0)
     client = FakeModal(tmp_path / "volume")
@@ -118,7 +150,8 @@ def test_app_definition_imports_light_and_declares_gpu_volume_retries():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         spec = modal_app.app.registered_functions["Trainer.*"]._spec_
-    assert spec.gpus == "A10" and list(spec.volumes) == ["/runs"]
+    assert spec.gpus == "A10" and list(spec.volumes) == ["/runs", "/hf-cache"]
+    assert spec.cpu == modal_app.TRAINER_CPU and spec.memory == modal_app.TRAINER_MEMORY_MIB
     assert modal_app.TIMEOUT_S == 24 * 3600
     assert all("==" in p for p in modal_app.PACKAGES[:6])
 
@@ -126,7 +159,7 @@ def test_app_definition_imports_light_and_declares_gpu_volume_retries():
 def test_remote_body_emits_the_same_events_as_the_local_backend(tiny_model, tmp_path, home):
     published, commits = [], []
     config = api.build_config(model=tiny_model, steps=4, eval_samples=2).to_dict()
-    result = remote_train(config, "r1", str(tmp_path), published.append, lambda: commits.append(1), lambda: False)
+    result = remote_train(config, "r1", str(tmp_path), published.extend, lambda: commits.append(1), lambda: False)
     assert result["status"] == "finished"
     stored = [json.loads(line) for line in (tmp_path / "r1" / "events.jsonl").read_text().splitlines()]
     assert published == stored and [e["seq"] for e in stored] == list(range(1, len(stored) + 1))
@@ -141,7 +174,7 @@ def test_remote_failure_is_an_event_and_never_leaks_the_hf_token(tmp_path, monke
     monkeypatch.setenv("HF_TOKEN", token)
     config = api.build_config(model=tiny_model, data=f"/nowhere/{token}.jsonl").to_dict()
     published = []
-    result = remote_train(config, "r2", str(tmp_path), published.append, lambda: None, lambda: False)
+    result = remote_train(config, "r2", str(tmp_path), published.extend, lambda: None, lambda: False)
     assert result["status"] == "failed" and published[-1]["type"] == "failed"
     assert token not in json.dumps(published) and token not in result["error"]
     assert "[redacted]" in published[-1]["message"]
@@ -260,7 +293,105 @@ def test_remote_body_with_several_processes_publishes_rank0_events(tiny_model, t
     """gpu="TYPE:N" runs N data-parallel trainers under torchrun in the container (gloo on CPU here)."""
     published = []
     config = api.build_config(model=tiny_model, steps=3, batch_size=4, processes=2, eval_samples=0).to_dict()
-    result = remote_train(config, "rN", str(tmp_path), published.append, lambda: None, lambda: False)
+    result = remote_train(config, "rN", str(tmp_path), published.extend, lambda: None, lambda: False)
     assert result["status"] == "finished", (result, published[-1:])
     assert [e["seq"] for e in published] == list(range(1, len(published) + 1))
     assert next(e for e in published if e["type"] == "started")["processes"] == 2
+
+
+def _app_definition(env):
+    """The Trainer's and Chat's secrets, volumes and image env as a process with `env` defines them."""
+    import subprocess
+    import sys
+
+    code = ("import json, warnings; warnings.simplefilter('ignore'); from nbfinetune.backends import modal_app as m\n"
+            "specs = {k: f._spec_ for k, f in m.app.registered_functions.items()}\n"
+            "print(json.dumps({k: {'secrets': [repr(s) for s in v.secrets], 'volumes': sorted(v.volumes),\n"
+            "  'gpus': str(v.gpus), 'env': m.image._deferred_env if hasattr(m.image, '_deferred_env') else None}\n"
+            "  for k, v in specs.items()} | {'hf': m.HF_SECRET}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout)
+
+
+def test_the_app_is_defined_the_same_at_deploy_time_and_in_the_container(tmp_path):
+    """Item 1f: the HF secret chosen when deploying is part of the image's environment, so a container
+    (which has the image's environment and nothing of the deploying kernel's) defines the same app."""
+    base = {"PATH": os.environ["PATH"], "PYTHONPATH": os.environ.get("PYTHONPATH", ""), "HOME": str(tmp_path)}
+    deploying = _app_definition({**base, "NBFINETUNE_MODAL_HF_SECRET": "huggingface-secret"})
+    assert deploying["hf"] == "huggingface-secret" and "huggingface-secret" in deploying["Trainer.*"]["secrets"][0]
+    from nbfinetune.backends import modal_app
+
+    image_env = _image_env(modal_app.image, {**base, "NBFINETUNE_MODAL_HF_SECRET": "huggingface-secret"})
+    container = _app_definition({**base, **image_env})
+    assert container == deploying
+
+
+def _image_env(image, env):
+    """The environment variables the image sets, as evaluated by a deploying process with `env`."""
+    import subprocess
+    import sys
+
+    code = ("import json, warnings; warnings.simplefilter('ignore'); from nbfinetune.backends import modal_app as m\n"
+            "print(json.dumps(getattr(m, 'IMAGE_ENV', {})))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout)
+
+
+def test_remote_chat_asks_for_the_adapter_or_the_base_model_and_top_p(monkeypatch):
+    """Item 1g: the side-by-side base answer on Modal is the base model's, with the chosen sampling."""
+    from nbfinetune import serving
+
+    calls = []
+
+    class Generate:
+        def remote_gen(self, messages, **kwargs):
+            calls.append(kwargs)
+            yield "hi"
+
+    chat = object.__new__(serving.RemoteChatModel)
+    chat._chat = type("Chat", (), {"generate": Generate()})()
+    assert list(chat.stream([{"role": "user", "content": "x"}], top_p=0.5, adapter="base")) == ["hi"]
+    assert calls == [{"max_new_tokens": 256, "temperature": 0.0, "top_p": 0.5, "adapter": "base"}]
+    import inspect
+
+    from nbfinetune.backends import modal_app
+
+    from modal._utils.async_utils import synchronizer
+
+    generate = synchronizer._translate_in(modal_app.Chat._get_user_cls().generate)
+    params = inspect.signature(generate.raw_f).parameters
+    assert "adapter" in params and "top_p" in params
+
+
+def test_credentials_written_after_import_are_read_without_a_restart(tmp_path, monkeypatch):
+    """Item 1h: `modal token new` writes ~/.modal.toml after modal was imported."""
+    import importlib
+
+    import modal.config
+
+    from nbfinetune.backends.modal_backend import require_credentials
+
+    monkeypatch.delenv("MODAL_TOKEN_ID", raising=False)
+    monkeypatch.delenv("MODAL_TOKEN_SECRET", raising=False)
+    path = tmp_path / "modal.toml"
+    monkeypatch.setenv("MODAL_CONFIG_PATH", str(path))
+    importlib.reload(modal.config)
+    with pytest.raises(ModalSetupError, match="modal token new"):
+        require_credentials()
+    path.write_text('[default]\ntoken_id = "ak-1"\ntoken_secret = "as-1"\nactive = true\n')
+    require_credentials()
+    assert modal.config.config.get("token_id") == "ak-1"
+    monkeypatch.undo()
+    importlib.reload(modal.config)
+
+
+def test_a_container_without_cuda_fails_clearly_instead_of_training_on_cpu(tmp_path, tiny_model, home):
+    """Item 1m: on Modal the body requires a CUDA device."""
+    published = []
+    config = api.build_config(model=tiny_model, steps=2, eval_samples=0).to_dict()
+    result = remote_train(config, "rc", str(tmp_path), published.extend, lambda: None, lambda: False,
+                          require_cuda=True)
+    assert result["status"] == "failed" and "no CUDA device" in published[-1]["message"]
+    assert "rc: starting" in (tmp_path / "rc" / "container.log").read_text()  # the log reaches the Volume

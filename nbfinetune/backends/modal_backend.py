@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..config import RunConfig
-from ..events import Event
+from ..events import Event, redact
 from ..pricing import cost_so_far, parse_gpu
 from ..runs import RunStore, read_events
 
@@ -30,6 +30,10 @@ class ModalSetupError(RuntimeError):
 
 class ModalAppNotDeployed(ModalSetupError):
     """Credentials work but the nbfinetune app is not deployed yet (first use)."""
+
+
+class ModalAppOutdated(ModalAppNotDeployed):
+    """The deployed app was built from another version of nbfinetune: old remote code would run."""
 
 
 DEFAULT_REMOTE_SAVE_EVERY = 50  # preemptible GPUs: a restarted input resumes from the last checkpoint
@@ -48,13 +52,19 @@ class ModalClient(Protocol):
         """Start the remote training call; return its call id."""
 
     def poll_events(self, run_id: str, timeout_s: float) -> list[dict[str, Any]]:
-        """Live events published since the last poll (may be empty)."""
+        """Live events published since the last poll; empty when none arrived within timeout_s."""
 
     def read_history(self, run_id: str) -> bytes | None:
-        """The run's events.jsonl from the Volume, or None when it has none yet."""
+        """The run's events.jsonl from the Volume (committed state), or None when it has none yet."""
+
+    def write_history(self, run_id: str, data: bytes) -> None:
+        """Replace the run's events.jsonl on the Volume (before a resume: the client's copy is complete)."""
+
+    def read_log_tail(self, run_id: str, lines: int = 15) -> str:
+        """The tail of the container's log from the Volume ('' when there is none)."""
 
     def call_status(self, call_id: str) -> str:
-        """'running', 'finished', or 'failed: <reason>'."""
+        """'running', 'finished', 'failed: <reason>' or 'cancelled: <reason>'."""
 
     def cancel(self, call_id: str, run_id: str, hard: bool) -> None: ...
 
@@ -76,12 +86,27 @@ class ModalBackend:
     # --- Backend protocol ------------------------------------------------------------------------
     def launch(self, config: RunConfig, store: RunStore) -> str:
         parse_gpu(config.gpu)  # unknown GPU types fail here, before anything is created
-        try:
-            self.client.check_ready()
-        except ModalAppNotDeployed:
-            print("nbfinetune is not deployed to Modal yet: deploying it now (first use; the image build "
-                  "takes a few minutes the first time)…", flush=True)
-            self.client.deploy()
+        self._ensure_deployed()
+        remote = self.remote_config(config)
+        run_id = store.create(config)
+        self._spawn(run_id, store, remote, config.gpu)
+        return run_id
+
+    def resume(self, run_id: str, store: RunStore) -> None:
+        self._ensure_deployed()
+        config = RunConfig.from_dict(store.config(run_id))
+        path = store.events_path(run_id)
+        # The local copy holds everything the Volume has plus any terminal event this client recorded
+        # for a container that died: the resumed container continues seq after it.
+        last = max((e.seq for e in read_events(path).events), default=0)
+        self._replay_history(run_id, path, last)
+        if path.exists():
+            self.client.write_history(run_id, path.read_bytes())
+        self._spawn(run_id, store, self.remote_config(config), config.gpu)
+
+    def remote_config(self, config: RunConfig) -> dict[str, Any]:
+        """What the container trains with, for launch and resume alike: data on the Volume, checkpoints
+        every DEFAULT_REMOTE_SAVE_EVERY steps (preemptible GPUs), one trainer per GPU."""
         remote = RunConfig.from_dict(config.to_dict())
         if remote.train.save_every is None:
             remote.train.save_every = DEFAULT_REMOTE_SAVE_EVERY
@@ -89,19 +114,30 @@ class ModalBackend:
         remote.data.path = self._upload_if_local(config.data.path)
         if config.data.eval_path:
             remote.data.eval_path = self._upload_if_local(config.data.eval_path)
-        run_id = store.create(config)
-        call_id = self.client.spawn(remote.to_dict(), run_id, config.gpu)
-        (store.path(run_id) / "modal.json").write_text(json.dumps({"call_id": call_id, "gpu": config.gpu}))
-        self._start_mirror(run_id, store)
-        return run_id
+        return remote.to_dict()
 
-    def resume(self, run_id: str, store: RunStore) -> None:
-        config = RunConfig.from_dict(store.config(run_id))
-        call_id = self.client.spawn(config.to_dict(), run_id, config.gpu)  # resumes from its checkpoint
-        (store.path(run_id) / "modal.json").write_text(json.dumps({"call_id": call_id, "gpu": config.gpu}))
+    def _ensure_deployed(self) -> None:
+        try:
+            self.client.check_ready()
+        except ModalAppOutdated as exc:
+            print(f"{exc}: redeploying it now…", flush=True)
+            self.client.deploy()
+        except ModalAppNotDeployed:
+            print("nbfinetune is not deployed to Modal yet: deploying it now (first use; the image build "
+                  "takes a few minutes the first time)…", flush=True)
+            self.client.deploy()
+
+    def _spawn(self, run_id: str, store: RunStore, remote: dict[str, Any], gpu: str) -> None:
+        call_id = self.client.spawn(remote, run_id, gpu)
+        (store.path(run_id) / "modal.json").write_text(json.dumps({"call_id": call_id, "gpu": gpu}))
+        self._status.pop(run_id, None)
         self._start_mirror(run_id, store)
 
     def cancel(self, run_id: str, store: RunStore, hard: bool = False) -> None:
+        if hard:  # remembered, so the run's end reads "cancelled", not "failed"
+            meta_path = store.require(run_id) / "modal.json"
+            meta = json.loads(meta_path.read_text())
+            meta_path.write_text(json.dumps({**meta, "hard_cancel": True}))
         self.client.cancel(self._call_id(run_id, store), run_id, hard)
 
     def is_alive(self, run_id: str, store: RunStore) -> bool | None:
@@ -162,9 +198,36 @@ class ModalBackend:
             if budget is not None and (store.summary(run_id).cost_usd or 0.0) >= budget:
                 self.cancel(run_id, store)  # the budget cap: a graceful cancel keeps adapter and checkpoint
                 budget = None
-            if not events and self._remote_status(run_id, store) != "running":
-                self._replay_history(run_id, path, last)
+            if not events and self._remote_status(run_id, store) not in ("running", "unknown"):
+                last = self._replay_history(run_id, path, last)
+                self._record_end(run_id, store, path)
                 return
+
+    def _record_end(self, run_id: str, store: RunStore, path: Path) -> None:
+        """The call is over but the stream has no terminal event (killed, crashed, out of memory, error at
+        container start, timeout, retries exhausted): record one with Modal's reason and the log tail."""
+        events = read_events(path).events
+        if events and events[-1].terminal:
+            return
+        from ..failures import describe_reason
+        from ..runs import EventWriter
+
+        status = self._remote_status(run_id, store)
+        reason = status.partition(": ")[2] or f"the Modal call ended ({status}) without a last event"
+        try:
+            tail = self.client.read_log_tail(run_id)
+        except Exception:  # noqa: BLE001 — the reason matters more than the tail
+            tail = ""
+        writer = EventWriter(path, run_id)
+        try:
+            if status.startswith("cancelled") or self._meta(run_id, store).get("hard_cancel"):
+                writer.emit("cancelled", hard=True, message=f"the Modal container was stopped on request ({reason}); "
+                                                            "events and checkpoints committed so far are kept")
+            else:
+                writer.emit("failed", error="ModalCallFailed", message=redact(describe_reason(reason)),
+                            traceback=redact(tail))
+        finally:
+            writer.close()
 
     def _replay_history(self, run_id: str, path: Path, last: int) -> int:
         try:
@@ -190,11 +253,15 @@ class ModalBackend:
         return status
 
     @staticmethod
-    def _call_id(run_id: str, store: RunStore) -> str:
+    def _meta(run_id: str, store: RunStore) -> dict[str, Any]:
         try:
-            return json.loads((store.require(run_id) / "modal.json").read_text())["call_id"]
+            return json.loads((store.require(run_id) / "modal.json").read_text())
         except FileNotFoundError:
             raise ModalSetupError(f"run {run_id} has no Modal call recorded") from None
+
+    @classmethod
+    def _call_id(cls, run_id: str, store: RunStore) -> str:
+        return cls._meta(run_id, store)["call_id"]
 
     def _upload_if_local(self, data: str) -> str:
         """Local files go to the Volume (hub ids and packaged samples are loaded remotely)."""
@@ -226,26 +293,51 @@ def _append(path: Path, events: list[Event]) -> None:
 def require_credentials() -> None:
     import modal
 
+    if not _has_credentials(modal.config.config):
+        # modal reads ~/.modal.toml once, at import: after `modal token new` in a terminal, read it again
+        # so the kernel needs no restart.
+        _reread_modal_config()
+    if not _has_credentials(modal.config.config):
+        raise ModalSetupError("no Modal credentials: run `modal token new` in a terminal (no kernel restart "
+                              "needed), or set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET in the environment")
+
+
+def _has_credentials(config: Any) -> bool:
     # Empty values count as missing (an exported-but-empty MODAL_TOKEN_ID is a common slip).
-    if not (modal.config.config.get("token_id") and modal.config.config.get("token_secret")):
-        raise ModalSetupError("no Modal credentials: run `modal token new` in a terminal, or set "
-                              "MODAL_TOKEN_ID and MODAL_TOKEN_SECRET in the environment")
+    return bool(config.get("token_id") and config.get("token_secret"))
+
+
+def _reread_modal_config() -> None:
+    """Re-read the modal config file. Uses modal.config's module state (checked in modal 1.6.4): if that
+    changes, this does nothing and the error message still says what to do."""
+    import modal.config as modal_config
+
+    reader = getattr(modal_config, "_read_user_config", None)
+    if reader is None or not hasattr(modal_config, "_user_config"):
+        return
+    modal_config.user_config_path = os.environ.get("MODAL_CONFIG_PATH") or os.path.expanduser("~/.modal.toml")
+    modal_config._user_config = reader()
+    if hasattr(modal_config, "_config_active_profile"):
+        modal_config._profile = os.environ.get("MODAL_PROFILE") or modal_config._config_active_profile()
 
 
 def deploy() -> str:
-    """Deploy the nbfinetune app (image build progress is printed); returns the app name."""
+    """Deploy the nbfinetune app (image build progress is printed); returns the app name. Records the
+    package version it deployed, so a kernel with another version redeploys instead of running old code."""
     import modal
 
+    from .. import __version__
     from . import modal_app
 
     require_credentials()
     with modal.enable_output():
         modal_app.app.deploy(name=modal_app.APP_NAME)
+    modal.Dict.from_name(modal_app.META_DICT, create_if_missing=True)["version"] = __version__
     return modal_app.APP_NAME
 
 
 class RealModalClient:
-    """The only code that calls Modal. Not run against real Modal from our machines (no network to it)."""
+    """The only code that calls Modal; tested through the real modal library against tests/modal_fake."""
 
     def __init__(self) -> None:
         import modal  # noqa: F401 — fail early with a clear message if the package is broken
@@ -257,6 +349,8 @@ class RealModalClient:
     def check_ready(self) -> None:
         import modal
 
+        from .. import __version__
+
         require_credentials()
         try:
             modal.Cls.from_name(self.app.APP_NAME, "Trainer").hydrate()
@@ -264,34 +358,69 @@ class RealModalClient:
             raise ModalSetupError(f"Modal rejected the credentials: {exc}") from None
         except modal.exception.NotFoundError:
             raise ModalAppNotDeployed("the nbfinetune app is not deployed to Modal yet: run `nbfinetune deploy`") from None
+        deployed = modal.Dict.from_name(self.app.META_DICT, create_if_missing=True).get("version")
+        if deployed != __version__:
+            raise ModalAppOutdated(f"the nbfinetune app deployed to Modal is version {deployed or 'unknown'}, "
+                                   f"this kernel has {__version__}")
 
     def deploy(self) -> None:
         deploy()
 
     def upload(self, local_path: str, remote_path: str) -> None:
-        with self.app.volume.batch_upload(force=True) as batch:
+        with self._volume().batch_upload(force=True) as batch:
             if os.path.isdir(local_path):
                 batch.put_directory(local_path, remote_path)
             else:
                 batch.put_file(local_path, remote_path)
 
+    def write_history(self, run_id: str, data: bytes) -> None:
+        import io
+
+        with self._volume().batch_upload(force=True) as batch:
+            batch.put_file(io.BytesIO(data), f"/{run_id}/events.jsonl")
+
+    def _volume(self) -> Any:
+        import modal
+
+        return modal.Volume.from_name(self.app.RUNS_VOLUME, create_if_missing=True)
+
+    def _flags(self) -> Any:
+        import modal
+
+        return modal.Dict.from_name(self.app.CANCEL_DICT, create_if_missing=True)
+
     def spawn(self, config: dict[str, Any], run_id: str, gpu: str) -> str:
         import modal
 
+        self._flags().pop(run_id, None)  # a Dict key outlives the run: an old cancel would stop this one
         trainer = modal.Cls.from_name(self.app.APP_NAME, "Trainer").with_options(gpu=gpu)
         return trainer().train.spawn(config, run_id).object_id
 
     def poll_events(self, run_id: str, timeout_s: float) -> list[dict[str, Any]]:
+        import queue as stdlib_queue
+
         import modal
 
-        queue = modal.Queue.from_name(self.app.EVENTS_QUEUE, create_if_missing=True)
-        return list(queue.get_many(500, timeout=timeout_s, partition=run_id))
+        events = modal.Queue.from_name(self.app.EVENTS_QUEUE, create_if_missing=True)
+        try:
+            return list(events.get_many(500, timeout=timeout_s, partition=run_id))
+        except stdlib_queue.Empty:  # modal raises it when nothing arrives in time; it never returns []
+            return []
 
     def read_history(self, run_id: str) -> bytes | None:
         try:
-            return b"".join(self.app.volume.read_file(f"{run_id}/events.jsonl"))
+            return b"".join(self._volume().read_file(f"{run_id}/events.jsonl"))
         except FileNotFoundError:
             return None
+
+    def read_log_tail(self, run_id: str, lines: int = 15) -> str:
+        from .remote import CONTAINER_LOG
+
+        try:
+            text = b"".join(self._volume().read_file(f"{run_id}/{CONTAINER_LOG}")).decode("utf-8", "replace")
+        except FileNotFoundError:
+            return ""
+        return "".join(text.splitlines(keepends=True)[-lines:])
 
     def call_status(self, call_id: str) -> str:
         import modal
@@ -301,12 +430,30 @@ class RealModalClient:
         except TimeoutError:
             return "running"
         except modal.exception.Error as exc:
+            text = str(exc) or type(exc).__name__
+            if "cancel" in text.lower() or "terminated" in text.lower():
+                return f"cancelled: {text}"
+            return f"failed: {type(exc).__name__}: {text}"
+        except Exception as exc:  # noqa: BLE001 — the container's own exception, re-raised by modal
             return f"failed: {type(exc).__name__}: {exc}"
         return "finished" if not isinstance(result, dict) else result.get("status", "finished")
 
     def cancel(self, call_id: str, run_id: str, hard: bool) -> None:
         import modal
 
-        modal.Dict.from_name(self.app.CANCEL_DICT, create_if_missing=True)[run_id] = True
+        self._flags()[run_id] = True
         if hard:
             modal.FunctionCall.from_id(call_id).cancel()
+
+
+def remote_adapter_exists(run_id: str) -> bool:
+    """Whether the run's adapter is committed on the Volume: checked before a chat starts a billed GPU."""
+    import modal
+
+    from . import modal_app
+
+    volume = modal.Volume.from_name(modal_app.RUNS_VOLUME, create_if_missing=True)
+    try:
+        return any(entry.path.endswith("adapter_config.json") for entry in volume.listdir(f"{run_id}/adapter"))
+    except (FileNotFoundError, Exception):  # noqa: BLE001 — modal's NotFoundError: no such directory
+        return False

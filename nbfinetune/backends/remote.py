@@ -1,53 +1,132 @@
 """The body of the remote training function, free of Modal imports so it runs (and is tested) anywhere.
 
 It calls the same `train()` as the local worker. Every event goes to the run's events.jsonl on the
-Volume (the durable history) and is published for the live tail; the Volume is committed every few
-events and at every checkpoint, so a preempted container restarts from the last checkpoint (train()
-resumes from it) with its history on disk.
+Volume (the durable history); a background relay commits the Volume every few seconds and at every
+checkpoint, then publishes the committed events for the live tail, so a preempted container restarts
+from the last checkpoint (train() resumes from it) with its history on disk and its seq dense.
 """
 
 from __future__ import annotations
 
+import contextlib
+import sys
+import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from ..config import RunConfig
 from ..events import Event, redact
+from ..failures import describe
 from ..runs import EventWriter, validate_run_id
 
-COMMIT_EVERY = 20
+FLUSH_S = 2.0
 CANCEL_CHECK_S = 5.0
+CONTAINER_LOG = "container.log"
+
+Publish = Callable[[list[dict[str, Any]]], Any]
 
 
 class _Relay:
-    """Publishes each stored event for the live tail (best effort: the Volume has every event) and
-    commits the Volume every COMMIT_EVERY events, at evals and checkpoints, and at the end."""
+    """Commits the Volume, then publishes what it committed for the live tail, from a background thread
+    every FLUSH_S seconds and at once after checkpoints, evals and the end. Training never waits on Modal.
 
-    def __init__(self, publish: Callable[[dict[str, Any]], None], commit: Callable[[], None]) -> None:
-        self.publish, self.commit, self.count = publish, commit, 0
+    Publishing only committed events keeps `seq` dense and unique across retries: a retried container
+    continues from the Volume's last committed event, and nothing later was ever published."""
+
+    def __init__(self, publish: Publish, commit: Callable[[], None]) -> None:
+        self.publish, self.commit = publish, commit
+        self.pending: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+        self.wake = threading.Event()
+        self.closed = False
+        self.thread = threading.Thread(target=self._loop, daemon=True, name="nbfinetune-relay")
+        self.thread.start()
 
     def __call__(self, event: Event) -> None:
-        self.count += 1
-        try:
-            self.publish(event.to_dict())
-        except Exception:  # noqa: BLE001 — a full or unreachable queue must not stop training
-            pass
-        if self.count % COMMIT_EVERY == 0 or event.type in ("checkpoint", "eval") or event.terminal:
-            self.commit()
+        with self.lock:
+            self.pending.append(event.to_dict())
+        if event.type in ("checkpoint", "eval") or event.terminal:
+            self.wake.set()
+
+    def _loop(self) -> None:
+        while not self.closed:
+            self.wake.wait(FLUSH_S)
+            self.wake.clear()
+            with contextlib.suppress(Exception):  # a failed commit or publish is retried at the next flush
+                self.flush()
+
+    def flush(self) -> None:
+        with self.lock:
+            batch, self.pending = self.pending, []
+        self.commit()
+        if batch:
+            try:
+                self.publish(batch)  # best effort: a full or unreachable queue never stops training
+            except Exception:  # noqa: BLE001
+                pass
+
+    def close(self) -> None:
+        self.closed = True
+        self.wake.set()
+        self.thread.join(30)
+        self.flush()
 
 
-def remote_train(config: dict[str, Any], run_id: str, runs_root: str, publish: Callable[[dict[str, Any]], None],
-                 commit: Callable[[], None], cancelled: Callable[[], bool]) -> dict[str, Any]:
+@contextlib.contextmanager
+def _container_log(run_dir: Path) -> Iterator[None]:
+    """Copy the container's stdout and stderr to run_dir/container.log on the Volume, so its tail reaches
+    the user when the container dies (the Volume is committed with the events)."""
+    log = open(run_dir / CONTAINER_LOG, "a", encoding="utf-8", buffering=1)
+
+    class Tee:
+        def __init__(self, stream: Any) -> None:
+            self.stream = stream
+
+        def write(self, text: str) -> int:
+            with contextlib.suppress(ValueError):
+                log.write(text)
+            return self.stream.write(text)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.stream, name)
+
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = Tee(sys.stdout), Tee(sys.stderr)
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = saved
+        log.close()
+
+
+def _check_cuda(config: RunConfig) -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"the container has no CUDA device (gpu={config.gpu!r}); refusing to train on CPU — "
+                           "check the GPU type and the torch build in the image")
+
+
+def remote_train(config: dict[str, Any], run_id: str, runs_root: str, publish: Publish,
+                 commit: Callable[[], None], cancelled: Callable[[], bool],
+                 require_cuda: bool = False) -> dict[str, Any]:
     run_dir = Path(runs_root) / validate_run_id(run_id)
     run_dir.mkdir(parents=True, exist_ok=True)
     run_config = RunConfig.from_dict(config)
     if not (run_dir / "config.json").exists():
         (run_dir / "config.json").write_text(run_config.to_json(), encoding="utf-8")
-    if run_config.train.processes > 1:
-        return _train_in_processes(run_dir, run_config.train.processes, publish, commit, cancelled)
+    with _container_log(run_dir):
+        print(f"nbfinetune {run_id}: starting ({run_config.model}, gpu={run_config.gpu})", flush=True)
+        if run_config.train.processes > 1:
+            return _train_in_processes(run_dir, run_config.train.processes, publish, commit, cancelled)
+        return _train_one(run_config, run_id, run_dir, publish, commit, cancelled, require_cuda)
+
+
+def _train_one(run_config: RunConfig, run_id: str, run_dir: Path, publish: Publish, commit: Callable[[], None],
+               cancelled: Callable[[], bool], require_cuda: bool) -> dict[str, Any]:
     writer = EventWriter(run_dir / "events.jsonl", run_id)
     relay = _Relay(publish, commit)
 
@@ -61,24 +140,27 @@ def remote_train(config: dict[str, Any], run_id: str, runs_root: str, publish: C
         # A cancel flag lives in a remote dict: look it up every few seconds, not every step.
         if not stop[0] and time.monotonic() - last_check[0] > CANCEL_CHECK_S:
             last_check[0] = time.monotonic()
-            stop[0] = bool(cancelled())
+            with contextlib.suppress(Exception):  # an unreachable Dict must not end the run
+                stop[0] = bool(cancelled())
         return stop[0]
 
     try:
+        if require_cuda:
+            _check_cuda(run_config)
         from ..core.trainer import train
 
         return {"status": "finished", **train(run_config, emit, should_stop, run_dir)}
     except Exception as exc:  # reported as an event; the call itself ends normally (no pointless retries)
         tail = "".join(traceback.format_exception(exc)[-6:])
-        emit("failed", error=type(exc).__name__, message=redact(str(exc) or type(exc).__name__),
-             traceback=redact(tail))
-        return {"status": "failed", "error": f"{type(exc).__name__}: {redact(str(exc))}"}
+        message = redact(describe(exc))
+        emit("failed", error=type(exc).__name__, message=message, traceback=redact(tail))
+        return {"status": "failed", "error": f"{type(exc).__name__}: {message}"}
     finally:
         writer.close()
-        commit()
+        relay.close()
 
 
-def _train_in_processes(run_dir: Path, processes: int, publish: Callable[[dict[str, Any]], None],
+def _train_in_processes(run_dir: Path, processes: int, publish: Publish,
                         commit: Callable[[], None], cancelled: Callable[[], bool]) -> dict[str, Any]:
     """Several GPUs: the worker runs `processes` data-parallel trainers under torchrun and its rank 0
     writes events.jsonl; this loop publishes each new line for the live tail and commits the Volume."""
@@ -88,7 +170,8 @@ def _train_in_processes(run_dir: Path, processes: int, publish: Callable[[dict[s
     from ..runs import read_events
     from ..worker import child_command
 
-    process = subprocess.Popen(child_command(run_dir, processes))
+    with open(run_dir / CONTAINER_LOG, "a", encoding="utf-8") as log:
+        process = subprocess.Popen(child_command(run_dir, processes), stdout=log, stderr=subprocess.STDOUT)
     relay = _Relay(publish, commit)
     offset, last, cancel_sent = 0, None, False
     while True:
@@ -104,6 +187,15 @@ def _train_in_processes(run_dir: Path, processes: int, publish: Callable[[dict[s
             process.send_signal(signal.SIGTERM)  # graceful: rank 0 saves adapter and checkpoint
             cancel_sent = True
         time.sleep(1.0)
-    commit()
-    status = last.type if last is not None and last.terminal else "failed"
-    return {"status": status, "exit_code": process.returncode}
+    if last is None or not last.terminal:  # a rank crashed or was killed before rank 0 could report
+        from ..failures import describe_reason
+        from ..worker import _exit_reason, _tail
+
+        writer = EventWriter(run_dir / "events.jsonl", run_dir.name)
+        reason = f"a training process exited with status {process.returncode}"
+        last = writer.emit("failed", error=_exit_reason(process.returncode), message=describe_reason(reason),
+                           traceback=redact(_tail(run_dir / CONTAINER_LOG)))
+        writer.close()
+        relay(last)
+    relay.close()
+    return {"status": last.type, "exit_code": process.returncode}

@@ -1,0 +1,229 @@
+"""The Modal backend through the real, unpatched `modal` library against a fake of Modal's control plane
+(tests/modal_fake: gRPC on loopback, blobs over local HTTP); containers run our real container body with
+the tiny model in threads. What only real Modal can show is listed in the README."""
+
+import json
+
+import pytest
+
+from nbfinetune import api
+from nbfinetune.backends.modal_backend import ModalBackend, RealModalClient
+
+from tests.helpers import wait_for
+from tests.modal_fake import containers, fake_modal
+
+
+@pytest.fixture
+def modal_fake(tmp_path, monkeypatch, home):
+    monkeypatch.setattr("nbfinetune.backends.remote.CANCEL_CHECK_S", 0.0)
+    monkeypatch.setattr("nbfinetune.backends.remote.FLUSH_S", 0.2)
+    monkeypatch.setattr("nbfinetune.backends.modal_backend.MIRROR_POLL_S", 0.2)
+    monkeypatch.setattr("nbfinetune.backends.modal_backend.STATUS_CACHE_S", 0.0)
+    with fake_modal(tmp_path / "modal") as fake:
+        containers.install(fake)
+        backend = ModalBackend(RealModalClient())
+        monkeypatch.setattr("nbfinetune.backends.base._modal_backend", {"instance": backend})
+        yield fake
+
+
+def _seqs(run):
+    return [e.seq for e in run.events()]
+
+
+def test_launch_deploys_streams_and_wait_returns_after_the_call_ends(modal_fake, tiny_model, capsys):
+    run = api.finetune(model=tiny_model, backend="modal", gpu="H100", steps=4, eval_samples=0, display=False)
+    summary = run.wait(timeout=120, progress=False)
+    assert summary.status == "finished", run.events()[-1]
+    assert _seqs(run) == list(range(1, len(run.events()) + 1))
+    assert "deploying it now" in capsys.readouterr().out
+    call = next(iter(modal_fake.calls.values()))
+    assert call.options["gpu"] == ["H100"]
+    stored = json.loads(modal_fake.committed_file("nbfinetune-runs", f"{run.id}/config.json"))
+    assert stored["train"]["save_every"] == 50
+
+
+def _call(fake, run):
+    return [c for c in fake.calls.values() if c.args[1] == run.id][-1]
+
+
+def _wait_steps(run, n=1):
+    wait_for(lambda: sum(e.type == "step" for e in run.events()) >= n, timeout=120)
+
+
+def test_a_container_that_dies_silently_ends_the_run_with_modals_reason_and_log_tail(modal_fake, tiny_model):
+    """Item 1a/1e: an empty poll (queue.Empty) leads to the status check; OOM-kill → failed with reason."""
+    run = api.finetune(model=tiny_model, backend="modal", steps=100000, eval_samples=0, display=False)
+    _wait_steps(run)
+    modal_fake.kill(_call(modal_fake, run).call_id, "Container OOMKilled (exit code 137)")
+    summary = run.wait(timeout=60, progress=False)
+    last = run.events()[-1]
+    assert summary.status == "failed" and last.type == "failed"
+    assert "OOMKilled" in last["message"] and "batch_size" in last["message"]  # the out-of-memory hint
+    assert f"nbfinetune {run.id}: starting" in last["traceback"]  # the container log's tail, from the Volume
+    assert _seqs(run) == list(range(1, len(run.events()) + 1))
+
+
+def test_an_error_at_container_start_is_failed_with_modals_message(modal_fake, tiny_model):
+    modal_fake.start_error = "Secret 'huggingface-secret' not found"
+    run = api.finetune(model=tiny_model, backend="modal", steps=3, eval_samples=0, display=False)
+    summary = run.wait(timeout=60, progress=False)
+    assert summary.status == "failed" and "huggingface-secret" in run.events()[-1]["message"]
+
+
+def test_hard_cancel_is_cancelled_with_a_reason(modal_fake, tiny_model):
+    run = api.finetune(model=tiny_model, backend="modal", steps=100000, eval_samples=0, display=False)
+    _wait_steps(run)
+    run.cancel(hard=True)
+    summary = run.wait(timeout=60, progress=False)
+    assert summary.status == "cancelled" and "on request" in run.events()[-1]["message"]
+
+
+def test_graceful_cancel_then_resume_is_one_continuous_curve(modal_fake, tiny_model, tmp_path):
+    """Items 1c and 1d: resume sends the remote config (uploaded data, save_every) and the old cancel
+    flag does not stop the resumed run."""
+    import shutil
+
+    from nbfinetune.data.sources import sample_files
+
+    data = tmp_path / "train.jsonl"
+    shutil.copy(sample_files("people")[0], data)
+    run = api.finetune(model=tiny_model, data=str(data), backend="modal", steps=30, save_every=5,
+                       eval_samples=0, display=False)
+    _wait_steps(run, 2)
+    run.cancel()
+    assert run.wait(timeout=120, progress=False).status == "cancelled"
+    run.resume()
+    summary = run.wait(timeout=120, progress=False)
+    assert summary.status == "finished", run.events()[-1]
+    resumed = _call(modal_fake, run).args[0]
+    assert resumed["data"]["path"].startswith("/runs/data/") and resumed["train"]["save_every"] == 5
+    events = run.events()
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    steps = [e["step"] for e in events if e.type == "step"]
+    assert steps[-1] == 30 and steps == sorted(set(steps))
+
+
+def test_preemption_resumes_from_the_last_checkpoint_with_dense_seq(modal_fake, tiny_model):
+    """Item 1k: the retry continues from the Volume's committed history; nothing published is reused."""
+    run = api.finetune(model=tiny_model, backend="modal", steps=24, save_every=4, eval_samples=0, display=False)
+    wait_for(lambda: any(e.type == "checkpoint" for e in run.events()), timeout=120)
+    _wait_steps(run, 6)
+    modal_fake.preempt(_call(modal_fake, run).call_id)
+    summary = run.wait(timeout=120, progress=False)
+    assert summary.status == "finished", run.events()[-1].payload
+    assert len(_call(modal_fake, run).containers) == 2, modal_fake.container_errors
+    events = run.events()
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    steps = [e["step"] for e in events if e.type == "step"]
+    # Steps after the last committed checkpoint are done again by the retry, from that checkpoint.
+    restart = next((i for i in range(1, len(steps)) if steps[i] <= steps[i - 1]), len(steps))
+    assert steps[:restart] == list(range(1, restart + 1))
+    assert steps[restart:] == list(range(steps[restart - 1] + 1 if restart == len(steps) else steps[restart], 25))
+    assert restart == len(steps) or (steps[restart] - 1) % 4 == 0
+    volume = modal_fake.committed_file("nbfinetune-runs", f"{run.id}/events.jsonl").decode().splitlines()
+    assert [json.loads(line)["seq"] for line in volume] == [e.seq for e in events]
+
+
+class KernelThatDies(RealModalClient):
+    """The modal client of a kernel about to restart: after `dead` is set its mirror thread ends."""
+
+    dead = False
+
+    def poll_events(self, run_id, timeout_s):
+        if self.dead:
+            raise SystemExit("this kernel is gone")
+        return super().poll_events(run_id, timeout_s)
+
+
+def test_kernel_restart_attach_replays_then_follows(modal_fake, tiny_model, monkeypatch):
+    from nbfinetune.runs import RunStore
+
+    old_kernel = ModalBackend(KernelThatDies())
+    monkeypatch.setattr("nbfinetune.backends.base._modal_backend", {"instance": old_kernel})
+    run = api.finetune(model=tiny_model, backend="modal", steps=30, eval_samples=0, display=False)
+    _wait_steps(run, 2)
+    old_kernel.client.dead = True
+    wait_for(lambda: not old_kernel._mirrors[run.id].is_alive(), timeout=60)
+    path = RunStore().events_path(run.id)
+    path.write_text("".join(path.read_text().splitlines(keepends=True)[:1]))  # a copy that lost its tail
+    reattached = api.Run(run.id, RunStore(), ModalBackend(RealModalClient()))
+    assert reattached.wait(timeout=120, progress=False).status == "finished"
+    events = reattached.events()
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert [e["step"] for e in events if e.type == "step"] == list(range(1, 31))
+
+
+def test_a_full_partition_with_nobody_draining_never_blocks_training(modal_fake, tiny_model):
+    """Item 1b: 6,000 events' worth of unread queue: training finishes, the Volume has every event."""
+    import modal
+
+    from nbfinetune.backends import modal_app
+    from tests.modal_fake.server import Call, Container
+
+    events = modal.Queue.from_name(modal_app.EVENTS_QUEUE, create_if_missing=True)
+    events.put_many([{"filler": i} for i in range(5000)], partition="quiet")
+    modal.Volume.from_name(modal_app.RUNS_VOLUME, create_if_missing=True).hydrate()
+    config = api.build_config(model=tiny_model, steps=6, eval_samples=0).to_dict()
+    call = Call("fc-direct", "fu", "train", (config, "quiet"), {}, {})
+    container = Container(token="ct-direct", call_id=call.call_id, attempt=0, mounts={})
+    modal_fake.containers[container.token] = container
+    result = containers.trainer(modal_fake, call, container)
+    assert result["status"] == "finished"
+    history = modal_fake.committed_file("nbfinetune-runs", "quiet/events.jsonl").decode().splitlines()
+    assert json.loads(history[-1])["type"] == "finished"
+    assert events.len(partition="quiet") == 5000
+
+
+def test_a_sweep_of_four_runs(modal_fake, tiny_model):
+    sweep = api.sweep({"lr": [1e-4, 2e-4], "r": [2, 4]}, model=tiny_model, backend="modal", gpu="L4", steps=2,
+                      eval_samples=0)
+    assert len(modal_fake.calls) == 4  # all spawned before any was waited on
+    table = sweep.wait(timeout=300)
+    assert list(table["status"]) == ["finished"] * 4
+    assert all(c.options["gpu"] == ["L4"] for c in modal_fake.calls.values())
+
+
+def test_chat_before_the_adapter_exists_fails_without_starting_a_container(modal_fake, tiny_model):
+    """Item 1i: the Volume is checked first; no Chat call is made."""
+    from nbfinetune.serving import RemoteChatModel
+
+    modal_fake.handlers.pop("Trainer.*")  # no container will ever write an adapter
+    api.finetune(model=tiny_model, backend="modal", steps=2, eval_samples=0, display=False)
+    with pytest.raises(RuntimeError, match="no adapter on the Modal Volume yet"):
+        RemoteChatModel("no-such-run")
+    assert not [c for c in modal_fake.calls.values() if c.method == "generate"]
+
+
+def test_an_app_deployed_from_another_version_is_redeployed_with_progress(modal_fake, tiny_model, capsys):
+    """Item 1l: the deployed version is recorded at deploy and compared at launch."""
+    import modal
+
+    from nbfinetune import __version__
+    from nbfinetune.backends import modal_app
+    from nbfinetune.backends.modal_backend import deploy
+
+    deploy()
+    meta = modal.Dict.from_name(modal_app.META_DICT, create_if_missing=True)
+    meta["version"] = "0.0.1"
+    capsys.readouterr()
+    run = api.finetune(model=tiny_model, backend="modal", steps=2, eval_samples=0, display=False)
+    printed = capsys.readouterr().out
+    assert f"is version 0.0.1, this kernel has {__version__}: redeploying it now" in printed
+    assert "Created objects" in printed  # modal's own deploy progress
+    assert meta.get("version") == __version__
+    assert run.wait(timeout=120, progress=False).status == "finished"
+
+
+def test_chat_with_the_served_adapter_and_with_the_base_model(modal_fake, tiny_model):
+    """Item 1g: the Chat class answers with the adapter, and with the base model when asked."""
+    from nbfinetune.serving import RemoteChatModel
+
+    run = api.finetune(model=tiny_model, backend="modal", steps=2, eval_samples=0, display=False)
+    assert run.wait(timeout=120, progress=False).status == "finished"
+    chat = RemoteChatModel(run.id)
+    messages = [{"role": "user", "content": "Who is Ada?"}]
+    tuned = "".join(chat.stream(messages, max_new_tokens=8))
+    base = "".join(chat.stream(messages, max_new_tokens=8, adapter="base"))
+    assert tuned and base
+    generate_calls = [c for c in modal_fake.calls.values() if c.method == "generate"]
+    assert [c.kwargs["adapter"] for c in generate_calls] == ["default", "base"]
