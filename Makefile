@@ -48,7 +48,7 @@ test-slow: setup
 	$(PY) -m nbfinetune.cli prepare-model
 	$(PY) -m pytest -m slow
 
-## make bench: trainer vs HF baselines, event/dashboard overhead and launch latency, chat generation, validation speed
+## make bench: trainer vs HF baselines, event/dashboard overhead and launch latency, chat generation, validation speed, serving under load
 bench: setup
 	$(PY) -m nbfinetune.cli prepare-model
 	$(PY) bench/bench_trainer.py --data sample:people
@@ -56,6 +56,7 @@ bench: setup
 	$(PY) bench/bench_overhead.py
 	$(PY) bench/bench_generate.py
 	$(PY) bench/bench_validate.py
+	$(PY) bench/bench_serve.py
 
 ## make faults: kill trainer/supervisor/process group at each phase, full disk, corrupted events (a few minutes)
 faults: setup

@@ -163,18 +163,29 @@ class Run:
 
         return StaticChart(curves_figure(self.events(), title=f"run {self.id}"))
 
-    def chat(self, message: str | None = None, stream: bool = True, **sampling: Any) -> Any:
-        """Ask the fine-tuned model (streamed to the output); without a message, open the chat widget."""
+    def chat(self, message: str | None = None, stream: bool = True, compare: list[Any] | None = None,
+             **sampling: Any) -> Any:
+        """Ask the fine-tuned model (streamed to the output); without a message, open the chat widget.
+        compare: other answer sources side by side, e.g. [nbft.endpoint(url, "gpt-4o-mini")]."""
         from .serving import chat_model_for_run
 
         model = chat_model_for_run(self)
+        others = {source.label: source for source in compare or []}
         if message is None:
             from .widgets.chat import ChatWidget
 
             checkpoints = {p.name: str(p) for p in sorted((self.path / "checkpoints").glob("step-*"),
                                                            key=lambda p: int(p.name.split("-")[1]))}
-            return ChatWidget(model, checkpoints, name=self.id)
-        return model.ask(message, stream=stream, **sampling)
+            widget = ChatWidget(model, checkpoints, name=self.id, others=others)
+            if others:
+                widget.compare_with.value = next(iter(others))
+            return widget
+        return _ask_side_by_side(model, compare, message, stream, **sampling)
+
+    def serve(self, backend: str = "local", **options: Any) -> Any:
+        """An OpenAI-compatible API for this run's adapter (model name: the run id) and its base model;
+        see `serve()` for the options. Prints the URL and a new API key once."""
+        return serve([self], backend=backend, store=self.store, **options)
 
     def __repr__(self) -> str:
         return f"<Run {self.id}: {describe(self.summary())}>"
@@ -315,6 +326,68 @@ def preflight(data: Any = None, model: str | None = None, max_seq_len: int = 512
     from .widgets.preflight import Preflight
 
     return Preflight(data, model, max_seq_len)
+
+
+def serve(run_ids: list[str | Run] | None = None, backend: str = "local", *, store: RunStore | None = None,
+          **options: Any) -> Any:
+    """Serve runs' adapters (and their base models) through one OpenAI-compatible API; the latest run
+    when none is named. local options: host="127.0.0.1", port=0 (a free one), api_key=None (a new key,
+    printed once), aliases={run_id: name}. Returns the server: `.base_url`, `.api_key`, `.stop()`.
+
+    server = nbft.serve(["run-a", "run-b"]); OpenAI(base_url=server.base_url, api_key=server.api_key)
+    """
+    store = store or RunStore()
+    if not run_ids:
+        latest = store.latest()
+        if latest is None:
+            raise LookupError(f"no runs yet in {store.root}")
+        run_ids = [latest]
+    runs_ = [r if isinstance(r, Run) else Run(r, store) for r in run_ids]
+    if backend == "modal":
+        from .backends.modal_serve import serve_modal
+
+        return serve_modal(runs_, **options)
+    if backend != "local":
+        raise ValueError(f"backend: 'local' or 'modal', got {backend!r}")
+    from .serve.local import serve_runs
+
+    return serve_runs(runs_, **options)
+
+
+def endpoint(base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY") -> Any:
+    """Any OpenAI-compatible endpoint as a chat source: `.ask(message)`, `chat(endpoint)` for the widget,
+    or beside a run: `run.chat(compare=[endpoint])`. The key is read from api_key_env, never shown."""
+    from .serve.client import EndpointChatModel
+
+    return EndpointChatModel(base_url, model, api_key_env)
+
+
+def chat(source: Any, message: str | None = None, stream: bool = True, compare: list[Any] | None = None,
+         **sampling: Any) -> Any:
+    """Chat with an endpoint (see `endpoint`) the way run.chat does with a run."""
+    if message is not None:
+        return _ask_side_by_side(source, compare, message, stream, **sampling)
+    from .widgets.chat import ChatWidget
+
+    others = {other.label: other for other in compare or []}
+    widget = ChatWidget(source, name="endpoint", others=others)
+    if others:
+        widget.compare_with.value = next(iter(others))
+    return widget
+
+
+def _ask_side_by_side(model: Any, compare: list[Any] | None, message: str, stream: bool, **sampling: Any) -> Any:
+    """The model's answer; each compared source's answer is printed after it (stream) or, without
+    streaming, all answers come back as {label: text}."""
+    answer = model.ask(message, stream=stream, **sampling)
+    if not compare:
+        return answer
+    answers = {"fine-tuned": answer}
+    for other in compare:
+        if stream:
+            print(f"--- {other.label}")
+        answers[other.label] = other.ask(message, stream=stream, **sampling)
+    return answer if stream else answers
 
 
 def runs(store: RunStore | None = None) -> RunList:

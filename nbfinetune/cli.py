@@ -1,4 +1,4 @@
-"""Command line: `nbfinetune train | runs | validate | export | deploy | prepare-model | make-tiny-model`."""
+"""Command line: `nbfinetune train | runs | validate | export | deploy | serve | prepare-model | make-tiny-model`."""
 
 from __future__ import annotations
 
@@ -58,6 +58,14 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("deploy", help="deploy the Modal app (GPU trainer + chat server); needs Modal credentials")
 
     sub.add_parser("prepare-model", help="make the offline demo model ready (converts the shipped GGUF once)")
+    serve = sub.add_parser("serve", help="serve runs' adapters (and their base models) as an OpenAI-compatible API")
+    serve.add_argument("run_ids", nargs="*", metavar="RUN", help="run ids (default: the latest run)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--backend", choices=("local", "modal"), default="local")
+    serve.add_argument("--api-key-env", dest="api_key_env",
+                       help="take the API key from this environment variable instead of generating one")
+
     tiny = sub.add_parser("make-tiny-model", help="write a tiny random chat model for smoke tests")
     tiny.add_argument("directory")
     return parser
@@ -187,6 +195,29 @@ def _prepare_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import os
+    import threading
+
+    from . import api
+
+    options: dict[str, Any] = {}
+    if args.backend == "local":
+        options = {"host": args.host, "port": args.port}
+        if args.api_key_env:
+            if not os.environ.get(args.api_key_env):
+                print(f"nbfinetune serve: --api-key-env: {args.api_key_env} is not set", file=sys.stderr)
+                return 2
+            options["api_key"] = os.environ[args.api_key_env]
+    server = api.serve(args.run_ids or None, backend=args.backend, **options)
+    if args.backend == "local":
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            server.stop()
+    return 0
+
+
 def _make_tiny_model(args: argparse.Namespace) -> int:
     from .testing import make_tiny_model
 
@@ -194,7 +225,7 @@ def _make_tiny_model(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"train": _train, "runs": _runs, "export": _export, "validate": _validate, "deploy": _deploy, "prepare-model": _prepare_model, "make-tiny-model": _make_tiny_model}
+_COMMANDS = {"train": _train, "runs": _runs, "export": _export, "validate": _validate, "deploy": _deploy, "prepare-model": _prepare_model, "make-tiny-model": _make_tiny_model, "serve": _serve}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -8,8 +8,10 @@
     %finetune compare RUN RUN ...                         # curves overlaid + a table of settings and metrics
     %finetune runs | attach [RUN] | cancel [RUN] [--hard] | resume [RUN] | export [RUN] [--out DIR]
     %finetune chat [RUN] [message]
+    server = %finetune serve [RUN ...] [--backend local|modal] [--port P]   # an OpenAI-compatible API
     %chat What is 2 + 2?                                  # ask the latest run's adapter, streamed
     %%chat --run RUN                                      # the cell body is the (multi-line) message
+    %chat --endpoint URL --model M [--key-env VAR] [--run RUN] message   # any OpenAI-compatible API, or beside a run
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from traitlets import Unicode
 from . import api
 from .config import ConfigError, default_model, SAMPLE_DATA
 
-SUBCOMMANDS = ("runs", "compare", "check", "attach", "cancel", "resume", "export", "chat")
+SUBCOMMANDS = ("runs", "compare", "check", "attach", "cancel", "resume", "export", "chat", "serve")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -107,12 +109,25 @@ class FinetuneMagics(Magics):
         parser.add_argument("--max-tokens", dest="max_new_tokens", type=int, default=256)
         parser.add_argument("--temperature", type=float, default=0.0)
         parser.add_argument("--system")
+        parser.add_argument("--endpoint", help="an OpenAI-compatible base URL: alone, chat with it; with --run, "
+                                               "it answers beside the run")
+        parser.add_argument("--model", help="the endpoint's model name")
+        parser.add_argument("--key-env", dest="key_env", default="OPENAI_API_KEY",
+                            help="environment variable holding the endpoint's API key")
         parser.add_argument("message", nargs="*")
         args = parser.parse_args(_split(line))
-        run = _named_run([args.run] if args.run else [])
         message = cell.strip() if cell and cell.strip() else (" ".join(args.message) or None)
-        return _guard(lambda: run.chat(message, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                                       system=args.system) if message else run.chat())
+        sampling = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "system": args.system}
+        endpoints = []
+        if args.endpoint:
+            if not args.model:
+                raise UsageError("%chat --endpoint needs --model NAME (the endpoint's model)")
+            endpoints = [api.endpoint(args.endpoint, args.model, args.key_env)]
+            if not args.run:
+                return _guard(lambda: api.chat(endpoints[0], message, **(sampling if message else {})))
+        run = _named_run([args.run] if args.run else [])
+        return _guard(lambda: run.chat(message, compare=endpoints, **sampling) if message
+                      else run.chat(compare=endpoints))
 
     # --- handlers --------------------------------------------------------------------------------
     def _handle_train(self, words: list[str], yaml_config: str | None = None) -> api.Run | None:
@@ -185,6 +200,16 @@ class FinetuneMagics(Magics):
         message = " ".join(words[1:] if run_id else words) or None
         run = _named_run([run_id] if run_id else [])
         return _guard(lambda: run.chat(message))
+
+    def _handle_serve(self, words: list[str]) -> Any:
+        parser = _Parser(prog="%finetune serve", add_help=False)
+        parser.add_argument("run_ids", nargs="*")
+        parser.add_argument("--backend", choices=("local", "modal"), default=self.default_backend)
+        parser.add_argument("--port", type=int)
+        parser.add_argument("--host")
+        args = parser.parse_args(words)
+        options = {k: v for k, v in (("port", args.port), ("host", args.host)) if v is not None}
+        return _guard(lambda: api.serve(args.run_ids or None, backend=args.backend, **options))
 
 
 # `%chat Who are you?`: IPython reads a trailing `?` as a help request ("Object `you` not found"). A chat

@@ -11,6 +11,7 @@ import sys
 import threading
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +117,39 @@ class ChatModel:
             sys.stdout.write("\n")
             return StreamedAnswer("".join(chunks).strip())
         return "".join(chunks).strip()
+
+
+@dataclass
+class MultiAdapterModel:
+    """A base model with several adapters loaded side by side (peft), for serving many runs at once.
+    tokenizers[name] is the tokenizer saved beside that adapter (its training chat template); "__base__"
+    is the base model's own, and the name peft uses for rows answered without any adapter."""
+
+    model: Any
+    tokenizers: dict[str, Any]
+    device: str
+    context_length: int
+
+
+def load_multi_adapter(model_path: str, adapters: dict[str, str], device: str | None = None) -> MultiAdapterModel:
+    """The base at model_path plus each adapter directory under its name (names must not contain '.')."""
+    from peft import PeftModel
+
+    from .core.setup import load_base_model, load_tokenizer, pick_device, pick_precision, quiet_loading
+
+    device = device or pick_device()
+    tokenizers = {"__base__": load_tokenizer(model_path)}
+    with quiet_loading():
+        model = load_base_model(model_path, pick_precision("auto", device), device)
+        for index, (name, path) in enumerate(adapters.items()):
+            if index == 0:
+                model = PeftModel.from_pretrained(model, path, adapter_name=name)
+            else:
+                model.load_adapter(path, adapter_name=name)
+            tokenizers[name] = load_tokenizer(path) if _has_tokenizer(path) else tokenizers["__base__"]
+    model.eval()
+    config = model.config if not adapters else model.base_model.model.config
+    return MultiAdapterModel(model, tokenizers, device, int(getattr(config, "max_position_embeddings", 2048) or 2048))
 
 
 def _has_tokenizer(directory: str) -> bool:

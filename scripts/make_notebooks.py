@@ -56,6 +56,23 @@ QUICKSTART = [
     new_markdown_cell("Every run is kept on disk with its full event history; list them, or reattach after a "
                       "kernel restart with `%finetune attach RUN_ID`:"),
     new_code_cell("%finetune runs"),
+    new_markdown_cell(
+        "## Call it from your app\n\n"
+        "`run.serve()` starts an OpenAI-compatible API on this machine: the run's adapter is the model named by "
+        "the run id, the base model is served too, and concurrent requests are batched. An app that uses the "
+        "`openai` client moves to the fine-tune by changing `base_url`, `api_key` and `model`. The key is "
+        "generated now and kept only as a hash (in a notebook it is not printed: outputs are saved to disk)."),
+    new_code_cell("server = run.serve()\nserver"),
+    new_code_cell(
+        "from openai import OpenAI\n\n"
+        "client = OpenAI(base_url=server.base_url, api_key=server.api_key)\n"
+        "reply = client.chat.completions.create(\n"
+        "    model=run.id, temperature=0, max_tokens=64,\n"
+        "    messages=[{\"role\": \"user\", \"content\": \"Extract the person's name, age and city from the sentence. \"\n"
+        "               \"Answer with JSON only, using the keys name, age and city.\\n\\n\"\n"
+        "               \"Sentence: Bruno, 52, has been teaching music in Lyon for a decade.\"}])\n"
+        "print(reply.choices[0].message.content)"),
+    new_code_cell("server.stop()"),
 ]
 
 
@@ -146,6 +163,21 @@ MODAL = [
                       "this run's adapter from the Volume and streams tokens; it scales to zero when idle."),
     new_code_cell("if MODAL:\n    run.chat(\"Extract the person's name, age and city as JSON: Ada, 36, lives in "
                   "Turin.\")\nelse:\n    print(\"skipped (no Modal credentials)\")"),
+    new_markdown_cell(
+        "## Serve it to your app with vLLM\n\n"
+        "`run.serve(backend=\"modal\")` deploys one vLLM server per base model (LoRA enabled, this run's adapter "
+        "loaded from the Volume per request, scales to zero; the GPU is picked from the model size) and prints "
+        "its URL and the cold-start progress. Any `openai` client then calls it. (Written to vLLM's and Modal's "
+        "APIs; not run against real Modal from our machines — see the README.)"),
+    new_code_cell(
+        "if MODAL:\n"
+        "    from openai import OpenAI\n"
+        "    server = run.serve(backend=\"modal\")\n"
+        "    client = OpenAI(base_url=server.base_url, api_key=server.api_key)\n"
+        "    reply = client.chat.completions.create(model=run.id, temperature=0, messages=[\n"
+        "        {\"role\": \"user\", \"content\": \"Extract the person's name, age and city as JSON: Ada, 36, lives in Turin.\"}])\n"
+        "    print(reply.choices[0].message.content)\n"
+        "else:\n    print(\"skipped (no Modal credentials)\")"),
 ]
 
 

@@ -46,3 +46,11 @@ def test_fault_injection_quick_subset_loses_nothing(tmp_path):
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["faults_injected"] >= 15
     assert result["runs_unrecoverable"] == result["events_lost"] == result["tracebacks"] == 0, result
+
+
+def test_serving_benchmark_reports_load_levels_and_baseline(tiny_model, tmp_path):
+    result = last_json("bench_serve.py", "--model", tiny_model, "--new-tokens", "4", "--duration", "1",
+                       "--clients", "1,4", home=tmp_path)
+    assert set(result["server"]) == {"1", "4"} and result["errors"] == 0
+    for level in (*result["server"].values(), result["baseline"]):
+        assert level["requests"] > 0 and level["tokens_per_s"] > 0 and level["ttft_p95_s"] >= level["ttft_p50_s"] > 0

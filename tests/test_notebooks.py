@@ -52,6 +52,8 @@ def check_quickstart(notebook) -> None:
     assert len(figure["data"][0]["x"]) == 40  # train loss, one point per step
     assert "finished" in text_of(outputs_of(notebook, "summary = run.wait()"))
     assert text_of(outputs_of(notebook, "%%chat")).strip()
+    assert text_of(outputs_of(notebook, "from openai import OpenAI")).strip()  # the served run answered
+    assert "nbft-" not in text_of(outputs_of(notebook, "server = run.serve()"))  # no key in the saved notebook
 
 
 def test_quickstart_executes_with_a_tiny_model(tmp_path, tiny_model):

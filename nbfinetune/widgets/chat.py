@@ -10,9 +10,13 @@ import ipywidgets as widgets
 
 
 class ChatWidget(widgets.VBox):
-    def __init__(self, model: Any, checkpoints: dict[str, str] | None = None, name: str = "chat") -> None:
+    def __init__(self, model: Any, checkpoints: dict[str, str] | None = None, name: str = "chat",
+                 others: dict[str, Any] | None = None) -> None:
+        """others: more answer sources for the side-by-side comparison, by label — e.g. an
+        EndpointChatModel for the API model an app uses today (nbfinetune.serve.client)."""
         self.model = model
         self.checkpoints = checkpoints or {}
+        self.others = others or {}
         self.name = name
         self.history: list[dict[str, str]] = []
         self._stop = threading.Event()
@@ -25,6 +29,7 @@ class ChatWidget(widgets.VBox):
         self.max_tokens = widgets.IntSlider(value=256, min=16, max=2048, step=16, description="max tokens",
                                              style={"description_width": "initial"})
         options = [("nothing", ""), ("the base model", "base")] + [(f"checkpoint {n}", n) for n in self.checkpoints]
+        options += [(label, label) for label in self.others]
         self.compare_with = widgets.Dropdown(options=options, value="", description="also answer with",
                                              style={"description_width": "initial"})
         self.save_button = widgets.Button(description="Save as eval cases", icon="save",
@@ -68,7 +73,9 @@ class ChatWidget(widgets.VBox):
             answer = self._stream_into("fine-tuned", messages, "default")
             self.history.append({"role": "assistant", "content": answer})
             other = self.compare_with.value
-            if other and self.model.adapter_path:
+            if other in self.others:
+                self._stream_into(other, messages, "default", self.others[other])
+            elif other and self.model.adapter_path:
                 if other != "base":
                     self.model.add_checkpoint(other, self.checkpoints[other])
                 self._stream_into("base" if other == "base" else f"checkpoint {other}", messages, other)
@@ -101,11 +108,12 @@ class ChatWidget(widgets.VBox):
         self.saved.value = f"saved {len(rows)} case(s) to <code>{html.escape(str(target))}</code>"
         return str(target)
 
-    def _stream_into(self, who: str, messages: list[dict[str, str]], adapter: str) -> str:
+    def _stream_into(self, who: str, messages: list[dict[str, str]], adapter: str, source: Any = None) -> str:
         self._turns.append((who, ""))
         text = ""
-        for chunk in self.model.stream(messages, max_new_tokens=self.max_tokens.value,
-                                       temperature=self.temperature.value, adapter=adapter, stop=self._stop):
+        for chunk in (source or self.model).stream(messages, max_new_tokens=self.max_tokens.value,
+                                                   temperature=self.temperature.value, adapter=adapter,
+                                                   stop=self._stop):
             text += chunk
             self._turns[-1] = (who, text)
             self._render()
