@@ -41,17 +41,22 @@ def load_cases(eval_data: Any, limit: int | None = None) -> list[tuple[list[dict
     return cases[:limit] if limit else cases
 
 
-def evaluate(eval_data: Any, models: Sequence[Any], metrics: Sequence[Any] | None = None, *,
+def evaluate(eval_data: Any, models: Sequence[Any] | dict[str, Any], metrics: Sequence[Any] | None = None, *,
              limit: int | None = None, max_tokens: int = 256, temperature: float = 0.0, system: str | None = None,
              concurrency: int = 8, timeout_s: float = 60.0, max_retries: int = 3, progress: bool = True,
              store: Any = None) -> Any:
+    """Each model (a Run, a run id, a base model name, or nbft.endpoint(...); or {label: model}) answers each
+    example of eval_data ('sample:NAME', a file, records, a DataFrame; `limit` rows); metrics: names
+    (json_match, ...; 'module:function') and judges (nbft.judge(...)). Returns EvalResults: `.df`,
+    `.summary()`, `.worst()`, `.economics(...)`, and a view when displayed."""
     from ..core.metrics import default_metrics, resolve_metric
     from .results import EvalResults
 
     if not models:
         raise ValueError("models: name at least one run, base model or endpoint")
     cases = load_cases(eval_data, limit)
-    targets = _unique_labels([resolve(m, store) for m in models])
+    targets = _unique_labels([_labelled(resolve(m, store), label) for label, m in
+                              (models.items() if isinstance(models, dict) else ((None, m) for m in models))])
     metrics = list(metrics) if metrics is not None else default_metrics([ref for _, ref in cases])
     named = {m: resolve_metric(m) for m in metrics if isinstance(m, str)}
     judges = [m for m in metrics if isinstance(m, Judge)]
@@ -71,6 +76,12 @@ def evaluate(eval_data: Any, models: Sequence[Any], metrics: Sequence[Any] | Non
     import pandas as pd
 
     return EvalResults(pd.DataFrame(rows), targets, [*named, *(j.name for j in judges)], judges, settings)
+
+
+def _labelled(target: Target, label: str | None) -> Target:
+    if label is not None:
+        target.label = str(label)
+    return target
 
 
 def _unique_labels(targets: list[Target]) -> list[Target]:

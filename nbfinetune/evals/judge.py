@@ -68,7 +68,7 @@ class JudgeUsage:
 
     def __str__(self) -> str:
         cost = "unknown cost (no prices)" if self.cost_usd is None else f"${self.cost_usd:.4f}"
-        return (f"judge: {self.calls} calls ({self.failures} failed, {self.cached} from cache), "
+        return (f"judge: {self.calls} calls + {self.cached} from cache, {self.failures} without a verdict, "
                 f"{self.input_tokens:,} input + {self.output_tokens:,} output tokens, {cost}")
 
 

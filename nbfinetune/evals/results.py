@@ -63,7 +63,8 @@ class EvalResults:
         summary = self.summary()
         fig = make_subplots(rows=1, cols=2, subplot_titles=("score per model", "latency (s)"))
         for metric in self.metrics:
-            fig.add_trace(go.Bar(name=metric, x=list(summary.index), y=list(summary[metric])), 1, 1)
+            scores = [None if value != value else value for value in summary[metric]]  # NaN is not JSON
+            fig.add_trace(go.Bar(name=metric, x=list(summary.index), y=scores), 1, 1)
         for target in self.targets:
             latency = self.frame.loc[self.frame["model"] == target.label, "latency_s"].dropna()
             fig.add_trace(go.Box(name=target.label, y=[round(v, 3) for v in latency], showlegend=False), 1, 2)
