@@ -41,7 +41,8 @@ class Stub:
                 prompt = body["messages"][-1]["content"]
                 with stub.lock:
                     stub.requests.append(prompt)
-                    answer = stub.reply(prompt, len([p for p in stub.requests if p == prompt]))
+                    count = len([p for p in stub.requests if p == prompt])
+                answer = stub.reply(prompt, count)
                 if isinstance(answer, int):
                     payload, status = {"error": {"message": "busy", "type": "rate_limit"}}, answer
                 else:
@@ -52,6 +53,12 @@ class Stub:
                                "usage": {"prompt_tokens": len(prompt.split()), "completion_tokens": len(answer.split()),
                                          "total_tokens": 0}}
                 data = json.dumps(payload).encode()
+                try:
+                    self._send(status, data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (a timeout test)
+
+            def _send(self, status: int, data: bytes) -> None:
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("retry-after-ms", "10")  # the openai client's back-off honours it: fast tests
@@ -294,3 +301,30 @@ def test_economics_break_even_and_scale_to_zero():
 
 def test_endpoint_and_evaluate_are_package_functions():
     assert callable(nbft.endpoint) and callable(nbft.evaluate) and callable(nbft.judge) and callable(nbft.economics)
+
+
+def test_timeouts_are_recorded_and_concurrency_is_limited(home, stub_key):
+    import time
+
+    in_flight, most = [0], [0]
+    lock = threading.Lock()
+
+    def slow(prompt: str, count: int):
+        with lock:
+            in_flight[0] += 1
+            most[0] = max(most[0], in_flight[0])
+        time.sleep(3.0 if "person 3" in prompt else 0.2)
+        with lock:
+            in_flight[0] -= 1
+        return "{}"
+
+    stub = Stub(slow)
+    try:
+        model = nbft.endpoint(stub.url, "api-model", stub_key)
+        results = nbft.evaluate(CASES, models=[model], metrics=["json_valid"], concurrency=2, timeout_s=1.0,
+                                max_retries=0, progress=False)
+    finally:
+        stub.close()
+    frame = results.df.set_index("example")
+    assert "Timeout" in frame.loc[3, "error"] and frame.loc[[0, 1, 2], "output"].tolist() == ["{}"] * 3
+    assert most[0] <= 2
