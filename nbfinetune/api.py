@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +77,11 @@ class Run:
         return self.store.summary(self.id)
 
     @property
+    def label(self) -> str:
+        """The run's name where it has one, else its id: what charts and headers call it."""
+        return self.store.config(self.id).get("name") or self.id
+
+    @property
     def status(self) -> str:
         return self.summary().status
 
@@ -94,7 +100,10 @@ class Run:
         """Block until the run ends (or timeout seconds pass); shows a progress bar unless a dashboard does."""
         from tqdm.auto import tqdm
 
-        show = progress if progress is not None else self._dashboard is None
+        dashboard = self._dashboard or _DASHBOARDS.get(self.id)
+        # A dashboard of this run anywhere in the notebook (e.g. the one `resume` or `attach` showed)
+        # already shows progress: a second bar under it would only repeat it.
+        show = progress if progress is not None else dashboard is None
         deadline = None if timeout is None else time.monotonic() + timeout
         bar = None
         for event in self.store.follow(self.id, should_stop=lambda: deadline is not None and time.monotonic() > deadline,
@@ -109,18 +118,22 @@ class Run:
         if bar is not None:
             bar.close()
         summary = self.summary()
-        if self._dashboard is not None:
+        if dashboard is not None:
             # From the waiting cell's thread, so notebook runners that only listen to the running cell
             # (nbclient, `make demo`) also store the final static snapshot under the dashboard.
-            self._dashboard.poll()
-            self._dashboard.redraw()
-            self._dashboard.refresh_static()
-        if show or self._dashboard is not None:
+            dashboard.poll()
+            dashboard.redraw()
+            dashboard.refresh_static()
+        if show or dashboard is not None:
             print(describe(summary))
         return summary
 
     def cancel(self, hard: bool = False) -> None:
         self.backend.cancel(self.id, self.store, hard=hard)
+
+    def delete(self) -> None:
+        """Remove the run's directory (events, adapter, checkpoints); refused while the run is running."""
+        delete(self.id, self.store)
 
     def resume(self) -> Run:
         """Continue a cancelled or failed run from its latest checkpoint (adapter, optimizer, scheduler and
@@ -154,14 +167,15 @@ class Run:
         from .widgets.dashboard import Dashboard
 
         self._dashboard = Dashboard(self)
+        _DASHBOARDS[self.id] = self._dashboard
         return self._dashboard
 
     def plot(self) -> Any:
         """A static chart of the run's curves: it stays in the saved notebook without a kernel.
         `.figure` is the plotly Figure, to restyle or export."""
-        from .widgets.charts import StaticChart, curves_figure
+        from .widgets.charts import curves_chart
 
-        return StaticChart(curves_figure(self.events(), title=f"run {self.id}"))
+        return curves_chart(self.events(), title=f"run {self.label}")
 
     def chat(self, message: str | None = None, stream: bool = True, compare: list[Any] | None = None,
              **sampling: Any) -> Any:
@@ -189,6 +203,10 @@ class Run:
 
     def __repr__(self) -> str:
         return f"<Run {self.id}: {describe(self.summary())}>"
+
+
+# The latest dashboard made for each run id, whichever Run object made it (weak: closed ones go).
+_DASHBOARDS: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
 
 
 def describe(summary: RunSummary) -> str:
@@ -271,27 +289,57 @@ class RunList:
     def __repr__(self) -> str:
         if not self.runs:
             return "no runs yet"
-        lines = [f"{'run id':<24} {'status':<10} {'step':>9} {'loss':>8}  model"]
+        width = max(len(s.run_id) for s in self.runs)  # ids never wrap or get cut
+        lines = [f"{'run id':<{width}}  {'name':<16} {'status':<10} {'step':>9} {'loss':>8}  {'data':<24} model / error"]
         for s in self.runs:
             step = f"{s.step}/{s.total_steps or '?'}"
             loss = f"{s.last_loss:.4f}" if s.last_loss is not None else "-"
-            lines.append(f"{s.run_id:<24} {s.status:<10} {step:>9} {loss:>8}  {s.model}"
-                         + (f"  ({s.error})" if s.status == "damaged" else ""))
+            tail = f"error: {_short(s.error, 60)}" if s.error else str(s.model)
+            lines.append(f"{s.run_id:<{width}}  {_short(s.name or '', 16):<16} {s.status:<10} {step:>9} {loss:>8}  "
+                         f"{_short(_data_name(s.data), 24):<24} {tail}")
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
         from html import escape
 
+        nowrap = "style='white-space:nowrap'"
         rows = "".join(
-            f"<tr><td><code>{escape(s.run_id)}</code></td><td>{escape(s.status)}</td>"
-            f"<td>{s.step}/{s.total_steps or '?'}</td>"
-            f"<td>{'' if s.last_loss is None else f'{s.last_loss:.4f}'}</td><td>{escape(str(s.model))}</td>"
-            f"<td>{escape(str(s.adapter_path or ''))}</td></tr>" for s in self.runs)
-        return ("<table><thead><tr><th>run</th><th>status</th><th>step</th><th>loss</th><th>model</th>"
-                f"<th>adapter</th></tr></thead><tbody>{rows}</tbody></table>")
+            f"<tr><td {nowrap}><code>{escape(s.run_id)}</code></td><td>{escape(s.name or '')}</td>"
+            f"<td>{escape(s.status)}</td><td {nowrap}>{s.step}/{s.total_steps or '?'}</td>"
+            f"<td>{'' if s.last_loss is None else f'{s.last_loss:.4f}'}</td>"
+            f"<td title='{escape(str(s.data or ''))}'>{escape(_data_name(s.data))}</td><td>{escape(str(s.model))}</td>"
+            f"<td>{escape(str(s.adapter_path or ''))}</td><td style='color:#dc3545'>{escape(s.error or '')}</td></tr>"
+            for s in self.runs)
+        return ("<table><thead><tr><th>run</th><th>name</th><th>status</th><th>step</th><th>loss</th><th>data</th>"
+                f"<th>model</th><th>adapter</th><th>error</th></tr></thead><tbody>{rows}</tbody></table>")
 
     def __len__(self) -> int:
         return len(self.runs)
+
+
+def _data_name(path: str | None) -> str:
+    return Path(path).name if path else ""
+
+
+def _short(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def summary_html(summary: RunSummary) -> str:
+    """A run's summary as a small table (RunSummary's notebook view)."""
+    from html import escape
+
+    fields = {"run": summary.run_id, "name": summary.name, "status": summary.status,
+              "step": f"{summary.step}/{summary.total_steps or '?'}", "model": summary.model, "data": summary.data,
+              "train loss": None if summary.last_loss is None else f"{summary.last_loss:.4f}",
+              "eval loss": None if summary.eval_loss is None else f"{summary.eval_loss:.4f}"}
+    for name, value in summary.metrics.items():
+        base = summary.base_metrics.get(name)
+        fields[name] = f"{value:.3f}" + (f" (base {base:.3f})" if base is not None else "")
+    fields |= {"best evaluated step": summary.best_step, "adapter": summary.adapter_path, "error": summary.error}
+    rows = "".join(f"<tr><th style='text-align:left'>{escape(k)}</th><td style='text-align:left'>{escape(str(v))}</td>"
+                   "</tr>" for k, v in fields.items() if v not in (None, ""))
+    return f"<table class='nbft-summary'>{rows}</table>"
 
 
 def launcher(**settings: Any) -> Any:
@@ -397,6 +445,26 @@ def _ask_side_by_side(model: Any, compare: list[Any] | None, message: str, strea
 
 def runs(store: RunStore | None = None) -> RunList:
     return RunList((store or RunStore()).list())
+
+
+class RunIsRunning(RuntimeError):
+    """Deleting a run whose worker is still alive would pull its files from under it."""
+
+
+def delete(run_id: str | Run, store: RunStore | None = None) -> Path:
+    """Delete a run and everything in its directory; returns the path removed. A running run must be
+    cancelled first (RunIsRunning)."""
+    run = run_id if isinstance(run_id, Run) else Run(run_id, store or RunStore())
+    status = run.status
+    alive = run.backend.is_alive(run.id, run.store)
+    if alive is True or (alive is None and status == "running"):
+        raise RunIsRunning(f"run {run.id} is {status}: cancel it first (%finetune cancel {run.id}), then delete it")
+    path = run.path
+    dashboard = _DASHBOARDS.pop(run.id, None)
+    if dashboard is not None:
+        dashboard.close()
+    run.store.delete(run.id)
+    return path
 
 
 def _in_notebook() -> bool:

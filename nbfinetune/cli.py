@@ -1,4 +1,4 @@
-"""Command line: `nbfinetune train | runs | validate | export | deploy | serve | prepare-model | make-tiny-model`."""
+"""Command line: `nbfinetune train | runs | delete | validate | export | deploy | serve | prepare-model | make-tiny-model`."""
 
 from __future__ import annotations
 
@@ -41,6 +41,10 @@ def _parser() -> argparse.ArgumentParser:
 
     runs = sub.add_parser("runs", help="list runs")
     runs.add_argument("--json", action="store_true")
+
+    delete = sub.add_parser("delete", help="delete a run's directory (events, adapter, checkpoints); not while it runs")
+    delete.add_argument("run_id")
+    delete.add_argument("--yes", action="store_true", help="do not ask for confirmation")
 
     export = sub.add_parser("export", help="merge a run's adapter into its base model and save it (verified)")
     export.add_argument("run_id")
@@ -197,7 +201,6 @@ def _prepare_model(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     import os
-    import threading
 
     from . import api
 
@@ -212,10 +215,16 @@ def _serve(args: argparse.Namespace) -> int:
     server = api.serve(args.run_ids or None, backend=args.backend, **options)
     if args.backend == "local":
         try:
-            threading.Event().wait()
+            _wait_for_interrupt()
         except KeyboardInterrupt:
             server.stop()
     return 0
+
+
+def _wait_for_interrupt() -> None:
+    import threading
+
+    threading.Event().wait()
 
 
 def _make_tiny_model(args: argparse.Namespace) -> int:
@@ -225,7 +234,28 @@ def _make_tiny_model(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"train": _train, "runs": _runs, "export": _export, "validate": _validate, "deploy": _deploy, "prepare-model": _prepare_model, "make-tiny-model": _make_tiny_model, "serve": _serve}
+def _delete(args: argparse.Namespace) -> int:
+    from . import api
+
+    run = api.Run(args.run_id)
+    if not args.yes:
+        if not sys.stdin.isatty():
+            print(f"nbfinetune delete: error: pass --yes to delete run {run.id} without a prompt", file=sys.stderr)
+            return 2
+        if input(f"Delete run {run.id} ({api.describe(run.summary())}) and {run.path}? [y/N] ").strip().lower() != "y":
+            print("nothing deleted")
+            return 1
+    try:
+        path = api.delete(run)
+    except api.RunIsRunning as exc:
+        print(f"nbfinetune delete: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"deleted run {run.id} ({path})")
+    return 0
+
+
+_COMMANDS = {"train": _train, "runs": _runs, "delete": _delete, "export": _export, "validate": _validate, "deploy": _deploy, "prepare-model": _prepare_model, "make-tiny-model": _make_tiny_model,
+             "serve": _serve}
 
 if __name__ == "__main__":
     sys.exit(main())

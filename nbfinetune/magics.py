@@ -7,6 +7,7 @@
     %finetune check [DATA]                                # pre-flight view of a dataset
     %finetune compare RUN RUN ...                         # curves overlaid + a table of settings and metrics
     %finetune runs | attach [RUN] | cancel [RUN] [--hard] | resume [RUN] | export [RUN] [--out DIR]
+    %finetune delete RUN [--yes]                          # remove a run's directory (not while it runs)
     %finetune chat [RUN] [message]
     server = %finetune serve [RUN ...] [--backend local|modal] [--port P]   # an OpenAI-compatible API
     %chat What is 2 + 2?                                  # ask the latest run's adapter, streamed
@@ -28,7 +29,7 @@ from traitlets import Unicode
 from . import api
 from .config import ConfigError, default_model, SAMPLE_DATA
 
-SUBCOMMANDS = ("runs", "compare", "check", "attach", "cancel", "resume", "export", "chat", "serve")
+SUBCOMMANDS = ("runs", "compare", "check", "attach", "cancel", "resume", "export", "chat", "delete", "serve")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -39,7 +40,7 @@ class _Parser(argparse.ArgumentParser):
 def train_parser() -> _Parser:
     parser = _Parser(prog="%finetune", add_help=False,
                      description="Launch a LoRA fine-tune. Subcommands: check [DATA], runs, attach [RUN], cancel [RUN] [--hard], "
-                                 "resume [RUN], export [RUN] [--out DIR], chat [RUN] [message].")
+                                 "resume [RUN], export [RUN] [--out DIR], chat [RUN] [message], delete RUN [--yes].")
     add = parser.add_argument
     add("--model", help="hub id or local path (default: %%config FinetuneMagics.default_model)")
     add("--data", help="jsonl/json/csv/parquet file, hub dataset id, or sample:people")
@@ -194,6 +195,18 @@ class FinetuneMagics(Magics):
         print(f"merged model saved to {result['path']} (verified: max logit difference "
               f"{result['max_logit_difference']:.1e})")
         return result
+
+    def _handle_delete(self, words: list[str]) -> None:
+        ids = [w for w in words if w != "--yes"]
+        if len(ids) != 1:
+            raise UsageError("%finetune delete RUN [--yes]: name exactly one run")
+        run = _named_run(ids)
+        if "--yes" not in words:
+            print(f"This deletes run {run.id} ({api.describe(run.summary())}) and everything in {run.path}.\n"
+                  f"To confirm: %finetune delete {run.id} --yes")
+            return
+        path = _guard(run.delete)
+        print(f"deleted run {run.id} ({path})")
 
     def _handle_chat(self, words: list[str]) -> Any:
         run_id = words[0] if words and _is_run_id(words[0]) else None

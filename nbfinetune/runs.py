@@ -251,6 +251,16 @@ class RunSummary:
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
+    def __repr__(self) -> str:  # short: the loss trace is for sparklines, not for reading
+        from .api import describe
+
+        return f"<RunSummary {self.name or self.run_id}: {describe(self)}>"
+
+    def _repr_html_(self) -> str:
+        from .api import summary_html
+
+        return summary_html(self)
+
 
 SPARK_POINTS = 40
 

@@ -4,6 +4,7 @@
     GET  /nbfinetune/api/runs/<id>                     one run: summary + config
     GET  /nbfinetune/api/runs/<id>/events?since=N&limit=M   events after seq N (paged)
     POST /nbfinetune/api/runs/<id>/cancel              graceful cancel (body {"hard": true} to kill)
+    DELETE /nbfinetune/api/runs/<id>                   delete a run (409 while it is running)
 
 Every handler requires Jupyter's authentication. Imports no torch: it only reads run directories.
 """
@@ -66,6 +67,17 @@ class RunHandler(_RunsHandler):
         except RunDamaged:
             config = None  # the summary says why (status "damaged")
         self.write_json({"run": self.store.summary(run_id).to_dict(), "config": config})
+
+    @tornado.web.authenticated
+    def delete(self, run_id: str) -> None:
+        from .api import RunIsRunning, delete
+
+        run_id = self.run_dir(run_id)
+        try:
+            delete(run_id, self.store)
+        except RunIsRunning as exc:
+            raise tornado.web.HTTPError(409, str(exc)) from None
+        self.write_json({"run_id": run_id, "deleted": True})
 
 
 class EventsHandler(_RunsHandler):

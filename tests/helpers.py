@@ -35,3 +35,17 @@ def wait_for(predicate, timeout: float = 120.0) -> None:
             return
         time.sleep(0.1)
     raise AssertionError("timed out")
+
+
+def live_worker(run_dir: Path):
+    """A process that owns the run the way a real worker does: it holds the run's writer lock."""
+    import os
+    import subprocess
+    import sys
+
+    from nbfinetune.ownership import take_lock
+
+    lock = take_lock(run_dir)
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], pass_fds=(lock,))
+    os.close(lock)
+    return worker

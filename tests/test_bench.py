@@ -37,6 +37,14 @@ def test_generation_benchmark_reports_first_token_and_rates(tiny_model, tmp_path
         assert result[variant]["streamed_tokens_per_s"] > 0 and result[variant]["plain_tokens_per_s"] > 0
 
 
+def test_serving_benchmark_reports_load_levels_and_baseline(tiny_model, tmp_path):
+    result = last_json("bench_serve.py", "--model", tiny_model, "--new-tokens", "4", "--duration", "1",
+                       "--clients", "1,4", home=tmp_path)
+    assert set(result["server"]) == {"1", "4"} and result["errors"] == 0
+    for level in (*result["server"].values(), result["baseline"]):
+        assert level["requests"] > 0 and level["tokens_per_s"] > 0 and level["ttft_p95_s"] >= level["ttft_p50_s"] > 0
+
+
 def test_fault_injection_quick_subset_loses_nothing(tmp_path):
     """`make faults` in small: a trainer killed mid-step, full disks and corrupted event files."""
     env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -46,11 +54,3 @@ def test_fault_injection_quick_subset_loses_nothing(tmp_path):
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["faults_injected"] >= 15
     assert result["runs_unrecoverable"] == result["events_lost"] == result["tracebacks"] == 0, result
-
-
-def test_serving_benchmark_reports_load_levels_and_baseline(tiny_model, tmp_path):
-    result = last_json("bench_serve.py", "--model", tiny_model, "--new-tokens", "4", "--duration", "1",
-                       "--clients", "1,4", home=tmp_path)
-    assert set(result["server"]) == {"1", "4"} and result["errors"] == 0
-    for level in (*result["server"].values(), result["baseline"]):
-        assert level["requests"] > 0 and level["tokens_per_s"] > 0 and level["ttft_p95_s"] >= level["ttft_p50_s"] > 0

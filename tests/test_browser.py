@@ -51,6 +51,12 @@ def jupyter(app: str, tmp_path: Path, tmp_path_factory):
     port, token = _free_port(), secrets.token_hex(16)
     env = dict(os.environ, NBFINETUNE_HOME=str(tmp_path / "home"), NBFINETUNE_DEFAULT_MODEL=str(model),
                HF_HUB_OFFLINE="1", JUPYTER_CONFIG_DIR=str(tmp_path / "jupyter-config"))
+    built = REPO / "nbfinetune" / "labextension"
+    if (built / "package.json").is_file():  # this checkout's sidebar build, ahead of an installed copy
+        extensions = tmp_path / "jupyter-data" / "labextensions"
+        extensions.mkdir(parents=True)
+        (extensions / "nbfinetune").symlink_to(built)
+        env["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(tmp_path / "jupyter-data"), os.environ.get("JUPYTER_PATH")]))
     log = open(tmp_path / "lab.log", "w")
     server = subprocess.Popen(
         [sys.executable, "-m", app, "--no-browser", f"--port={port}", "--ip=127.0.0.1",
@@ -197,3 +203,112 @@ def test_fine_tunes_sidebar_is_live_and_attaches(lab, home):
         chart.wait_for(timeout=120_000)
         assert chart.evaluate("plot => plot.data[0].x.length") == 150  # replayed at once
         page.screenshot(path=str(ARTIFACTS / "sidebar-attached.png"))
+
+
+def _write_notebook(path: Path, cells: list[str]) -> None:
+    import nbformat
+
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells]), path)
+
+
+def _chart_points(page) -> int:
+    return page.evaluate("""() => {
+        const plot = document.querySelector('.nbfinetune-dashboard .js-plotly-plot');
+        return plot && plot.data && plot.data[0].x ? plot.data[0].x.length : 0; }""")
+
+
+def test_the_dashboard_chart_survives_a_page_reload(lab, tmp_path):
+    """Reload the page while the kernel lives: the widgets come back from the kernel's state, chart included."""
+    base, token, _model = lab
+    _write_notebook(tmp_path / "lab" / "reload.ipynb", [
+        "import nbfinetune as nbft", "run = nbft.finetune(steps=8, eval_samples=0, name='reloaded')",
+        "summary = run.wait()"])
+    with browser_page("reload") as page:
+        url = f"{base}/lab/tree/reload.ipynb?token={token}"
+        open_notebook(page, url)
+        page.click(".lm-MenuBar-item:has-text('Run')")
+        page.click(".lm-Menu-item:has-text('Run All Cells')")
+        page.wait_for_function("""() => {
+            const plot = document.querySelector('.nbfinetune-dashboard .js-plotly-plot');
+            return plot && plot.data && plot.data[0].x && plot.data[0].x.length === 8; }""", timeout=240_000)
+        page.wait_for_function("""() => {
+            const cells = [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')];
+            return cells.length === 3 && /\\[\\d+\\]/.test(cells[2].textContent); }""", timeout=240_000)
+        page.keyboard.press("Control+s")
+        page.wait_for_selector(".jp-mod-dirty", state="detached", timeout=30_000)
+
+        page.reload()
+        open_notebook(page, url)
+        dashboard = page.locator(".nbfinetune-dashboard")
+        dashboard.wait_for(timeout=60_000)
+        page.wait_for_function("""() => {
+            const plot = document.querySelector('.nbfinetune-dashboard .js-plotly-plot');
+            return plot && plot.data && plot.data[0].x && plot.data[0].x.length > 0; }""", timeout=60_000)
+        assert _chart_points(page) == 8
+        assert "reloaded" in dashboard.inner_text() and "finished" in dashboard.inner_text()
+        dashboard.screenshot(path=str(ARTIFACTS / "reload-dashboard.png"))
+
+
+def test_the_sidebar_deletes_a_finished_run_after_confirmation(lab, home):
+    from nbfinetune import api
+    from nbfinetune.runs import RunStore
+
+    base, token, model = lab
+    done = api.finetune(model=str(model), steps=2, eval_samples=0, display=False, name="to-delete")
+    assert done.wait(timeout=120, progress=False).status == "finished"
+    with browser_page("sidebar-delete") as page:
+        open_notebook(page, f"{base}/lab/tree/quickstart.ipynb?token={token}")
+        page.click("li.lm-TabBar-tab[data-id='nbfinetune-runs']")
+        item = page.locator(f".nbft-run[data-run-id='{done.id}']")
+        item.wait_for(timeout=30_000)
+        item.locator(".nbft-delete").click()
+        dialog = page.locator(".jp-Dialog")
+        assert "to-delete" in dialog.inner_text()
+        dialog.locator("button:has-text('Keep it')").click()
+        assert RunStore().exists(done.id)
+        item.locator(".nbft-delete").click()
+        page.locator(".jp-Dialog button:has-text('Delete run')").click()
+        item.wait_for(state="detached", timeout=30_000)
+        assert not RunStore().exists(done.id)
+
+
+def test_a_reopened_saved_notebook_shows_its_charts_without_network(lab, tmp_path):
+    """A notebook executed elsewhere (nbclient here) and opened in JupyterLab: the widgets' kernel is gone and
+    the notebook is not trusted, so Lab shows each output's HTML copy — charts must draw from it, offline."""
+    from nbclient import NotebookClient
+    import nbformat
+
+    base, token, model = lab
+    path = tmp_path / "lab" / "reopened.ipynb"
+    _write_notebook(path, ["import nbfinetune as nbft", "run = nbft.finetune(steps=4, eval_samples=0, name='saved')",
+                           "run.wait()", "run.plot()", "nbft.preflight('sample:people')"])
+    notebook = nbformat.read(path, as_version=4)
+    env = {"NBFINETUNE_HOME": str(tmp_path / "home"), "NBFINETUNE_DEFAULT_MODEL": str(model), "HF_HUB_OFFLINE": "1"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        NotebookClient(notebook, timeout=300, kernel_name="python3").execute()
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    nbformat.write(notebook, path)
+    with browser_page("reopen") as page:
+        page.context.route(lambda url: not url.startswith(base), lambda route: route.abort())  # no CDN
+        open_notebook(page, f"{base}/lab/tree/reopened.ipynb?token={token}")
+        charts = page.locator(".jp-OutputArea-output img.nbft-static-chart")
+        charts.first.wait_for(timeout=60_000)
+        assert charts.count() == 2  # the dashboard's and the pre-flight's copies
+        for index in range(2):
+            charts.nth(index).scroll_into_view_if_needed()
+            assert charts.nth(index).evaluate("img => img.complete && img.naturalWidth > 100")
+        # run.plot(): Lab's own plotly renderer (bundled, no CDN) draws its plotly JSON
+        page.locator(".jp-CodeCell:has-text('run.plot()')").scroll_into_view_if_needed()
+        plot = page.locator(".jp-CodeCell:has-text('run.plot()') .js-plotly-plot")
+        plot.first.wait_for(timeout=30_000)
+        assert plot.first.evaluate("plot => plot.data[0].x.length") == 4
+        assert "Preflight(children" not in page.locator(".jp-Notebook").inner_text()
+        assert "saved" in page.locator(".jp-Notebook").inner_text()
+        page.screenshot(path=str(ARTIFACTS / "reopen.png"), full_page=True)

@@ -68,3 +68,13 @@ def test_stop_ends_generation_early(chat):
     stop.set()
     text = "".join(chat.stream([{"role": "user", "content": "hi"}], max_new_tokens=200, stop=stop))
     assert len(text) < 20
+
+
+def test_the_saved_output_shows_the_conversation(chat):
+    widget = ChatWidget(chat, name="run-a")
+    widget.max_tokens.value = 8
+    widget.submit("what is <up>?", wait=True)
+    bundle = widget._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+    assert "what is &lt;up&gt;?" in bundle["text/html"] and "fine-tuned:" in bundle["text/html"]
+    assert bundle["text/plain"] == "<chat with run-a: 1 question(s)>"

@@ -1,6 +1,8 @@
 """The dashboard through its widget state: what a browser would receive."""
 
+import base64
 import json
+import re
 
 from nbfinetune.config import RunConfig
 from nbfinetune.events import Event
@@ -58,17 +60,82 @@ def test_replaying_a_finished_run_draws_everything_at_once(tmp_path):
     assert dash.cancel_button.layout.display == "none"
 
 
+def _widget_states(widget) -> list[dict]:
+    """The state of every widget in a tree: what a (re)loading browser gets, and what a notebook saves."""
+    states = [widget.get_state()]
+    for child in getattr(widget, "children", ()):
+        states += _widget_states(child)
+    return states
+
+
+def _state_text(widget) -> str:
+    return json.dumps(_widget_states(widget), default=str)
+
+
 def test_live_updates_are_batched_into_few_widget_messages(tmp_path):
     run, writer = _run(tmp_path, steps=5, finish=False, alive=True)
     dash = Dashboard(run, start=False)
     sent = []
-    dash.figure._send_update_msg = lambda *a, **k: sent.append(a)  # the comm seam plotly uses
+    dash.chart.send_state = lambda *a, **k: sent.append(a)  # the comm seam ipywidgets uses
     for step in range(6, 506):
         writer.emit("step", step=step, epoch=1, loss=1.0 / step, lr=1e-3)
     assert dash.poll()
     dash.redraw()
     assert len(dash.figure.data[0].x) == 505
     assert len(sent) <= 2, f"{len(sent)} update messages for one redraw"
+
+
+def test_a_reloaded_page_gets_the_whole_chart_from_the_widget_state(tmp_path):
+    """A browser reload re-requests every widget's state from the kernel: the curves must be in it."""
+    run, writer = _run(tmp_path, steps=5, finish=False, alive=True)
+    dash = Dashboard(run, start=False)
+    for step in range(6, 31):
+        writer.emit("step", step=step, epoch=1, loss=0.123456 + step, lr=1e-3)
+    dash.poll()
+    dash.redraw()
+    state = _state_text(dash)
+    assert "30.123456" in state  # the newest point, drawn after the widget was first displayed
+    plotly = json.loads(state)  # and as a figure Lab draws: plotly JSON with every step
+    figures = [o["data"]["application/vnd.plotly.v1+json"] for s in plotly for o in s.get("outputs", [])
+               if "application/vnd.plotly.v1+json" in o.get("data", {})]
+    assert len(figures) == 1 and len(figures[0]["data"][0]["x"]) == 30
+
+
+def test_the_saved_widget_state_is_small(tmp_path):
+    """A notebook saves every widget's state: no 5 MB plotly bundle per dashboard."""
+    run, _ = _run(tmp_path, steps=200)
+    dash = Dashboard(run, start=False)
+    assert len(_state_text(dash)) < 200_000
+
+
+def test_a_failed_run_without_steps_shows_no_empty_chart(tmp_path):
+    store = RunStore(tmp_path)
+    run_id = store.create(RunConfig())
+    EventWriter(store.events_path(run_id), run_id).emit("failed", error="DataError", message="no rows")
+    dash = Dashboard(FakeRun(store, run_id, FakeBackend(False)), start=False)
+    assert dash.chart.layout.display == "none"
+    assert "no rows" in dash.status_html.value
+    assert "<img" not in dash.mimebundle()["text/html"]
+
+
+def test_header_names_the_run_and_says_its_status_once(tmp_path):
+    store = RunStore(tmp_path)
+    run_id = store.create(RunConfig(name="people-v1"))
+    writer = EventWriter(store.events_path(run_id), run_id)
+    writer.emit("started", model="m", device="cpu", total_steps=1)
+    writer.emit("step", step=1, epoch=1, loss=1.0, lr=1e-3)
+    writer.emit("finished", adapter_path="/a")
+    dash = Dashboard(FakeRun(store, run_id, FakeBackend(False)), start=False)
+    text = re.sub("<[^>]+>", " ", dash.status_html.value)
+    assert "people-v1" in text and text.count("finished") == 1, text
+
+
+def test_the_saved_snapshot_draws_the_chart_without_javascript(tmp_path):
+    run, _ = _run(tmp_path)
+    static = Dashboard(run, start=False).mimebundle()["text/html"]
+    assert "<script" not in static and "cdn.plot.ly" not in static
+    svg = base64.b64decode(re.search(r"data:image/svg\+xml;base64,([A-Za-z0-9+/=]+)", static).group(1)).decode()
+    assert svg.count("<path") >= 3  # train, smoothed, eval
 
 
 def test_cancel_button_cancels_the_run(tmp_path):
@@ -120,3 +187,16 @@ def test_an_early_stopped_run_stars_the_kept_evaluation(tmp_path):
     assert "stopped early at step 6" in dash.status_html.value and "from step 2" in dash.status_html.value
     # The kept adapter's json_match, not the last evaluation's.
     assert "0.500" in dash.metrics_html.value and "0.300" not in dash.metrics_html.value
+
+
+def test_wait_adds_no_progress_bar_under_a_shown_dashboard(tmp_path, capsys):
+    """`%finetune resume` shows a new dashboard from another Run object; `run.wait()` must not add a bar."""
+    from nbfinetune import api
+
+    fake, _ = _run(tmp_path, steps=3)
+    shown = api.Run(fake.id, fake.store, FakeBackend(False))
+    shown.dashboard()
+    capsys.readouterr()
+    api.Run(fake.id, fake.store, FakeBackend(False)).wait(timeout=10)
+    err = capsys.readouterr().err
+    assert "step/s" not in err and "3/3" not in err, err

@@ -65,3 +65,23 @@ def test_estimate_includes_evaluation_and_follows_the_eval_fields(home, tiny_mod
     assert "for 5 evaluations of 0 generated answers" in launcher.estimate.value
     launcher.eval_every.value = 0
     assert "for 2 evaluations" in launcher.estimate.value  # base and final
+
+def test_settings_rows_wrap_and_modal_settings_show_only_for_modal(home, tiny_model):
+    launcher = Launcher(api.build_config(model=tiny_model))
+    settings = launcher.children[2]
+    assert all(row.layout.flex_flow == "row wrap" for row in settings.children)
+    assert launcher.modal_settings.layout.display == "none"  # local backend: no GPU, no budget
+    assert launcher.gpu in launcher.modal_settings.children and launcher.budget in launcher.modal_settings.children
+    launcher.backend.value = "modal"
+    assert launcher.modal_settings.layout.display is None
+
+
+def test_the_saved_output_is_the_launched_runs_dashboard(home, tiny_model):
+    launcher = Launcher(api.build_config(model=tiny_model))
+    assert "New fine-tune" in launcher._repr_mimebundle_()["text/html"]
+    launcher.steps.value = 2
+    run = launcher.submit()
+    assert run.wait(timeout=120, progress=False).status == "finished"
+    bundle = launcher._repr_mimebundle_()
+    assert bundle["text/plain"] == f"<launcher: run {run.id}>"
+    assert "finished" in bundle["text/html"] and "data:image/svg+xml" in bundle["text/html"]

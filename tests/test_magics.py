@@ -4,6 +4,8 @@ from pathlib import Path
 from unittest.mock import patch
 
 import pytest
+from IPython.display import display
+from IPython.utils.capture import capture_output
 from IPython.core.error import UsageError
 
 from nbfinetune import api
@@ -80,15 +82,23 @@ def test_yaml_cell_magic_with_flag_overrides(ip, home):
 
 
 def test_compare_two_runs(ip, home, tiny_model):
-    runs = [api.finetune(model=tiny_model, steps=s, eval_samples=2, display=False) for s in (2, 3)]
+    runs = [api.finetune(model=tiny_model, steps=s, eval_samples=2, display=False, name=n)
+            for s, n in ((2, "short"), (3, None))]
     for run in runs:
         assert run.wait(timeout=120, progress=False).status == "finished"
     comparison = ip.run_line_magic("finetune", f"compare {runs[0].id} {runs[1].id}")
     assert list(comparison.table.index) == [r.id for r in runs]
     assert list(comparison.table["steps"]) == [2, 3] and "base json_match" in comparison.table.columns
     assert len(comparison.figure.data) == 4 and list(comparison.figure.data[2].x) == [1, 2, 3]
-    bundle = comparison._repr_mimebundle_()
-    assert "application/vnd.plotly.v1+json" in bundle and "<table" in bundle["text/html"]
+    # The legend names runs by name, falling back to the id.
+    assert [t.name for t in comparison.figure.data[::2]] == ["short train (smoothed)", f"{runs[1].id} train (smoothed)"]
+    # In JupyterLab the chart and the table are two outputs: Lab shows one mimetype per output.
+    with capture_output() as shown:
+        display(comparison)
+    kinds = [set(out.data) for out in shown.outputs]
+    assert any("application/vnd.plotly.v1+json" in k for k in kinds)
+    assert any("text/html" in k and "application/vnd.plotly.v1+json" not in k for k in kinds)
+    assert "<table" in comparison._repr_mimebundle_()["text/html"]
 
 
 def test_terminal_shell_shows_text_progress_and_a_summary(ip, home, tiny_model, capsys):

@@ -46,7 +46,7 @@ def check_quickstart(notebook) -> None:
     dashboard = next(o.data for o in launch if "application/vnd.jupyter.widget-view+json" in o.get("data", {}))
     # Without a kernel the widget vanishes; the static snapshot of the finished run stays.
     assert "finished" in dashboard["text/html"] and "application/vnd.plotly.v1+json" not in dashboard
-    assert "Plotly.newPlot" in dashboard["text/html"]
+    assert "data:image/svg+xml;base64," in dashboard["text/html"] and "<script" not in dashboard["text/html"]
     chart = outputs_of(notebook, "run.plot()")
     figure = next(o.data["application/vnd.plotly.v1+json"] for o in chart if "data" in o)
     assert len(figure["data"][0]["x"]) == 40  # train loss, one point per step

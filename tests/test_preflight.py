@@ -39,3 +39,23 @@ def test_trained_spans_cover_the_text_exactly(tiny_tokenizer):
     spans = trained_spans(tiny_tokenizer, rendered)
     assert "".join(text for text, _ in spans) == tiny_tokenizer.decode(rendered.input_ids)
     assert [text for text, trained in spans if trained] == ["Ada<|im_end|>\n"]
+
+
+def test_no_placeholder_chart_before_a_check_and_an_outlier_is_clipped(home, tmp_path, tiny_model):
+    empty = Preflight(model=tiny_model, namespace={})
+    assert empty.chart.layout.display == "none"  # nothing drawn before "Check data"
+    rows = [chat_row(f"q{i}", "a") for i in range(5)] + [chat_row("long", "word " * 2000)]
+    view = Preflight(str(write_jsonl(tmp_path / "d.jsonl", rows)), model=tiny_model, max_seq_len=32, namespace={})
+    assert max(view.histogram.data[0].x) <= 48  # clipped at 1.5 × max_seq_len, not 2000+
+    assert "1 longer than 48" in view.histogram.layout.title.text
+    assert view.chart.layout.display != "none"
+
+
+def test_the_saved_output_is_a_readable_report(home, tmp_path, tiny_model):
+    path = write_jsonl(tmp_path / "d.jsonl", [chat_row("q1", "a1"), "{bad"])
+    bundle = Preflight(str(path), model=tiny_model, max_seq_len=32, namespace={})._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+    static = bundle["text/html"]
+    assert "1 of 2 rows usable" in static and "invalid JSON" in static and "data:image/svg+xml" in static
+    assert "<script" not in static
+    assert bundle["text/plain"] == f"<pre-flight of {path}: 1 of 2 rows usable>"

@@ -224,7 +224,7 @@ def test_magic_and_cli_call_the_same_api(ip, monkeypatch):
     monkeypatch.setattr(api, "serve", lambda ids, backend="local", **options: calls.append((ids, backend, options)))
     ip.run_line_magic("finetune", "serve 20260101-000000-aaaaaa --port 9001 --backend local")
     monkeypatch.setenv("MY_KEY", "nbft-k")
-    monkeypatch.setattr("threading.Event.wait", lambda self, timeout=None: True)
+    monkeypatch.setattr(cli, "_wait_for_interrupt", lambda: None)
     assert cli.main(["serve", "r1", "r2", "--port", "9002", "--api-key-env", "MY_KEY"]) == 0
     assert calls == [(["20260101-000000-aaaaaa"], "local", {"port": 9001}),
                      (["r1", "r2"], "local", {"host": "127.0.0.1", "port": 9002, "api_key": "nbft-k"})]

@@ -129,3 +129,24 @@ async def test_an_events_page_parses_only_that_page(jp_fetch, home, monkeypatch)
     last = json.loads((await jp_fetch("nbfinetune", "api", "runs", run_id, "events",
                                       params={"since": 2990, "limit": 20})).body)
     assert [e["seq"] for e in last["events"]] == list(range(2991, 3001)) and last["more"] is False
+
+
+async def test_delete_a_run_but_not_while_it_runs(jp_fetch, home):
+    from tests.helpers import live_worker
+
+    store = RunStore()
+    ended = store.create(RunConfig())
+    EventWriter(store.events_path(ended), ended).emit("failed", error="E", message="m")
+    reply = await jp_fetch("nbfinetune", "api", "runs", ended, method="DELETE")
+    assert json.loads(reply.body) == {"run_id": ended, "deleted": True} and not store.exists(ended)
+
+    running = store.create(RunConfig())
+    EventWriter(store.events_path(running), running).emit("started", model="m", device="cpu", total_steps=9)
+    worker = live_worker(store.path(running))
+    try:
+        with pytest.raises(tornado.httpclient.HTTPClientError) as refused:
+            await jp_fetch("nbfinetune", "api", "runs", running, method="DELETE")
+        assert refused.value.code == 409 and store.exists(running)
+    finally:
+        worker.kill()
+        worker.wait()

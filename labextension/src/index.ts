@@ -156,6 +156,15 @@ export class RunsPanel extends Widget {
         void this.cancel(run.run_id);
       };
       node.appendChild(cancel);
+    } else {
+      const remove = Object.assign(document.createElement('button'), {
+        className: 'jp-Button jp-mod-styled nbft-delete', textContent: 'Delete', title: 'Delete this run and its files'
+      });
+      remove.onclick = event => {
+        event.stopPropagation();
+        void this.delete(run);
+      };
+      node.appendChild(remove);
     }
     node.onclick = () => void this.attach(run.run_id);
     return node;
@@ -175,6 +184,25 @@ export class RunsPanel extends Widget {
       await api(`runs/${encodeURIComponent(runId)}/cancel`, { method: 'POST', body: '{}' });
       void this.refresh();
     }
+  }
+
+  async delete(run: RunSummary): Promise<void> {
+    const label = run.name ? `${run.name} (${run.run_id})` : run.run_id;
+    const result = await showDialog({
+      title: 'Delete fine-tune?',
+      body: `Run ${label} and everything in its directory (events, adapter, checkpoints) are deleted for good.`,
+      buttons: [Dialog.cancelButton({ label: 'Keep it' }), Dialog.warnButton({ label: 'Delete run' })]
+    });
+    if (!result.button.accept) {
+      return;
+    }
+    try {
+      await api(`runs/${encodeURIComponent(run.run_id)}`, { method: 'DELETE' });
+    } catch (error) {
+      // e.g. 409: the run started again (resume) since the list was drawn
+      await showDialog({ title: 'Not deleted', body: String(error), buttons: [Dialog.okButton()] });
+    }
+    void this.refresh();
   }
 }
 

@@ -41,6 +41,15 @@ class Curves:
             return True
         return False
 
+    def thinned(self, points: int) -> Curves:
+        """At most `points` train points (evenly strided, the last kept); evaluations all kept."""
+        if len(self.steps) <= points:
+            return self
+        stride = len(self.steps) / points
+        keep = sorted({int(i * stride) for i in range(points)} | {len(self.steps) - 1})
+        return Curves([self.steps[i] for i in keep], [self.loss[i] for i in keep], [self.smoothed[i] for i in keep],
+                      [self.lr[i] for i in keep], self.eval_steps, self.eval_loss, self.best_step)
+
     def _truncate(self, step: int) -> None:
         keep = sum(1 for s in self.steps if s < step)
         for series in (self.steps, self.loss, self.smoothed, self.lr):
@@ -89,14 +98,43 @@ def curves_figure(events: Iterable[Event], title: str = "") -> Any:
     return fig
 
 
-class StaticChart:
-    """Displays a figure as plotly JSON (JupyterLab, VS Code render it natively) plus an HTML version
-    that loads plotly.js from its CDN, for viewers without a plotly renderer (nbviewer, GitHub)."""
+def curves_svg(curves: Curves, title: str = "") -> str:
+    """The loss chart as inline SVG: what a saved notebook shows without JavaScript or network."""
+    from .svg import Series, line_chart
 
-    def __init__(self, figure: Any) -> None:
+    return line_chart([Series("train loss", curves.steps, curves.loss, color="rgba(31,119,180,0.35)", width=1),
+                       Series("smoothed", curves.steps, curves.smoothed, color="#1f77b4", width=2),
+                       Series("eval loss", curves.eval_steps, curves.eval_loss, color="#d62728", markers=True)],
+                      title=title)
+
+
+def svg_html(svg: str) -> str:
+    """SVG as an <img> data URI: notebook sanitizers (JupyterLab on an untrusted notebook, nbviewer) drop
+    inline <svg> tags but keep images, and no script or network is needed to draw it."""
+    import base64
+
+    data = base64.b64encode(svg.encode("utf-8")).decode("ascii")
+    return f"<img class='nbft-static-chart' alt='chart' src='data:image/svg+xml;base64,{data}'/>"
+
+
+class StaticChart:
+    """A figure as plotly JSON (JupyterLab and VS Code draw it, interactive) plus the same chart as SVG —
+    in text/html and image/svg+xml — for every place without a plotly renderer or without trust
+    (a reopened notebook, nbviewer, an HTML export offline). No CDN, no JavaScript."""
+
+    def __init__(self, figure: Any, svg: str) -> None:
         self.figure = figure
+        self.svg = svg
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
         return {"application/vnd.plotly.v1+json": self.figure.to_plotly_json(),
-                "text/html": self.figure.to_html(full_html=False, include_plotlyjs="cdn"),
+                "text/html": svg_html(self.svg),
+                "image/svg+xml": self.svg,
                 "text/plain": f"<chart: {len(self.figure.data)} traces>"}
+
+
+def curves_chart(events: Iterable[Event], title: str = "") -> StaticChart:
+    curves = Curves.from_events(events)
+    fig = empty_figure(title)
+    apply_curves(fig, curves)
+    return StaticChart(fig, curves_svg(curves, title))

@@ -8,8 +8,10 @@ from typing import Any
 
 import ipywidgets as widgets
 
+from .static import StaticCopy
 
-class ChatWidget(widgets.VBox):
+
+class ChatWidget(StaticCopy, widgets.VBox):
     def __init__(self, model: Any, checkpoints: dict[str, str] | None = None, name: str = "chat",
                  others: dict[str, Any] | None = None) -> None:
         """others: more answer sources for the side-by-side comparison, by label — e.g. an
@@ -84,6 +86,7 @@ class ChatWidget(widgets.VBox):
             self._render()
         finally:
             self.send.disabled, self.stop_button.disabled = False, True
+            self.refresh_static()
 
     def save_transcript(self, path: str | None = None) -> str | None:
         """Each user turn with the answer it got becomes one chat row (the conversation so far as context),
@@ -119,6 +122,13 @@ class ChatWidget(widgets.VBox):
             self._render()
         self._render()
         return text.strip()
+
+    def static_html(self) -> str:
+        """What the saved notebook shows: the model line and the conversation so far."""
+        return f"<div class='nbft-chat-static'>{self.info.value}{self.transcript.value}</div>"
+
+    def static_text(self) -> str:
+        return f"<chat with {self.name}: {sum(who == 'user' for who, _ in self._turns)} question(s)>"
 
     def _render(self) -> None:
         colors = {"user": "#eef", "fine-tuned": "#efe", "base": "#f4f4f4", "error": "#fdd"}  # checkpoints: white

@@ -18,7 +18,7 @@ def comparison_table(runs: list[Any]) -> Any:
     rows = []
     for run in runs:
         config, summary = run.store.config(run.id), run.summary()
-        row: dict[str, Any] = {"run": run.id, "status": summary.status}
+        row: dict[str, Any] = {"run": run.id, "name": config.get("name") or "", "status": summary.status}
         for name, path in _SETTINGS.items():
             value: Any = config
             for key in path:
@@ -54,22 +54,56 @@ def comparison_figure(runs: list[Any]) -> Any:
 
     fig = go.Figure()
     for index, run in enumerate(runs):
-        draw_run(fig, index, run, run.id)
+        draw_run(fig, index, run, _label(run))
     fig.update_layout(height=420, template="plotly_white", xaxis_title="step", yaxis_title="loss",
                       margin={"l": 50, "r": 20, "t": 30, "b": 40})
     return fig
 
 
+def _label(run: Any) -> str:
+    return run.store.config(run.id).get("name") or run.id
+
+
+def comparison_svg(runs: list[Any]) -> str:
+    from plotly.colors import qualitative
+
+    from .svg import Series, line_chart
+
+    series = []
+    for index, run in enumerate(runs):
+        curves, label = Curves.from_events(run.events()), _label(run)
+        color = qualitative.Plotly[index % len(qualitative.Plotly)]
+        series += [Series(f"{label} train", curves.steps, curves.smoothed, color=color, width=2),
+                   Series(f"{label} eval", curves.eval_steps, curves.eval_loss, color=color, dash=True, markers=True)]
+    return line_chart(series)
+
+
 class Comparison:
+    """Shown as two outputs — the chart, then the table — because a frontend shows one mimetype per
+    output: JupyterLab picks the interactive chart and would never show a table riding along in HTML."""
+
     def __init__(self, runs: list[Any]) -> None:
         self.runs = runs
         self.table = comparison_table(runs)
         self.figure = comparison_figure(runs)
+        self.svg = comparison_svg(runs)
 
-    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+    def chart(self) -> Any:
         from .charts import StaticChart
 
-        bundle = StaticChart(self.figure)._repr_mimebundle_()
-        bundle["text/html"] += self.table.to_html(float_format=lambda v: f"{v:.4g}")
-        bundle["text/plain"] = self.table.to_string()
-        return bundle
+        return StaticChart(self.figure, self.svg)
+
+    def table_bundle(self) -> dict[str, Any]:
+        return {"text/html": self.table.to_html(float_format=lambda v: f"{v:.4g}"), "text/plain": self.table.to_string()}
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.chart())
+        display(self.table_bundle(), raw=True)
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        from .charts import svg_html
+
+        table = self.table_bundle()
+        return {"text/html": svg_html(self.svg) + table["text/html"], "text/plain": table["text/plain"]}

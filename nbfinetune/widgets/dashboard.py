@@ -20,6 +20,7 @@ from ..runs import read_events
 from .charts import Curves, apply_curves, empty_figure
 
 REDRAW_INTERVAL_S = 0.2
+LIVE_POINTS = 2000  # per curve in the live chart: a 100k-step run redraws as cheaply as a short one
 
 
 @dataclass
@@ -87,7 +88,7 @@ class RunView:
 
 def _finished_message(summary: dict) -> str:
     if summary.get("best_step") is None:
-        return "finished"
+        return ""  # the status badge already says "finished"
     how = f"stopped early at step {summary.get('steps')}" if summary.get("stopped_early") else "finished"
     return f"{how}; the adapter is the best evaluated one, from step {summary['best_step']}"
 
@@ -97,15 +98,20 @@ _BADGE = {"pending": "#6c757d", "running": "#0d6efd", "finished": "#198754", "fa
 
 
 class Dashboard(widgets.VBox):
-    def __init__(self, run: Any, start: bool = True) -> None:
-        import plotly.graph_objects as go
+    """The live view. Its chart is an Output widget holding the figure as plotly JSON plus an SVG copy: the
+    widget's state *is* the drawing, so a reloaded page (kernel alive) gets it back whole, a saved
+    notebook stays small (no 5 MB plotly bundle per chart) and viewers without plotly draw the SVG."""
 
+    def __init__(self, run: Any, start: bool = True) -> None:
         self.run = run
         config = run.store.config(run.id)
+        self.label = config.get("name") or run.id
         self.view = RunView(gpu=config.get("gpu") if config.get("backend") == "modal" else None)
         self._offset = 0
+        self._drawn: tuple | None = None
         self._closed = threading.Event()
-        self.figure = go.FigureWidget(empty_figure())
+        self.figure = empty_figure()
+        self.chart = widgets.Output(layout=widgets.Layout(min_height="420px"))
         self.status_html = widgets.HTML()
         self.progress = widgets.IntProgress(value=0, min=0, max=1, layout=widgets.Layout(width="220px", min_width="160px"))
         self.stats_html = widgets.HTML()
@@ -115,8 +121,8 @@ class Dashboard(widgets.VBox):
         self.metrics_html = widgets.HTML()
         self.samples_html = widgets.HTML()
         header = widgets.HBox([self.status_html, self.progress, self.stats_html, self.cancel_button],
-                              layout=widgets.Layout(align_items="center", gap="12px"))
-        super().__init__([header, self.figure, self.metrics_html, self.samples_html])
+                              layout=widgets.Layout(align_items="center", gap="12px", flex_flow="row wrap"))
+        super().__init__([header, self.chart, self.metrics_html, self.samples_html])
         self.add_class("nbfinetune-dashboard")
         self._display_handle: Any = None
         self.poll()
@@ -162,15 +168,15 @@ class Dashboard(widgets.VBox):
     def mimebundle(self) -> dict[str, Any]:
         """The widget view for live frontends, and an HTML snapshot that viewers without a kernel show
         (nbviewer, GitHub, a notebook reopened later) — widgets alone vanish there."""
-        from .charts import StaticChart
+        from .charts import curves_svg, svg_html
 
         bundle = {"application/vnd.jupyter.widget-view+json": {"version_major": 2, "version_minor": 0,
                                                                "model_id": self.model_id},
                   "text/plain": f"<nbfinetune dashboard: run {self.run.id}, {self.view.status}>"}
         static = f"<div>{self.status_html.value}<br>{self.stats_html.value}</div>"
-        if self.view.curves.steps or self.view.curves.eval_steps:
-            static += StaticChart(self.figure)._repr_mimebundle_()["text/html"]
-        bundle["text/html"] = static + self.metrics_html.value
+        if self._has_curves():
+            static += svg_html(curves_svg(self.view.curves))
+        bundle["text/html"] = static + self.metrics_html.value + self.samples_html.value
         return bundle
 
     def refresh_static(self) -> None:
@@ -184,13 +190,15 @@ class Dashboard(widgets.VBox):
         self.run.cancel()
 
     # --- drawing ---------------------------------------------------------------------------------
+    def _has_curves(self) -> bool:
+        return bool(self.view.curves.steps or self.view.curves.eval_steps)
+
     def redraw(self) -> None:
         view = self.view
-        with self.figure.batch_update():
-            apply_curves(self.figure, view.curves)
+        self._draw_chart()
         color = _BADGE.get(view.status, "#6c757d")
         self.status_html.value = (
-            f"<b>run {html.escape(self.run.id)}</b> <span style='background:{color};color:white;"
+            f"<b>{html.escape(self.label)}</b> <span style='background:{color};color:white;"
             f"border-radius:4px;padding:1px 6px'>{html.escape(view.status)}</span> "
             f"<span style='color:#555'>{html.escape(view.message)}</span>")
         self.progress.max = max(1, view.total_steps or 1)
@@ -200,6 +208,30 @@ class Dashboard(widgets.VBox):
         self.cancel_button.layout.display = "none" if done else None
         self.metrics_html.value = _metrics_table(view)
         self.samples_html.value = _samples_table(view.samples)
+
+
+    def _draw_chart(self) -> None:
+        """One state message per change: the whole chart (thinned), never a growing series of deltas."""
+        from .charts import StaticChart, curves_svg
+
+        curves = self.view.curves
+        ended = self.view.status in ("finished", "failed", "cancelled", "lost")
+        drawn = (len(curves.steps), len(curves.eval_steps), curves.best_step, curves.steps[-1:], ended)
+        if drawn == self._drawn:
+            return
+        self._drawn = drawn
+        # A run that ended without a step (it failed while loading): no empty 420 px axes. While a run
+        # starts, the empty chart is drawn at once, so the browser has its renderer ready for the first step.
+        if ended and not self._has_curves():
+            self.chart.layout.display = "none"
+            return
+        self.chart.layout.display = None
+        shown = curves.thinned(LIVE_POINTS)
+        self.figure = empty_figure()
+        apply_curves(self.figure, shown)
+        bundle = StaticChart(self.figure, curves_svg(shown))._repr_mimebundle_()
+        bundle.pop("image/svg+xml")
+        self.chart.outputs = ({"output_type": "display_data", "data": bundle, "metadata": {}},)
 
 
 def _stats(view: RunView) -> str:

@@ -10,6 +10,7 @@ import ipywidgets as widgets
 
 from ..config import RunConfig
 from .preflight import Preflight
+from .static import StaticCopy
 
 # Assumed local throughput for the estimate: measured on 2 CPU cores, fp32, SmolLM2-135M LoRA
 # (bench/bench_trainer.py: 270 on varied data, 430 on the demo set). Stated next to the estimate,
@@ -26,7 +27,7 @@ def _number(description: str, value: float, kind: type = int, **limits: Any) -> 
                layout=widgets.Layout(width="230px"), **limits)
 
 
-class Launcher(widgets.VBox):
+class Launcher(StaticCopy, widgets.VBox):
     def __init__(self, defaults: RunConfig | None = None, launch: Any = None) -> None:
         config = defaults or RunConfig()
         self._launch = launch
@@ -68,15 +69,32 @@ class Launcher(widgets.VBox):
         for control in (self.steps, self.batch_size, self.preflight.summary, self.backend, self.gpu, self.gpu_count,
                         self.eval_samples, self.eval_every):
             control.observe(lambda _change: self.update_estimate(), "value")
+        # GPU and budget mean something only on Modal: hidden for the local backend.
+        self.modal_settings = widgets.HBox([self.gpu, self.gpu_count, self.budget])
+        self.backend.observe(lambda _change: self._show_backend_settings(), "value")
+        self._show_backend_settings()
+        wrap = widgets.Layout(flex_flow="row wrap")  # rows wrap in a narrow notebook instead of overflowing
         settings = widgets.VBox([
-            widgets.HBox([self.steps, self.lr, self.batch_size]),
-            widgets.HBox([self.r, self.alpha, self.eval_samples, self.eval_every, self.early_stopping]),
-            widgets.HBox([self.backend, self.gpu, self.gpu_count, self.budget, self.name]),
+            widgets.HBox([self.steps, self.lr, self.batch_size], layout=wrap),
+            widgets.HBox([self.r, self.alpha, self.eval_samples, self.eval_every, self.early_stopping], layout=wrap),
+            widgets.HBox([self.backend, self.modal_settings, self.name], layout=wrap),
         ])
         super().__init__([widgets.HTML("<h3>New fine-tune</h3>"), self.preflight, settings, self.estimate,
                           widgets.HBox([self.launch_button, self.error])])
         self.add_class("nbfinetune-launcher")
         self.update_estimate()
+
+    def static_html(self) -> str:
+        """Saved with the notebook: the launched run's dashboard copy, or what was being set up."""
+        if self.run is not None and self.run._dashboard is not None:
+            return self.run._dashboard.mimebundle()["text/html"]
+        return f"<div><b>New fine-tune</b> (the launcher; run the cell to use it)</div>{self.preflight.static_html()}"
+
+    def static_text(self) -> str:
+        return f"<launcher: run {self.run.id}>" if self.run is not None else "<launcher>"
+
+    def _show_backend_settings(self) -> None:
+        self.modal_settings.layout.display = None if self.backend.value == "modal" else "none"
 
     def config(self) -> RunConfig:
         from ..api import build_config
@@ -152,6 +170,8 @@ class Launcher(widgets.VBox):
         self.run = launch(config)
         dashboard = self.run.dashboard()
         self.children = [widgets.HTML(f"<b>launched run {html.escape(self.run.id)}</b>"), dashboard]
+        dashboard._display_handle = self._static_handle  # the run's end refreshes this output's copy
+        self.refresh_static()
         return self.run
 
 

@@ -12,15 +12,19 @@ from typing import Any
 import ipywidgets as widgets
 
 from ..config import SAMPLE_DATA, default_model, nbfinetune_home
+from .static import StaticCopy
 
 FORMATS = ("auto", "chat", "sharegpt", "instruction", "prompt_completion", "text")
 
 
-class Preflight(widgets.VBox):
+# Rows longer than this many times max_seq_len are counted in the histogram's last bar, so one 12k-token
+# outlier does not squeeze every other row into the first bar.
+CLIP_FACTOR = 1.5
+
+
+class Preflight(StaticCopy, widgets.VBox):
     def __init__(self, data: Any = None, model: str | None = None, max_seq_len: int = 512,
                  namespace: dict[str, Any] | None = None) -> None:
-        import plotly.graph_objects as go
-
         self.namespace = namespace if namespace is not None else _user_namespace()
         self.source = widgets.Text(value=data if isinstance(data, str) else (SAMPLE_DATA if data is None else ""),
                                    description="data", placeholder="file, folder, hub id (org/name) or sample:people",
@@ -36,17 +40,17 @@ class Preflight(widgets.VBox):
         self.check_button.on_click(lambda _b: self.check())
         self.status = widgets.HTML()
         self.summary = widgets.HTML()
-        self.histogram = go.FigureWidget(layout={"height": 240, "margin": {"l": 40, "r": 10, "t": 30, "b": 40},
-                                                 "title": "tokens per row", "template": "plotly_white",
-                                                 "xaxis": {"title": "tokens"}, "yaxis": {"title": "rows"}})
-        self.histogram.add_histogram(x=[], nbinsx=40, name="rows")
+        self.histogram: Any = None  # the plotly Figure of the last check
+        self.histogram_svg = ""
+        # Plotly JSON + SVG in an Output widget: small widget state, and hidden until there is data.
+        self.chart = widgets.Output(layout=widgets.Layout(display="none"))
         self.problems = widgets.HTML()
         self.preview = widgets.HTML()
         self._data_object = data if data is not None and not isinstance(data, str) else None
         self.validation: Any = None
         inputs = widgets.VBox([widgets.HBox([self.source, self.variable, self.upload]),
                                widgets.HBox([self.format, self.model, self.max_seq_len, self.check_button])])
-        super().__init__([inputs, self.status, self.summary, self.histogram, self.problems, self.preview])
+        super().__init__([inputs, self.status, self.summary, self.chart, self.problems, self.preview])
         self.add_class("nbfinetune-preflight")
         if data is not None:
             self.check(wait=True)
@@ -92,6 +96,7 @@ class Preflight(widgets.VBox):
             self.status.value = f"<span style='color:#dc3545'><b>cannot check:</b> {html.escape(str(exc))}</span>"
         finally:
             self.check_button.disabled = False
+            self.refresh_static()
 
     def _show(self, tokenizer: Any) -> None:
         from ..data.render import trained_spans
@@ -105,13 +110,7 @@ class Preflight(widgets.VBox):
         self.summary.value = (
             f"<b>format:</b> {html.escape(str(report.format))} · <b style='color:{ok_color}'>{report.valid} of "
             f"{report.rows} rows usable</b>" + (f" · {report.truncated} truncated" if report.truncated else "") + stats)
-        with self.histogram.batch_update():
-            self.histogram.data[0].x = result.lengths
-            self.histogram.layout.shapes = [{"type": "line", "x0": result.max_seq_len, "x1": result.max_seq_len,
-                                             "y0": 0, "y1": 1, "yref": "paper",
-                                             "line": {"color": "#dc3545", "dash": "dash"}}]
-            self.histogram.layout.annotations = [{"x": result.max_seq_len, "y": 1, "yref": "paper",
-                                                  "text": "max_seq_len", "showarrow": False, "yanchor": "bottom"}]
+        self._draw_histogram(result.lengths, result.max_seq_len)
         rows = "".join(f"<tr><td>{html.escape(p.file or '')} {p.row}</td><td>{html.escape(p.severity)}</td>"
                        f"<td style='text-align:left'>{html.escape(p.message)}</td></tr>" for p in report.problems[:50])
         more = f"<p>… and {report.problem_count - 50} more</p>" if report.problem_count > 50 else ""
@@ -128,6 +127,49 @@ class Preflight(widgets.VBox):
                             f"padding:6px;margin:4px 0'><b>row {rendered.row}</b>\n{body}</div>")
         self.preview.value = ("<details><summary>examples as the model sees them (green: trained on)</summary>"
                               + "".join(examples) + "</details>")
+
+
+    def _draw_histogram(self, lengths: list[int], max_seq_len: int) -> None:
+        import plotly.graph_objects as go
+
+        from .charts import StaticChart
+        from .svg import histogram
+
+        clip = int(max_seq_len * CLIP_FACTOR)
+        over = [n for n in lengths if n > clip]
+        title = "tokens per row" + (f" ({len(over)} longer than {clip:,}, up to {max(over):,}, counted in the last "
+                                    f"bar)" if over else "")
+        shown = [min(n, clip) for n in lengths]
+        self.histogram = go.Figure(go.Histogram(x=shown, nbinsx=40, name="rows"), layout={
+            "height": 240, "margin": {"l": 40, "r": 10, "t": 30, "b": 40}, "title": title,
+            "template": "plotly_white", "xaxis": {"title": "tokens"}, "yaxis": {"title": "rows"},
+            "shapes": [{"type": "line", "x0": max_seq_len, "x1": max_seq_len, "y0": 0, "y1": 1, "yref": "paper",
+                        "line": {"color": "#dc3545", "dash": "dash"}}],
+            "annotations": [{"x": max_seq_len, "y": 1, "yref": "paper", "text": "max_seq_len", "showarrow": False,
+                             "yanchor": "bottom"}]})
+        self.histogram_svg = histogram(shown, clip=clip if over else None, marker=max_seq_len,
+                                       marker_label="max_seq_len", title=title)
+        bundle = StaticChart(self.histogram, self.histogram_svg)._repr_mimebundle_()
+        bundle.pop("image/svg+xml")
+        self.chart.outputs = ({"output_type": "display_data", "data": bundle, "metadata": {}},)
+        self.chart.layout.display = None
+
+    # --- the static copy saved with the notebook ------------------------------------------------------
+    def static_html(self) -> str:
+        from .charts import svg_html
+
+        chart = svg_html(self.histogram_svg) if self.histogram_svg else ""
+        return (f"<div class='nbft-preflight-static'><b>pre-flight:</b> {html.escape(self.selected_text())}"
+                f"<div>{self.status.value}</div><div>{self.summary.value}</div>{chart}{self.problems.value}"
+                f"{self.preview.value}</div>")
+
+    def static_text(self) -> str:
+        summary = self.validation.report if self.validation is not None else None
+        return (f"<pre-flight of {self.selected_text()}: {summary.valid} of {summary.rows} rows usable>" if summary
+                else f"<pre-flight of {self.selected_text()}: not checked>")
+
+    def selected_text(self) -> str:
+        return self.upload.value[0]["name"] if self.upload.value else (self.variable.value or self.source.value)
 
 
 def _user_namespace() -> dict[str, Any]:
