@@ -191,6 +191,7 @@ def test_judge_in_evaluate_scores_counts_and_cancels_position_bias(home, stub_ke
     assert pairwise.usage.calls == 8  # 4 examples × both orders
     assert scorer.usage.cost_usd == pytest.approx((scorer.usage.input_tokens + scorer.usage.output_tokens) / 1e6)
     assert "judge: 8 calls" in results.html()
+    assert "a · judge" in results.svg() and "b · latency s" in results.svg()
 
 
 def test_judge_prefers_the_better_answer_in_either_position(home, stub_key):
@@ -266,6 +267,7 @@ def test_run_base_and_our_server_as_the_api_model(home, monkeypatch, trained, ti
     api_cost = frame[frame["kind"] == "endpoint"]["cost_usd"].mean() * 50_000
     assert table.loc[results.targets[0].label, "monthly_usd"] == pytest.approx(api_cost)
     assert "prices of 2026" in economics.html() and "A10" in economics.html()
+    assert "<path" in economics.svg() and "<rect" in results.svg()
     with pytest.raises(TypeError, match="unknown assumption 'gpus'"):
         nbft.economics(results, gpus="H100")
 

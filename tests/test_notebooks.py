@@ -122,5 +122,8 @@ def test_should_we_fine_tune_executes_with_a_tiny_model(tmp_path, tiny_model):
     html = "".join(o.get("data", {}).get("text/html", "") for o in shown)
     assert "Worst examples" in html and "judge:" in html and "latency_p95_s" in html
     economics = "".join(o.get("data", {}).get("text/html", "") for o in outputs_of(notebook, "nbft.economics"))
+    charts = [o.data for cell in ("results = nbft.evaluate", "nbft.economics") for o in outputs_of(notebook, cell)
+              if "application/vnd.plotly.v1+json" in o.get("data", {})]
+    assert len(charts) == 2 and all("<svg" in chart["image/svg+xml"] for chart in charts)  # the saved copy
     assert "break-even vs API model" in economics and "prices of" in economics and "fine-tuned" in html
-    assert "nbft-" not in html + economics  # the server's key is not in the saved notebook
+    assert not re.search(r"nbft-[A-Za-z0-9_-]{40}", nbformat.writes(notebook))  # the server's key is not saved

@@ -148,7 +148,24 @@ class Economics:
         from ..widgets.charts import StaticChart
 
         display(HTML(self.html()))
-        display(StaticChart(self.figure()))
+        display(StaticChart(self.figure(), self.svg()))
+
+    def svg(self) -> str:
+        """The saved copy of the cost-vs-volume plot (log-log, as decades)."""
+        import math
+
+        from ..widgets.svg import Series, line_chart
+
+        volumes = [10 ** (k / 4) for k in range(8, 33)]
+        colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
+        series = []
+        for index, row in enumerate(self.rows):
+            costs = [self.cost_at(row.model, v) for v in volumes]
+            if all(c is not None and c > 0 for c in costs):
+                series.append(Series(row.model[:30], [math.log10(v) for v in volumes],
+                                     [math.log10(c) for c in costs], color=colours[index % len(colours)], width=2))
+        return line_chart(series, "monthly cost against volume", x_title="log10 requests/month",
+                          y_title="log10 USD/month")
 
     def __repr__(self) -> str:
         return f"{self.frame()}\nAssumptions: {self.assumptions.describe()}"

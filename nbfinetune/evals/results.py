@@ -90,7 +90,53 @@ class EvalResults:
         from ..widgets.charts import StaticChart
 
         display(HTML(self.html()))
-        display(StaticChart(self.figure()))
+        display(StaticChart(self.figure(), self.svg()))
+
+    def svg(self) -> str:
+        """The saved notebook's copy: each metric per model, and latency p50 (bar) to p95 (whisker)."""
+        summary = self.summary()
+        rows = [(f"{model} · {metric}", _finite(summary.loc[model, metric]), None, "#1f77b4")
+                for model in summary.index for metric in self.metrics]
+        rows += [(f"{model} · latency s", _finite(summary.loc[model, "latency_p50_s"]),
+                  _finite(summary.loc[model, "latency_p95_s"]), "#7f7f7f") for model in summary.index]
+        return bars_svg(rows, "scores (0-1) and latency p50-p95 (s) per model")
 
     def __repr__(self) -> str:
         return f"<EvalResults {len(self.targets)} models × {self.frame['example'].nunique()} examples>\n{self.summary()}"
+
+
+def _finite(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number == number else None
+
+
+def bars_svg(rows: list[tuple[str, float | None, float | None, str]], title: str) -> str:
+    """Horizontal bars, one per (label, value, whisker end, colour), each scaled to its own kind's largest
+    value: scores to 1, seconds to the slowest p95. A few hundred bytes per row, no script."""
+    from ..widgets.svg import _svg
+
+    width, label_w, row_h, top = 640, 260, 16, 24
+    height = top + row_h * len(rows) + 8
+    scale: dict[str, float] = {}
+    for _, value, whisker, colour in rows:
+        scale[colour] = max(scale.get(colour, 0.0), whisker or 0.0, value or 0.0, 1e-9 if colour != "#1f77b4" else 1.0)
+    body = []
+    for index, (label, value, whisker, colour) in enumerate(rows):
+        y = top + index * row_h
+        body.append(f"<text x='{label_w - 6}' y='{y + 11}' text-anchor='end'>{html.escape(label[:48])}</text>")
+        if value is None:
+            body.append(f"<text x='{label_w}' y='{y + 11}' fill='#999'>–</text>")
+            continue
+        span = width - label_w - 60
+        length = span * value / scale[colour]
+        body.append(f"<rect x='{label_w}' y='{y + 2}' width='{max(length, 1):.1f}' height='{row_h - 5}' fill='{colour}'/>")
+        end = length
+        if whisker is not None:
+            end = span * whisker / scale[colour]
+            body.append(f"<line x1='{label_w + length:.1f}' x2='{label_w + end:.1f}' y1='{y + 8}' y2='{y + 8}' "
+                        f"stroke='{colour}'/>")
+        body.append(f"<text x='{label_w + max(length, end) + 4:.1f}' y='{y + 11}'>{value:.3g}</text>")
+    return _svg("".join(body), width, height, title)
