@@ -330,3 +330,22 @@ def test_timeouts_are_recorded_and_concurrency_is_limited(home, stub_key):
     frame = results.df.set_index("example")
     assert "Timeout" in frame.loc[3, "error"] and frame.loc[[0, 1, 2], "output"].tolist() == ["{}"] * 3
     assert most[0] <= 2
+
+
+def test_judge_metric_in_a_local_run_with_early_stopping(home, monkeypatch, tiny_model, stub_key):
+    """The worker process inherits the judge's settings; the score reaches the eval events, the summary
+    and early stopping."""
+    judge_stub = Stub(lambda prompt, count: "Score: 4 - partly right")
+    for name, value in {"URL": judge_stub.url, "MODEL": "judge", "KEY_ENV": stub_key}.items():
+        monkeypatch.setenv(f"NBFINETUNE_JUDGE_{name}", value)
+    try:
+        run = api.finetune(model=tiny_model, steps=4, eval_every=2, eval_samples=2, metrics=["judge"],
+                           early_stopping=5, early_stopping_metric="judge", display=False)
+        summary = run.wait(timeout=300, progress=False)
+    finally:
+        judge_stub.close()
+    assert summary.status == "finished", summary
+    scores = [e["metrics"]["judge"] for e in run.events() if e.type == "eval" and e.get("metrics")]
+    assert scores and all(s == pytest.approx(0.4) for s in scores)
+    assert summary.metrics["judge"] == pytest.approx(0.4)
+    assert judge_stub.requests and "sk-stub-secret" not in (run.path / "events.jsonl").read_text()
