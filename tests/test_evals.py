@@ -261,6 +261,15 @@ def test_run_base_and_our_server_as_the_api_model(home, monkeypatch, trained, ti
                           limit=2, max_tokens=6, store=store, progress=False)
     assert list(again.df["output"]) == by["base"] + by["run"]
 
+    import os
+
+    weights = next(p for p in (store.path(run_id) / "adapter").iterdir() if p.suffix == ".safetensors")
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # as a resume would
+    with pytest.raises(AssertionError, match="cached: no model"):
+        nbft.evaluate("sample:people", models=[api.Run(run_id, store)], metrics=["json_valid"], limit=2,
+                      max_tokens=6, store=store, progress=False)
+    monkeypatch.undo()
+
     economics = nbft.economics(results, requests_per_month=50_000, gpu="A10")
     table = economics.frame()
     assert table.loc[tiny_model, "monthly_usd"] > 0 and table.loc[run_id, "monthly_usd"] > 0
