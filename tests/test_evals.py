@@ -358,3 +358,16 @@ def test_judge_metric_in_a_local_run_with_early_stopping(home, monkeypatch, tiny
     assert scores and all(s == pytest.approx(0.4) for s in scores)
     assert summary.metrics["judge"] == pytest.approx(0.4)
     assert judge_stub.requests and "sk-stub-secret" not in (run.path / "events.jsonl").read_text()
+
+
+def test_economics_of_an_endpoint_without_prices_says_so(home, stub_key):
+    stub = Stub(echo_reference)
+    try:
+        priced = nbft.endpoint(stub.url, "priced", stub_key, prices=(1.0, 2.0))
+        unpriced = nbft.endpoint(stub.url, "unpriced", stub_key)
+        results = nbft.evaluate(CASES, models=[unpriced, priced], metrics=["json_match"], progress=False)
+    finally:
+        stub.close()
+    table = nbft.economics(results, requests_per_month=1000).frame()
+    assert pd.isna(table.loc["unpriced", "monthly_usd"]) and "no prices" in table.loc["unpriced", "how"]
+    assert table.loc["priced", "monthly_usd"] > 0 and "break-even vs priced (requests/month)" in table.columns

@@ -81,7 +81,7 @@ class Economics:
         quality_metric = results.metrics[0] if results.metrics else None
         for target in results.targets:
             s = summary.loc[target.label]
-            per_request = s["usd_per_request"] if target.kind == "endpoint" else None
+            per_request = _num(s["usd_per_request"]) if target.kind == "endpoint" else None
             part = results.frame[results.frame["model"] == target.label]["latency_s"].dropna()
             seconds = float(part.mean()) * a.latency_scale if len(part) else None
             training = a.training_usd if a.training_usd is not None else _training_cost(target)
