@@ -427,12 +427,17 @@ def serve(run_ids: list[str | Run] | None = None, backend: str = "local", *, sto
     return serve_runs(runs_, **options)
 
 
-def endpoint(base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY") -> Any:
+def endpoint(base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY", *,
+             prices: tuple[float, float] | None = None, **options: Any) -> Any:
     """Any OpenAI-compatible endpoint as a chat source: `.ask(message)`, `chat(endpoint)` for the widget,
-    or beside a run: `run.chat(compare=[endpoint])`. The key is read from api_key_env, never shown."""
+    or beside a run: `run.chat(compare=[endpoint])`; a model in `evaluate`, or a `judge`. The key is read
+    from api_key_env, never shown. prices: USD per million (input, output) tokens. options: timeout_s,
+    max_retries."""
     from .serve.client import EndpointChatModel
 
-    return EndpointChatModel(base_url, model, api_key_env)
+    usd_in, usd_out = prices if prices is not None else (None, None)
+    return EndpointChatModel(base_url, model, api_key_env, usd_per_m_input=usd_in, usd_per_m_output=usd_out,
+                             **options)
 
 
 def chat(source: Any, message: str | None = None, stream: bool = True, compare: list[Any] | None = None,

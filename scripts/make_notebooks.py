@@ -181,6 +181,51 @@ MODAL = [
 ]
 
 
+SHOULD_WE_FINE_TUNE = [
+    new_markdown_cell(
+        "# Should we fine-tune? Decide with numbers\n\n"
+        "Your API model, the base model and a fine-tune, evaluated on *your* eval set: a metric, an LLM judge, "
+        "latency, tokens and cost; then what each would cost a month, and the volume where the fine-tune pays. "
+        "Offline: the \"API model\" here is a stand-in — our own OpenAI-compatible server running the base "
+        "model, given example prices. Point `nbft.endpoint` at your provider instead (the key stays in an "
+        "environment variable)."),
+    new_code_cell("import os\nimport nbfinetune as nbft"),
+    new_markdown_cell("## 1. A fine-tune of the demo task\n\nName, age and city out of a sentence, as JSON."),
+    new_code_cell(
+        "run = nbft.finetune(data=\"sample:people\", steps=40, lr=1e-3, r=16, batch_size=8, display=False)\n"
+        "summary = run.wait(progress=False)\n"
+        "print(summary.status, \"· adapter:\", summary.adapter_path)"),
+    new_markdown_cell(
+        "## 2. The stand-in API model\n\n`run.serve()` serves the run *and its base model* behind one "
+        "OpenAI-compatible API. We call the base model through it as if it were a paid API "
+        "(example prices: $0.15 / $0.60 per million input / output tokens), and use it as the judge too."),
+    new_code_cell(
+        "server = run.serve()\n"
+        "os.environ[\"STAND_IN_API_KEY\"] = server.api_key  # a real key would already be in the environment\n"
+        "api_model = nbft.endpoint(server.base_url, run.config.model, \"STAND_IN_API_KEY\", prices=(0.15, 0.60))\n"
+        "judge = nbft.judge(nbft.endpoint(server.base_url, run.config.model, \"STAND_IN_API_KEY\", prices=(0.15, 0.60)),\n"
+        "                   rubric=\"Does the answer give the same name, age and city as the reference, as JSON?\")"),
+    new_markdown_cell(
+        "## 3. Evaluate\n\nEvery model answers every held-out example (concurrently, retried on rate limits; "
+        "a failure is recorded on its row). Answers and verdicts are cached on disk: running this cell again "
+        "asks nothing. A small judge model often replies with no usable verdict — that is recorded as a failed "
+        "verdict, not a crash."),
+    new_code_cell(
+        "results = nbft.evaluate(\"sample:people\", models={\"API model\": api_model, \"base\": run.config.model,\n"
+        "                                                            \"fine-tuned\": run},\n"
+        "                        metrics=[\"json_match\", judge], limit=8, max_tokens=48)\n"
+        "results"),
+    new_code_cell("results.df[[\"model\", \"example\", \"output\", \"json_match\", \"judge\", \"latency_s\", "
+                  "\"input_tokens\", \"output_tokens\"]].head(6)"),
+    new_markdown_cell(
+        "## 4. Economics\n\nMonthly cost at your volume: the API from the measured tokens × its prices; the "
+        "fine-tune served on a Modal GPU from the measured latency, with scale-to-zero, plus its training "
+        "cost. Every assumption is printed under the table — change any of them as an argument."),
+    new_code_cell("nbft.economics(results, requests_per_month=200_000, gpu=\"L4\")"),
+    new_code_cell("server.stop()"),
+]
+
+
 def write(path: str, cells: list) -> None:
     notebook = new_notebook(cells=cells, metadata={"kernelspec": KERNELSPEC, "language_info": {"name": "python"}})
     nbformat.validate(notebook)
@@ -192,4 +237,5 @@ if __name__ == "__main__":
     write("notebooks/evaluate-and-compare.ipynb", EVALUATE_AND_COMPARE)
     write("notebooks/sweep.ipynb", SWEEP)
     write("notebooks/modal.ipynb", MODAL)
-    print("wrote notebooks/{quickstart,evaluate-and-compare,sweep,modal}.ipynb")
+    write("notebooks/should-we-fine-tune.ipynb", SHOULD_WE_FINE_TUNE)
+    print("wrote notebooks/{quickstart,evaluate-and-compare,sweep,modal,should-we-fine-tune}.ipynb")

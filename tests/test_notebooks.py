@@ -112,3 +112,18 @@ def test_modal_notebook_skips_visibly_without_credentials(tmp_path, tiny_model):
     assert "Modal cells will be skipped" in text_of(outputs_of(notebook, "%load_ext"))
     assert "skipped (no Modal credentials)" in text_of(outputs_of(notebook, "if MODAL:\n    run = "))
     assert "prices of 2026-07-01" in text_of(outputs_of(notebook, "from nbfinetune.pricing"))
+
+
+def test_should_we_fine_tune_executes_with_a_tiny_model(tmp_path, tiny_model):
+    env = {"NBFINETUNE_HOME": str(tmp_path / "home"), "NBFINETUNE_DEFAULT_MODEL": tiny_model, "HF_HUB_OFFLINE": "1"}
+    notebook = execute("should-we-fine-tune.ipynb", env, tmp_path, timeout=600)
+    _runs_clean(notebook)
+    shown = outputs_of(notebook, "results = nbft.evaluate")
+    html = "".join(o.get("data", {}).get("text/html", "") for o in shown)
+    assert "Worst examples" in html and "judge:" in html and "latency_p95_s" in html
+    economics = "".join(o.get("data", {}).get("text/html", "") for o in outputs_of(notebook, "nbft.economics"))
+    charts = [o.data for cell in ("results = nbft.evaluate", "nbft.economics") for o in outputs_of(notebook, cell)
+              if "application/vnd.plotly.v1+json" in o.get("data", {})]
+    assert len(charts) == 2 and all("<svg" in chart["image/svg+xml"] for chart in charts)  # the saved copy
+    assert "break-even vs API model" in economics and "prices of" in economics and "fine-tuned" in html
+    assert not re.search(r"nbft-[A-Za-z0-9_-]{40}", nbformat.writes(notebook))  # the server's key is not saved

@@ -44,8 +44,16 @@ def contains(prediction: str, reference: str) -> float:
     return float(reference.strip().lower() in prediction.lower())
 
 
+def judge(prediction: str, reference: str) -> float:
+    """An LLM judge's 0-1 score against the reference; its endpoint comes from NBFINETUNE_JUDGE_* variables
+    (see nbfinetune.evals.judge.from_env), which the worker inherits."""
+    from ..evals.judge import from_env
+
+    return from_env()(prediction, reference)
+
+
 BUILTIN: dict[str, Metric] = {"exact_match": exact_match, "json_valid": json_valid, "json_match": json_match,
-                              "contains": contains}
+                              "contains": contains, "judge": judge}
 
 
 def resolve_metric(name: str) -> Metric:

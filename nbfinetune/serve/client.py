@@ -27,6 +27,10 @@ class EndpointChatModel:
     adapter_path: str | None = None  # no local adapter: the widget offers no base/checkpoint comparison
     adapters: tuple[str, ...] = ()
     timeout_s: float = 120.0
+    max_retries: int = 1  # the openai client retries 429 / 5xx / timeouts with exponential back-off
+    # USD per million input / output tokens, for nbft.evaluate's cost and nbft.economics (None: unknown)
+    usd_per_m_input: float | None = None
+    usd_per_m_output: float | None = None
 
     @property
     def label(self) -> str:
@@ -47,7 +51,8 @@ class EndpointChatModel:
         key = os.environ.get(self.api_key_env)
         if not key:
             raise RuntimeError(f"api_key_env: the environment variable {self.api_key_env} is not set")
-        return openai.OpenAI(base_url=self.base_url, api_key=key, timeout=self.timeout_s, max_retries=1)
+        return openai.OpenAI(base_url=self.base_url, api_key=key, timeout=self.timeout_s,
+                             max_retries=self.max_retries)
 
     def stream(self, messages: list[dict[str, str]], max_new_tokens: int = 256, temperature: float = 0.0,
                top_p: float = 1.0, adapter: str = "default", stop: threading.Event | None = None) -> Iterator[str]:
