@@ -55,3 +55,15 @@ def test_export_keeps_the_base_dtype_and_shards_and_equals_base_plus_adapter(tin
     for key, value in merged.state_dict().items():
         torch.testing.assert_close(value, ref_state[key].to(torch.bfloat16).float(), rtol=0, atol=0, msg=key)
     assert result["max_logit_difference"] < 0.1
+
+
+def test_export_leaves_no_progress_bar_behind(tiny_model, tmp_path, capfd):
+    """A newcomer's export left a stale 'Writing model shards: 0%' bar in the cell (issue 11): the merge
+    writes its shards itself, so no progress bar of transformers' save is shown."""
+    from nbfinetune.core.export import export_merged
+
+    adapter = _adapter(tiny_model, tmp_path / "adapter")
+    capfd.readouterr()
+    export_merged(tiny_model, str(adapter), tmp_path / "merged")
+    printed = "".join(capfd.readouterr())
+    assert "Writing model shards" not in printed and "%|" not in printed, printed
