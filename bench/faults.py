@@ -4,13 +4,15 @@
   right as an evaluation starts and right as a checkpoint save starts; then resume to `finished`;
 - disk: a full disk (simulated ENOSPC) while saving a checkpoint, a torn events line left by a full disk,
   an empty config.json left by a launch on a full disk;
-- corruption: torn, truncated, garbled, binary and wrongly-typed lines in a finished run's events.jsonl.
+- corruption: torn, truncated, garbled, binary and wrongly-typed lines in a finished run's events.jsonl;
+- data: `nbfinetune validate --json` on malformed files (deep nesting, huge integers, BOM, latin-1, broken
+  CSVs, random bytes) and on seeded random damage to real rows: exit code 0/1/2, JSON, no traceback.
 
 For every fault it checks: the run ended with a reason or is resumable (and a resume reaches `finished`),
 no event written before the fault is lost, `seq` stays dense, and nothing raised (a traceback) in the
 store, the listings or the REST paging. Tiny model, this machine only, no network.
 
-    python bench/faults.py [--quick] [--model DIR] [--parallel 3]
+    python bench/faults.py [--quick] [--model DIR] [--parallel 3] [--mutated 200]
 
 Details go to stderr; the last stdout line is one JSON object:
 {"faults_injected", "runs_recoverable", "runs_unrecoverable", "events_lost", "tracebacks", "seconds"}.
@@ -255,11 +257,47 @@ def corruption_faults(home: Path) -> list[Outcome]:
     return outcomes + [listing]
 
 
+def data_faults(home: Path, mutated: int) -> list[Outcome]:
+    """The validator on malformed files: the known kinds and seeded random damage to real rows. Each must
+    end with exit code 0, 1 or 2 and JSON output, never a traceback (the real CLI, in this process)."""
+    import contextlib
+    import io
+
+    from nbfinetune import fuzzdata
+    from nbfinetune.cli import main as cli
+    from nbfinetune.data import sample_files
+
+    folder = home / "malformed"
+    folder.mkdir()
+    known = fuzzdata.malformed_files(folder)
+    rows = Path(sample_files("people")[0]).read_text(encoding="utf-8").splitlines()
+    cases = [(name, path, code) for name, (path, code) in known.items()]
+    cases += [(p.name, p, None) for p in fuzzdata.mutations(rows, folder, mutated)]
+    outcomes = []
+    for name, path, expected in cases:
+        outcome = Outcome(f"data {name}")
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = _guarded(outcome, cli, ["validate", str(path), "--model", "none", "--json"])
+        if "Traceback" in out.getvalue() + err.getvalue():
+            outcome.tracebacks.append(f"{name}: a traceback was printed")
+        elif code is not None:
+            try:
+                json.loads(out.getvalue())
+            except ValueError:
+                outcome.tracebacks.append(f"{name}: --json output is not JSON")
+            if code not in (0, 1, 2) or (expected is not None and code != expected):
+                outcome.tracebacks.append(f"{name}: exit code {code}, expected {expected or '0/1/2'}")
+        outcomes.append(outcome)
+    return outcomes
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one kill (trainer mid-step) instead of all 12")
     parser.add_argument("--model", help="a model directory (default: a tiny model built here)")
     parser.add_argument("--parallel", type=int, default=3, help="kill scenarios run side by side")
+    parser.add_argument("--mutated", type=int, default=200, help="randomly damaged data files to validate")
     args = parser.parse_args(argv)
     start = time.monotonic()
     home = Path(tempfile.mkdtemp(prefix="nbft-faults-"))
@@ -275,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         with ThreadPoolExecutor(args.parallel) as pool:
             outcomes = list(pool.map(lambda pt: _safe(kill_fault, model, *pt), kills))
         outcomes += disk_faults(model, home) + corruption_faults(home)
+        outcomes += data_faults(home, 20 if args.quick else args.mutated)
     finally:
         shutil.rmtree(home, ignore_errors=True)
     for outcome in outcomes:

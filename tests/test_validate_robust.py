@@ -10,44 +10,17 @@ from pathlib import Path
 
 import pytest
 
+from nbfinetune import fuzzdata
 from nbfinetune.cli import main
 from nbfinetune.config import DataSettings
 from nbfinetune.data.prepare import DataError, prepare
 from nbfinetune.data.validate import validate
 
-GOOD = {"prompt": "hi", "completion": "there"}
-GOOD_LINE = json.dumps(GOOD)
-
-
-def _files(tmp: Path) -> dict[str, tuple[Path, int]]:
-    """name -> (file, expected exit code of `validate --json --model none`)."""
-    out: dict[str, tuple[Path, int]] = {}
-
-    def put(name: str, data: bytes, code: int) -> None:
-        (tmp / name).write_bytes(data)
-        out[name] = (tmp / name, code)
-
-    put("deep.jsonl", ("[" * 1500 + "]" * 1500 + "\n" + GOOD_LINE + "\n").encode(), 0)
-    put("deep-object.jsonl", ('{"a":' * 3000 + "1" + "}" * 3000 + "\n" + GOOD_LINE + "\n").encode(), 0)
-    put("bigint.jsonl", (GOOD_LINE + "\n" + '{"prompt": "x", "completion": ' + "9" * 5000 + "}\n" + GOOD_LINE
-                         + "\n").encode(), 0)
-    put("bom.jsonl", ("\ufeff" + GOOD_LINE + "\n").encode("utf-8"), 0)
-    put("late.jsonl", ("{oops\n" * 250 + GOOD_LINE + "\n").encode(), 0)
-    put("latin1.jsonl", (GOOD_LINE + "\n" + '{"prompt": "caf\xe9", "completion": "ok"}\n').encode("latin-1"), 0)
-    put("empty.csv", b"", 2)
-    put("random.csv", os.urandom(3000), 2)
-    put("quote.csv", b'prompt,completion\nhi,there\n"unbalanced,ok\nyo,fine\n', 0)
-    put("extra.csv", b"prompt,completion\nhi,there\nyo,ok,extra\n", 0)
-    put("latin1.csv", "prompt,completion\nhi,there\ncaf\xe9,ok\n".encode("latin-1"), 0)
-    put("bom.csv", "\ufeffprompt,completion\nhi,there\n".encode("utf-8"), 0)
-    put("random.parquet", os.urandom(500), 2)
-    put("random.json", os.urandom(500), 2)
-    put("deep.json", ("[" * 5000 + "]" * 5000).encode(), 2)
-    return out
+GOOD_LINE = fuzzdata.GOOD_LINE
 
 
 def test_validator_never_prints_a_traceback(tmp_path, capsys):
-    for name, (path, code) in _files(tmp_path).items():
+    for name, (path, code) in fuzzdata.malformed_files(tmp_path).items():
         exit_code = main(["validate", str(path), "--model", "none", "--json"])
         captured = capsys.readouterr()
         assert "Traceback" not in captured.out + captured.err, name
@@ -58,7 +31,7 @@ def test_validator_never_prints_a_traceback(tmp_path, capsys):
 
 
 def test_problems_are_numbered_and_reported_the_way_training_reads_them(tmp_path, tiny_tokenizer):
-    files = _files(tmp_path)
+    files = fuzzdata.malformed_files(tmp_path)
     expected = {
         "deep.jsonl": {1: "JSON nested too deeply"},
         "bigint.jsonl": {2: "invalid JSON (Exceeds the limit (4300 digits)"},
