@@ -163,20 +163,18 @@ def bench_hf(config: RunConfig, warmup: int, tuned: bool) -> dict:
             "eval_loss": eval_loss(loaded.model, data.eval, config.train.batch_size, loaded.device), "params": n}
 
 
-PEAK_BF16_TFLOPS = {"H100": 989, "H200": 989, "A100": 312, "L40S": 362, "A10": 125, "L4": 121}
-
-
 def mfu(tokens_per_s: float, n: int) -> float | None:
     """Model FLOPs utilisation on a GPU: 4·N FLOPs per real token for LoRA (N without the input
-    embedding, which is a lookup) over the card's dense bf16 peak. Tokens of a shared prefix count as
-    processed (model FLOPs, by definition), so it can credit work the shared layout skipped."""
+    embedding, which is a lookup) over the card's dense bf16 peak (fp16 on a T4). Tokens of a shared prefix
+    count as processed (model FLOPs, by definition), so it can credit work the shared layout skipped."""
     if not torch.cuda.is_available():
         return None
-    name = torch.cuda.get_device_name()
-    peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+    from nbfinetune.pricing import device_peak
+
+    peak = device_peak(torch.cuda.get_device_name())
     if peak is None:
         return None
-    return round(4 * n * tokens_per_s / (peak * 1e12), 4)
+    return round(4 * n * tokens_per_s / (peak[0] * 1e12), 4)
 
 
 def main() -> None:

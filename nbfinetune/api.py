@@ -20,7 +20,7 @@ TRAIN_FLAGS = {"steps": "train.max_steps", "max_steps": "train.max_steps", "epoc
                "columns": "data.columns", "on_bad_rows": "data.on_bad_rows", "train_on": "data.train_on",
                "eval_data": "data.eval_path", "format": "data.format", "eval_every": "eval.every",
                "eval_samples": "eval.samples", "metrics": "eval.metrics", "save_every": "train.save_every",
-               "precision": "train.precision", "schedule": "train.schedule", "warmup_steps": "train.warmup_steps",
+               "precision": "train.precision", "quantization": "train.quantization", "schedule": "train.schedule", "warmup_steps": "train.warmup_steps",
                "data": "data.path", "model": "model", "backend": "backend", "name": "name", "gpu": "gpu",
                "budget_usd": "budget_usd", "budget": "budget_usd", "processes": "train.processes",
                "early_stopping": "eval.early_stopping", "early_stopping_metric": "eval.early_stopping_metric"}
@@ -37,14 +37,20 @@ def build_config(config: RunConfig | dict[str, Any] | str | None = None, **setti
     else:
         base = RunConfig()
     overrides = {}
+    auto_gpu = settings.get("gpu") == "auto"  # the memory planner picks it (nbfinetune.planner)
     for key, value in settings.items():
-        if value is None:
+        if value is None or (key == "gpu" and auto_gpu):
             continue
         dotted = TRAIN_FLAGS.get(key, key)
         overrides[dotted] = value
     if "train.epochs" in overrides and "train.max_steps" not in overrides:
         overrides["train.max_steps"] = None
-    return absolute_paths(base.with_overrides(overrides) if overrides else base)
+    built = absolute_paths(base.with_overrides(overrides) if overrides else base)
+    if auto_gpu:
+        from .planner import apply_choice, choose_gpu
+
+        built = apply_choice(built, choose_gpu(built.model, built))
+    return built
 
 
 class Run:
@@ -148,7 +154,8 @@ class Run:
         if not adapter:
             raise RuntimeError(f"run {self.id} has no adapter yet (status: {self.status})")
         out = Path(out_dir).expanduser().absolute() if out_dir else self.path / "merged"
-        return export_merged(resolve_model(self.config.model), adapter, out)
+        return export_merged(resolve_model(self.config.model), adapter, out,
+                             quantization=self.config.train.quantization)
 
     def dashboard(self) -> Any:
         from .widgets.dashboard import Dashboard
@@ -216,6 +223,8 @@ def finetune(config: RunConfig | dict[str, Any] | str | None = None, *, display:
     from .launch_checks import check_before_launch
 
     check_before_launch(resolved)  # a wrong path, format or model fails here, not in the worker
+    if resolved.backend == "modal":
+        _check_memory(resolved)
     store = store or RunStore()
     backend = get_backend(resolved.backend)
     run = Run(backend.launch(resolved, store), store, backend)
@@ -224,6 +233,22 @@ def finetune(config: RunConfig | dict[str, Any] | str | None = None, *, display:
 
         show(run.dashboard())
     return run
+
+
+def _check_memory(config: RunConfig) -> None:
+    """Refuse, before any GPU second is billed, a run the planner says cannot fit the chosen GPU."""
+    from .planner import GIB, USABLE, DoesNotFit, plan_memory
+    from .pricing import parse_gpu, price_table
+
+    name, _count = parse_gpu(config.gpu)
+    try:
+        estimate = plan_memory(config.model, config)
+    except (OSError, KeyError, ValueError):
+        return  # no readable config: the planner cannot judge, the run decides
+    memory = price_table()["memory_gib"][name]
+    if estimate.total > memory * GIB * USABLE:
+        raise DoesNotFit(f"this run needs {estimate} but {name} has {memory} GiB; use gpu='auto' to pick one that "
+                         f"fits, or train.gradient_checkpointing / quantization='nf4' / a smaller batch")
 
 
 def attach(run_id: str | None = None, *, display: bool | None = None, store: RunStore | None = None) -> Run:

@@ -48,9 +48,12 @@ class TrainSettings:
     max_grad_norm: float = 1.0
     seed: int = 42
     precision: str = "auto"
+    # "nf4": QLoRA — the frozen base model in 4-bit NF4 (bitsandbytes), LoRA weights in fp32.
+    quantization: str | None = None
     gradient_checkpointing: bool = False
     save_every: int | None = None
-    # "auto": packed rows with flash-attention, padded rows with SDPA/eager (see core/batching.py).
+    # "auto": the shared-prefix layout where every layer is full causal attention, else padded rows
+    # (see core/batching.py).
     batch_layout: str = "auto"
     # Data-parallel processes (torch.distributed): one per GPU; on Modal, set from gpu="TYPE:N".
     processes: int = 1
@@ -244,6 +247,7 @@ def _problems(config: RunConfig) -> list[str]:
     check(isinstance(t.seed, int) and not isinstance(t.seed, bool) and 0 <= t.seed < 2**32,
           f"train.seed must be an integer from 0 to 2**32 - 1, got {t.seed!r}")
     choice("train.precision", t.precision, PRECISIONS)
+    check(t.quantization in (None, "nf4"), f"train.quantization must be 'nf4' or None, got {t.quantization!r}")
     positive_int("train.save_every", t.save_every, allow_none=True)
     choice("train.batch_layout", t.batch_layout, ("auto", "shared", "packed", "padded"))
     positive_int("train.processes", t.processes)

@@ -44,7 +44,8 @@ def train_parser() -> _Parser:
     add("--eval-data", dest="eval_data")
     add("--format", choices=("auto", "chat", "sharegpt", "instruction", "prompt_completion", "text"))
     add("--backend", choices=("local", "modal"))
-    add("--gpu", help="Modal GPU type: T4, L4, A10, L40S, A100-40GB, A100-80GB, H100, H200, B200; ':N' for N GPUs")
+    add("--gpu", help="Modal GPU type: T4, L4, A10, L40S, A100-40GB, A100-80GB, H100, H200, B200; ':N' for N GPUs; "
+                      "'auto': the cheapest that fits the run's memory plan")
     add("--budget", type=float, help="Modal: cancel the run when its GPU cost reaches this many USD")
     add("--steps", type=int)
     add("--epochs", type=float)
@@ -61,6 +62,7 @@ def train_parser() -> _Parser:
     add("--early-stopping-metric", dest="early_stopping_metric", help="eval_loss (default) or e.g. json_match")
     add("--save-every", dest="save_every", type=int)
     add("--seed", type=int)
+    add("--quantization", choices=("nf4",), help="nf4: QLoRA, the base model in 4-bit (bitsandbytes)")
     add("--name")
     add("--no-dashboard", dest="dashboard", action="store_false")
     add("--background", action="store_true",

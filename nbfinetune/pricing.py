@@ -62,9 +62,32 @@ def estimate(gpu: str, tokens: int, parameters: int, overhead_s: float = 120.0) 
     """Time and cost of training `tokens` tokens of a model with `parameters` parameters on `gpu`."""
     name, count = parse_gpu(gpu)
     table = price_table()
-    flops_per_s = table["peak_bf16_tflops"][name] * 1e12 * table["assumed_mfu"] * count
+    half = "bf16" if name in table["peak_bf16_tflops"] else "fp16"  # T4: no bf16
+    flops_per_s = table[f"peak_{half}_tflops"][name] * 1e12 * table["assumed_mfu"] * count
     seconds = 4 * parameters * tokens / flops_per_s + overhead_s
     usd = seconds * count * table["per_gpu_second"][name]
-    assumptions = (f"{table['assumed_mfu']:.0%} of peak bf16, 4 FLOPs per parameter per token, "
+    assumptions = (f"{table['assumed_mfu']:.0%} of peak {half}, 4 FLOPs per parameter per token, "
                    f"{overhead_s:.0f} s start-up; prices of {table['date']}")
     return Estimate(gpu=gpu, tokens=tokens, seconds=seconds, usd=usd, assumptions=assumptions)
+
+
+# Dense half-precision tensor-core peaks (TFLOP/s, bf16; fp16 where the card has no bf16) by the name
+# CUDA reports. Matched on whole words, most specific first: "H100 PCIe" is not an H100 SXM, "L40"
+# is not an "L4", an "A10G" (AWS) is not an A10.
+DEVICE_PEAKS: list[tuple[tuple[str, ...], float, str]] = [
+    (("H100", "PCIE"), 756, "bf16"), (("H100", "NVL"), 835, "bf16"), (("H100",), 989, "bf16"),
+    (("H200", "NVL"), 835, "bf16"), (("H200",), 989, "bf16"), (("B200",), 2250, "bf16"),
+    (("A100",), 312, "bf16"), (("L40S",), 362, "bf16"), (("L40",), 181, "bf16"), (("L4",), 121, "bf16"),
+    (("A10G",), 70, "bf16"), (("A10",), 125, "bf16"), (("T4",), 65, "fp16"),
+]
+
+
+def device_peak(device_name: str) -> tuple[float, str] | None:
+    """(peak TFLOP/s, dtype) for a CUDA device name such as 'NVIDIA H100 PCIe'; None when unknown."""
+    import re
+
+    words = set(re.findall(r"[A-Z0-9]+", device_name.upper().replace("-", " ")))
+    for needed, peak, dtype in DEVICE_PEAKS:
+        if all(w in words for w in needed):
+            return peak, dtype
+    return None

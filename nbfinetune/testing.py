@@ -59,5 +59,58 @@ def make_tiny_model(directory: str | Path, layers: int = 2, hidden: int = 64, vo
     return directory
 
 
+# Small shapes for each architecture family whose quirks the trainer must respect (logit scaling,
+# soft-capping, attention sinks, conv/SSM layers, multimodal wrappers).
+FAMILIES = {
+    "llama": ("LlamaConfig", {}),
+    "qwen2": ("Qwen2Config", {}),
+    "granite": ("GraniteConfig", {"logits_scaling": 4.0, "embedding_multiplier": 2.0, "residual_multiplier": 0.5,
+                                  "attention_multiplier": 0.25}),
+    "cohere": ("CohereConfig", {"logit_scale": 0.25}),
+    "gemma2": ("Gemma2Config", {"final_logit_softcapping": 2.0, "attn_logit_softcapping": 5.0, "sliding_window": 8,
+                                "head_dim": 16}),
+    "gpt_oss": ("GptOssConfig", {"num_local_experts": 4, "num_experts_per_tok": 2, "sliding_window": 8,
+                                 "head_dim": 16}),
+    "lfm2": ("Lfm2Config", {"layer_types": ["conv", "full_attention"], "block_dim": 64, "block_ff_dim": 128}),
+}
+
+
+def tiny_family_config(family: str, vocab: int, layers: int = 2, hidden: int = 64) -> object:
+    import transformers
+
+    if family == "gemma3":  # Gemma3ForConditionalGeneration: the text settings live in text_config
+        text = {"vocab_size": vocab, "hidden_size": hidden, "intermediate_size": hidden * 2, "num_hidden_layers": layers,
+                "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "sliding_window": 8}
+        vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+                  "image_size": 32, "patch_size": 8}
+        return transformers.Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4)
+    name, extra = FAMILIES[family]
+    common = {"vocab_size": vocab, "hidden_size": hidden, "intermediate_size": hidden * 2, "num_hidden_layers": layers,
+              "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 1024}
+    return getattr(transformers, name)(**(common | extra))
+
+
+def make_tiny_family_model(directory: str | Path, family: str, tokenizer_from: str | Path, seed: int = 0) -> Path:
+    """A tiny random model of `family` that shares the tiny Llama's tokenizer (see make_tiny_model)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    directory = Path(directory)
+    if (directory / "config.json").is_file():
+        return directory
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_from)
+    config = tiny_family_config(family, len(tokenizer))
+    for c in {id(config): config, id(config.get_text_config()): config.get_text_config()}.values():
+        c.eos_token_id, c.pad_token_id, c.bos_token_id = tokenizer.eos_token_id, tokenizer.pad_token_id, None
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
 if __name__ == "__main__":
     print(make_tiny_model(sys.argv[1] if len(sys.argv) > 1 else "tiny-model"))

@@ -37,6 +37,16 @@ def test_generation_benchmark_reports_first_token_and_rates(tiny_model, tmp_path
         assert result[variant]["streamed_tokens_per_s"] > 0 and result[variant]["plain_tokens_per_s"] > 0
 
 
+def test_gpu_benchmark_runs_in_smoke_mode_and_reports_every_candidate(tmp_path):
+    """On CPU in --smoke mode (a tiny model built from a config): the JSON has each candidate's numbers."""
+    result = last_json("bench_gpu.py", "--smoke", "--lengths", "lognormal", home=tmp_path)
+    (row,) = result["rows"]
+    for candidate in ("ours", "stock_hf", "padding_free_hf"):
+        assert row[candidate]["tokens_per_s"] > 0 and row[candidate]["peak_memory_gib"] > 0, candidate
+    assert row["speedup_vs_stock_hf"] > 0 and row["speedup_vs_padding_free_hf"] > 0
+    assert result["versions"]["torch"] and result["gpu"] is None
+
+
 def test_fault_injection_quick_subset_loses_nothing(tmp_path):
     """`make faults` in small: a trainer killed mid-step, full disks and corrupted event files."""
     env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}

@@ -7,8 +7,10 @@ example's remainder attend to them. Together with no padding in the linear layer
 of a small model's step time goes on CPU (bench/bench_trainer.py). Gradients are the same as for
 the unshared batch: autograd sums each example's contribution into the one shared prefix.
 
-The model is loaded with `attn_implementation="nbft_sdpa"`. Without a `nbft_segments` argument (generation,
-padded batches) it is plain SDPA, masks included; with one, the forward call passes an all-ones 2D
+The model is loaded with `attn_implementation="nbft_segmented"` (no "sdpa" in the name:
+transformers treats any such name as SDPA and refuses it for models without SDPA support, such as
+Gemma-2; those load on "eager", see core.setup). Without a `nbft_segments` argument (generation, padded
+batches) it is plain SDPA, masks included; with one, the forward call passes an all-ones 2D
 mask so transformers builds no T×T mask, and attention runs per example on gathered queries and keys.
 """
 
@@ -18,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-NAME = "nbft_sdpa"
+NAME = "nbft_segmented"
 _registered = False
 
 
@@ -84,7 +86,7 @@ def segmented_attention(module: Any, query: Any, key: Any, value: Any, attention
 
 
 def register() -> str:
-    """Make `attn_implementation="nbft_sdpa"` loadable; masks are built exactly as for "sdpa"."""
+    """Make `attn_implementation="nbft_segmented"` loadable; masks are built exactly as for "sdpa"."""
     global _registered
     if not _registered:
         from transformers import AttentionInterface

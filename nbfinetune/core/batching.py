@@ -2,11 +2,12 @@
 
 - shared: one row, no padding, and the prefix every example of the batch starts with (system prompt,
   fixed instruction) stored and computed once; attention runs per example (see core.attention).
-  The default wherever the model runs on our SDPA attention.
+  The default wherever the model runs on our SDPA attention and every layer is full causal attention.
 - packed: all examples concatenated into one row, positions restarting per example — no pad tokens at all.
-  Best where attention has variable-length kernels (flash-attention); with SDPA/eager the packed row
-  needs a dense block-diagonal T×T mask, so attention cost grows with the square of the whole batch.
+  Only on request: with SDPA/eager the packed row needs a dense block-diagonal T×T mask, so attention
+  cost grows with the square of the whole batch.
 - padded: one row per example, right-padded, with an attention mask — attention stays per example.
+  The default for sliding-window or soft-capped attention and for hybrid models (conv/SSM layers).
 
 Either way only positions that carry a target go through the output layer (see core.evaluate).
 """
@@ -35,18 +36,42 @@ class Batch:
     segments: Any = None  # core.attention.Segments (shared layout)
 
 
+# Token mixers that are not attention: conv (LFM2), SSM (Mamba, Jamba, Granite-4-H, Falcon-H1), linear
+# attention / gated delta rule (Qwen3-Next). They run along the whole row, so one row must hold one example.
+ATTENTION_LAYER_TYPES = {"full_attention", "sliding_attention", "chunked_attention", "attention"}
+_RECURRENT_MODULES = ("Mamba", "ShortConv", "Mixer", "SSM", "DeltaNet", "LinearAttention", "Rwkv", "Recurrent")
+
+
 def pick_layout(requested: str, model: Any) -> str:
+    """"shared" where every layer is our full causal attention (no window, no soft-capping), else "padded".
+
+    "packed" is never chosen automatically: on SDPA it needs a dense T×T mask.
+    """
     if requested != "auto":
         return requested
     from .attention import NAME
 
     config = getattr(model, "config", None)
-    implementation = getattr(config, "_attn_implementation", "") or ""
-    if implementation.startswith("flash_attention"):
-        return "packed"
-    windowed = getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True)
-    capped = getattr(config, "attn_logit_softcapping", None)
-    return "shared" if implementation == NAME and not windowed and not capped else "padded"
+    if config is None or getattr(config, "_attn_implementation", None) != NAME:
+        return "padded"
+    # Multimodal wrappers (Gemma3ForConditionalGeneration) keep the language model's settings here.
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    windowed = getattr(text, "sliding_window", None) and getattr(text, "use_sliding_window", True)
+    capped = getattr(text, "attn_logit_softcapping", None)
+    return "shared" if all_attention(model, text) and not windowed and not capped else "padded"
+
+
+def all_attention(model: Any, text_config: Any) -> bool:
+    """Whether every decoder layer mixes tokens by attention alone (no conv/SSM/linear-attention layers)."""
+    for field in ("layer_types", "layers_block_type"):
+        types = getattr(text_config, field, None)
+        if types and any(t not in ATTENTION_LAYER_TYPES for t in types):
+            return False
+    if any(k.startswith(("mamba_", "ssm_", "conv_", "linear_")) for k in vars(text_config)):
+        return False
+    modules = model.modules() if hasattr(model, "modules") else ()
+    return not any(type(m).__module__.startswith("transformers.")
+                   and any(word in type(m).__name__ for word in _RECURRENT_MODULES) for m in modules)
 
 
 def shared_prefix(examples: Sequence[Rendered]) -> int:

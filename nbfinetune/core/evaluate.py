@@ -22,29 +22,31 @@ def summed_loss(model: Any, batch: Batch) -> Any:
     """Sum of token cross-entropies over positions that have a target.
 
     The output layer runs only on those positions: with a 49k vocabulary the logits of prompt tokens
-    would be most of the step's compute and memory, and they carry no loss.
+    would be most of the step's compute and memory, and they carry no loss. The model's own logit
+    processing (scaling, soft-capping) is applied as its forward would (core.logits).
     """
-    import torch.nn.functional as F
+    from .logits import processing_for, summed_cross_entropy
 
     decoder, head = causal_lm_parts(model)
     extra = {"nbft_segments": batch.segments} if batch.segments is not None else {}
     hidden = decoder(input_ids=batch.input_ids, position_ids=batch.position_ids, attention_mask=batch.attention_mask,
                      use_cache=False, **extra).last_hidden_state
     keep = batch.targets != -100
-    logits = head(hidden[keep])
-    return F.cross_entropy(logits.float(), batch.targets[keep], reduction="sum")
+    return summed_cross_entropy(hidden[keep], head, batch.targets[keep], processing_for(model))
 
 
 def eval_loss(model: Any, examples: Sequence[Rendered], batch_size: int, device: str, pad_id: int = 0,
-              layout: str = "auto") -> float | None:
+              layout: str = "auto", precision: str = "fp32") -> float | None:
     import torch
+
+    from .precision import MixedPrecision
 
     if not examples:
         return None
     total, count = 0.0, 0
     was_training = model.training
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), MixedPrecision.for_run(precision, device).autocast(model):
         for chunk in batches_in_order(examples, batch_size):
             batch = collate(chunk, device, pick_layout(layout, model), pad_id)
             total += float(summed_loss(model, batch))

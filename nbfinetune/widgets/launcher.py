@@ -57,6 +57,10 @@ class Launcher(widgets.VBox):
         self.budget = widgets.BoundedFloatText(value=0.0, min=0.0, max=100000.0, step=1.0, description="budget $",
                                                tooltip="Modal: cancel at this spend (0: no cap)",
                                                style={"description_width": "70px"}, layout=widgets.Layout(width="170px"))
+        self.quantization = widgets.Dropdown(options=[("base weights as stored (LoRA)", None),
+                                                      ("4-bit NF4 (QLoRA)", "nf4")],
+                                             value=config.train.quantization, description="weights",
+                                             style={"description_width": "60px"})
         self.name = widgets.Text(description="run name", placeholder="optional",
                                  style={"description_width": "110px"})
         self.estimate = widgets.HTML()
@@ -71,7 +75,7 @@ class Launcher(widgets.VBox):
         settings = widgets.VBox([
             widgets.HBox([self.steps, self.lr, self.batch_size]),
             widgets.HBox([self.r, self.alpha, self.eval_samples, self.eval_every, self.early_stopping]),
-            widgets.HBox([self.backend, self.gpu, self.gpu_count, self.budget, self.name]),
+            widgets.HBox([self.backend, self.gpu, self.gpu_count, self.budget, self.quantization, self.name]),
         ])
         super().__init__([widgets.HTML("<h3>New fine-tune</h3>"), self.preflight, settings, self.estimate,
                           widgets.HBox([self.launch_button, self.error])])
@@ -90,6 +94,7 @@ class Launcher(widgets.VBox):
             eval_samples=self.eval_samples.value, eval_every=self.eval_every.value or None,
             early_stopping=self.early_stopping.value or None,
             backend=self.backend.value, gpu=self.gpu_spec(), budget_usd=self.budget.value or None,
+            quantization=self.quantization.value,
             name=self.name.value.strip() or None)
 
     def gpu_spec(self) -> str:
@@ -110,7 +115,7 @@ class Launcher(widgets.VBox):
             from ..pricing import estimate
 
             guess = estimate(self.gpu_spec(), int(total), _parameters(self.preflight.model.value.strip()))
-            self.estimate.value = head + f"on Modal: {html.escape(str(guess))}"
+            self.estimate.value = head + f"on Modal: {html.escape(str(guess))}" + self._memory_note()
         else:
             evaluations = self.evaluations()
             eval_rows = max(1, round(rows * self._config_eval_fraction)) if validation else 0
@@ -127,6 +132,27 @@ class Launcher(widgets.VBox):
         """How many times the run evaluates: the base model, every `eval every` steps, and at the end."""
         every = self.eval_every.value
         return 1 + (self.steps.value // every if every else 0) + (0 if every and self.steps.value % every == 0 else 1)
+
+    def _memory_note(self) -> str:
+        """The memory planner's verdict for the chosen GPU, and the cheapest GPU that fits."""
+        from ..api import build_config
+        from ..planner import GIB, USABLE, DoesNotFit, choose_gpu, plan_memory
+        from ..pricing import price_table
+
+        try:
+            config = build_config(model=self.preflight.model.value.strip(), batch_size=self.batch_size.value,
+                                  max_seq_len=self.preflight.max_seq_len.value, r=self.r.value,
+                                  quantization=self.quantization.value)
+            plan = plan_memory(config.model, config)
+            best = choose_gpu(config.model, config)
+        except DoesNotFit as exc:
+            return f"<br><span style='color:#dc3545'>memory: {html.escape(str(exc))}</span>"
+        except Exception:  # an estimate must never stop the launcher
+            return ""
+        fits = plan.total <= price_table()["memory_gib"][self.gpu.value] * GIB * USABLE
+        verdict = "fits" if fits else "<b>does not fit</b>"
+        return (f"<br>memory: {html.escape(str(plan))} — {verdict} on {html.escape(self.gpu.value)}; "
+                f"cheapest that fits: {html.escape(str(best))}")
 
     def submit(self) -> Any:
         from .. import api
