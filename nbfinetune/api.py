@@ -23,7 +23,8 @@ TRAIN_FLAGS = {"steps": "train.max_steps", "max_steps": "train.max_steps", "epoc
                "precision": "train.precision", "quantization": "train.quantization", "schedule": "train.schedule", "warmup_steps": "train.warmup_steps",
                "data": "data.path", "model": "model", "backend": "backend", "name": "name", "gpu": "gpu",
                "budget_usd": "budget_usd", "budget": "budget_usd", "processes": "train.processes",
-               "early_stopping": "eval.early_stopping", "early_stopping_metric": "eval.early_stopping_metric"}
+               "early_stopping": "eval.early_stopping", "early_stopping_metric": "eval.early_stopping_metric",
+               "method": "train.method", "dpo_beta": "train.dpo_beta"}
 
 
 def build_config(config: RunConfig | dict[str, Any] | str | None = None, **settings: Any) -> RunConfig:

@@ -19,6 +19,7 @@ FORMATS = ("auto", "chat", "sharegpt", "instruction", "prompt_completion", "text
 SCHEDULES = ("linear", "cosine", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 BACKENDS = ("local", "modal")
+METHODS = ("sft", "dpo")
 MAX_BATCH_SIZE = 4096
 
 
@@ -57,6 +58,11 @@ class TrainSettings:
     batch_layout: str = "auto"
     # Data-parallel processes (torch.distributed): one per GPU; on Modal, set from gpu="TYPE:N".
     processes: int = 1
+    # "sft": next-token loss on answers; "dpo": preference pairs (prompt/chosen/rejected) against the base
+    # as reference (core/methods.py).
+    method: str = "sft"
+    # DPO: strength of the pull toward the reference (TRL's and the paper's beta).
+    dpo_beta: float = 0.1
 
 
 @dataclass
@@ -251,6 +257,8 @@ def _problems(config: RunConfig) -> list[str]:
     positive_int("train.save_every", t.save_every, allow_none=True)
     choice("train.batch_layout", t.batch_layout, ("auto", "shared", "packed", "padded"))
     positive_int("train.processes", t.processes)
+    choice("train.method", t.method, METHODS)
+    number("train.dpo_beta", t.dpo_beta, 0.0, low_open=True)
     if isinstance(t.processes, int) and isinstance(t.batch_size, int) and t.processes > t.batch_size:
         out.append(f"train.batch_size ({t.batch_size}) must be at least train.processes ({t.processes})")
     positive_int("eval.every", config.eval.every, allow_none=True)
