@@ -120,3 +120,17 @@ def test_an_early_stopped_run_stars_the_kept_evaluation(tmp_path):
     assert "stopped early at step 6" in dash.status_html.value and "from step 2" in dash.status_html.value
     # The kept adapter's json_match, not the last evaluation's.
     assert "0.500" in dash.metrics_html.value and "0.300" not in dash.metrics_html.value
+
+
+def test_dpo_figures_are_drawn_beside_the_loss():
+    from nbfinetune.widgets.charts import curves_figure
+
+    events = [Event("step", "r", 1, 0.0, {"step": 1, "epoch": 0, "loss": 0.69, "lr": 0.1, "reward_margin": 0.0,
+                                           "reward_accuracy": 0.0}),
+              Event("step", "r", 2, 0.0, {"step": 2, "epoch": 0, "loss": 0.5, "lr": 0.1, "reward_margin": 0.4,
+                                           "reward_accuracy": 0.75}),
+              Event("eval", "r", 3, 0.0, {"step": 2, "eval_loss": 0.55, "eval_reward_margin": 0.3})]
+    traces = {t.name: t for t in curves_figure(events).data}
+    assert list(traces["reward margin"].y) == [0.0, 0.4] and list(traces["reward accuracy"].x) == [1, 2]
+    assert list(traces["eval reward margin"].y) == [0.3] and list(traces["eval loss"].y) == [0.55]
+    assert "KL to base" not in traces  # only what the run reports
