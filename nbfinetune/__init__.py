@@ -16,13 +16,13 @@ import types
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["RunConfig", "Run", "attach", "compare", "finetune", "preflight", "runs", "sweep", "load_ipython_extension"]
+__all__ = ["RunConfig", "Run", "attach", "compare", "finetune", "preflight", "runs", "sweep", "try_rewards", "load_ipython_extension"]
 
 if TYPE_CHECKING:
-    from .api import Run, attach, compare, finetune, preflight, runs, sweep
+    from .api import Run, attach, compare, finetune, preflight, runs, sweep, try_rewards
     from .config import RunConfig
 
-_LAZY = {"Run": "api", "attach": "api", "compare": "api", "finetune": "api", "preflight": "api", "runs": "api", "sweep": "api", "RunConfig": "config"}
+_LAZY = {"Run": "api", "attach": "api", "compare": "api", "finetune": "api", "preflight": "api", "runs": "api", "sweep": "api", "try_rewards": "api", "RunConfig": "config"}
 
 
 def __getattr__(name: str) -> Any:

@@ -28,7 +28,7 @@ class StepResult:
     loss: float  # this rank's share of the step's loss (the trainer sums over ranks)
     tokens: int  # this rank's real tokens
     trained_tokens: int  # all ranks
-    stats: dict[str, float] = field(default_factory=dict)  # extra step-event fields, already summed over ranks
+    stats: dict[str, Any] = field(default_factory=dict)  # extra step-event fields, already summed over ranks
 
 
 class Method(Protocol):
@@ -45,6 +45,10 @@ def method_for(config: RunConfig, loaded: Loaded, group: Group) -> Method:
     name = config.train.method
     if name == "dpo":
         return DPO(config, loaded, group)
+    if name == "grpo":
+        from .grpo import GRPO
+
+        return GRPO(config, loaded, group)
     return SFT(config, loaded, group)
 
 

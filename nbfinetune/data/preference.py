@@ -127,6 +127,30 @@ def _messages(value: Any, name: str) -> list[dict[str, str]]:
     return out
 
 
+def prompt_of(record: Any) -> tuple[list[dict[str, str]], dict[str, Any]]:
+    """(prompt messages, other fields) of a prompts-dataset row: {"prompt": str | messages, ...}, or a chat row
+    whose last assistant turn becomes the field `answer` (so SFT data can be reused with a checking reward)."""
+    if not isinstance(record, dict):
+        raise PreferenceProblem(f"expected a JSON object, got {type(record).__name__}")
+    rest = {k: v for k, v in record.items() if k not in ("prompt", "messages")}
+    if "prompt" in record:
+        prompt = record["prompt"]
+        if isinstance(prompt, str):
+            if not prompt.strip():
+                raise PreferenceProblem("field 'prompt' is empty")
+            return [{"role": "user", "content": prompt}], rest
+        return _messages(prompt, "prompt"), rest
+    if "messages" in record:
+        messages = _messages(record["messages"], "messages")
+        if messages[-1]["role"] == "assistant":
+            rest.setdefault("answer", messages[-1]["content"])
+            messages = messages[:-1]
+        if not any(m["role"] == "user" for m in messages):
+            raise PreferenceProblem("the prompt has no user message")
+        return messages, rest
+    raise PreferenceProblem("missing field 'prompt' (or chat 'messages')")
+
+
 def load_pairs(source: str, split: str, columns: dict[str, str] | None, report: DataReport
                ) -> list[tuple[int, list[dict[str, str]], str, str, str | None]]:
     out = []
@@ -223,3 +247,27 @@ def people_preferences(split: str = "train", seed: int = 0) -> list[dict[str, st
             rejected = answer.rstrip("}").replace('"', "'")
         rows.append({"prompt": prompt, "chosen": answer, "rejected": rejected})
     return rows
+
+
+def check_head(path: str, method: str, columns: dict[str, str] | None, peek: int = 200) -> None:
+    """Launch check for DPO/GRPO data: DataError unless one of the first `peek` rows is usable, naming the
+    first problems (stdlib only, no tokenizer)."""
+    import itertools
+
+    source, _ = resolve(path, None)
+    check = prompt_of if method == "grpo" else normalize_pair
+    problems = []
+    try:
+        for row in itertools.islice(iter_rows(source), peek):
+            if row.error is not None:
+                problems.append(f"row {row.number}: {row.error}")
+                continue
+            try:
+                check(apply_columns(row.record, columns))
+                return
+            except PreferenceProblem as problem:
+                problems.append(f"row {row.number}: {problem}")
+    except DataSourceError as exc:
+        raise DataError(str(exc)) from None
+    what = "preference rows (prompt/chosen/rejected)" if method == "dpo" else "prompt rows ('prompt' or chat 'messages')"
+    raise DataError(f"{source}: no usable {what} in the first rows — " + ("; ".join(problems[:5]) or "the data is empty"))
