@@ -118,3 +118,19 @@ def test_dpo_run_raises_the_margin_and_reports_it(tiny_model, tmp_path):
     assert evals[-1]["eval_reward_margin"] > 0 and evals[-1]["eval_reward_accuracy"] > 0.5
     assert evals[-1]["eval_loss"] < evals[0]["eval_loss"]
     assert "metrics" in evals[-1] and result["steps"] == 8
+
+
+def test_modal_remote_body_runs_dpo(tiny_model, tmp_path, home):
+    import json
+
+    from nbfinetune import api
+    from nbfinetune.backends.remote import remote_train
+
+    path = write_jsonl(tmp_path / "prefs.jsonl", people_preferences()[:12])
+    config = api.build_config(model=tiny_model, data=str(path), method="dpo", steps=2, batch_size=4,
+                              eval_samples=0).to_dict()
+    published = []
+    result = remote_train(json.loads(json.dumps(config)), "d1", str(tmp_path / "volume"), published.append,
+                          lambda: None, lambda: False)
+    assert result["status"] == "finished", published[-1]
+    assert all("reward_margin" in e for e in published if e["type"] == "step")

@@ -138,3 +138,20 @@ def test_try_rewards_scores_base_model_completions(tiny_model, tmp_path):
     assert len(trial.rows) == 6 and trial.rewards == ["completion_length_reward", "says_cats"]
     assert [r["says_cats"] for r in trial.rows] == [1.0] * 3 + [0.0] * 3
     assert "<table>" in trial._repr_html_() and "says_cats" in trial._repr_html_()
+
+
+def test_modal_remote_body_runs_grpo_with_a_reward_sent_by_value(tiny_model, tmp_path, home):
+    """The Modal container runs backends.remote.remote_train on the config dict: the reward travels inside it."""
+    from nbfinetune.backends.remote import remote_train
+
+    def constant(prompt, completion, **row):
+        return 0.5
+
+    config = api.build_config(model=tiny_model, data=str(_prompts(tmp_path)), method="grpo", steps=1, batch_size=2,
+                              generations=2, rewards=[constant], eval_samples=0, max_seq_len=64).to_dict()
+    published = []
+    result = remote_train(json.loads(json.dumps(config)), "g1", str(tmp_path / "volume"), published.append,
+                          lambda: None, lambda: False)
+    assert result["status"] == "finished", published[-1]
+    step = next(e for e in published if e["type"] == "step")
+    assert step["rewards"]["constant"]["mean"] == 0.5 and step["reward"] == 0.5

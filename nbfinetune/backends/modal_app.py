@@ -21,7 +21,8 @@ DEFAULT_GPU = "A10"
 TIMEOUT_S = 24 * 3600
 HF_SECRET = os.environ.get("NBFINETUNE_MODAL_HF_SECRET", "")  # e.g. "huggingface-secret" with HF_TOKEN
 PACKAGES = ["torch==2.13.0", "transformers==5.24.0", "peft==0.21.2", "datasets==5.2.0", "safetensors==0.8.0",
-            "huggingface_hub==2.4.0", "pyyaml", "tqdm", "bitsandbytes==0.50.2"]
+            "huggingface_hub==2.4.0", "pyyaml", "tqdm", "bitsandbytes==0.50.2",
+            "cloudpickle==3.1.3"]  # GRPO rewards sent by value (train.reward_code)
 
 image = (
     modal.Image.debian_slim(python_version="3.11")
