@@ -110,3 +110,12 @@ def test_modal_notebook_skips_visibly_without_credentials(tmp_path, tiny_model):
     assert "Modal cells will be skipped" in text_of(outputs_of(notebook, "%load_ext"))
     assert "skipped (no Modal credentials)" in text_of(outputs_of(notebook, "if MODAL:\n    run = "))
     assert "prices of 2026-07-01" in text_of(outputs_of(notebook, "from nbfinetune.pricing"))
+
+
+def test_preference_and_rl_notebook_executes_with_a_tiny_model(tmp_path, tiny_model):
+    env = {"NBFINETUNE_HOME": str(tmp_path / "home"), "NBFINETUNE_DEFAULT_MODEL": tiny_model, "HF_HUB_OFFLINE": "1"}
+    notebook = execute("preference-and-rl.ipynb", env, tmp_path, timeout=600)
+    _runs_clean(notebook)
+    assert "reward margin: first step 0.000" in text_of(outputs_of(notebook, "summary = dpo.wait()"))
+    assert "json_reward" in text_of(outputs_of(notebook, "nbft.try_rewards"))
+    assert "mean reward per step:" in text_of(outputs_of(notebook, "summary = grpo.wait()"))
