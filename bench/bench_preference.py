@@ -34,6 +34,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--samples", type=int, default=24)
     parser.add_argument("--eval-every", type=int, default=10)
+    parser.add_argument("--generations", type=int, default=4)
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="nbft-pref-"))
     train_rows, eval_rows = people_preferences("train"), people_preferences("eval")
@@ -41,7 +42,8 @@ def main() -> None:
     if args.method == "grpo":
         train_rows = [{"prompt": r["prompt"], "answer": r["chosen"]} for r in train_rows]
         eval_rows = [{"prompt": r["prompt"], "answer": r["chosen"]} for r in eval_rows]
-        settings |= {"rewards": ["nbfinetune.rewards:people_json"]}
+        settings |= {"rewards": ["nbfinetune.rewards:people_json"], "grpo_generations": args.generations,
+                     "grpo_max_new_tokens": 40}
     config = RunConfig.from_dict({
         "model": DEFAULT_MODEL, "lora": {"r": 16},
         "train": settings,
