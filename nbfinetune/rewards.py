@@ -96,14 +96,22 @@ def score(rewards: list[tuple[str, Reward]], prompt: str, completion: str, row: 
 
 def people_json(prompt: str, completion: str, answer: str | None = None, **row: Any) -> float:
     """The people task's reward: 0.2 when the completion is JSON, +0.2 with exactly the keys name/age/city,
-    +0.2 per right value (against `answer`, the reference JSON): 1.0 for a right answer."""
+    +0.2 per right value (against `answer`, the reference JSON): 1.0 for a right answer; half of that for a
+    JSON object inside other text."""
     text = completion.strip()
     if text.startswith("```"):
         text = text.strip("`").removeprefix("json").strip()
+    scale = 1.0
     try:
         value = json.loads(text)
     except ValueError:
-        return 0.0
+        # A JSON object inside prose earns half: a denser signal, so a base model that rarely answers with
+        # bare JSON still gets groups whose completions differ (GRPO learns nothing from equal rewards).
+        start, end = text.find("{"), text.rfind("}")
+        try:
+            value, scale = json.loads(text[start: end + 1]), 0.5
+        except ValueError:
+            return 0.0
     if not isinstance(value, dict):
         return 0.0
     total = 0.2 + (0.2 if set(value) == {"name", "age", "city"} else 0.0)
@@ -113,4 +121,4 @@ def people_json(prompt: str, completion: str, answer: str | None = None, **row: 
         expected = {}
     if isinstance(expected, dict):
         total += sum(0.2 for key in ("name", "age", "city") if key in expected and value.get(key) == expected[key])
-    return round(total, 4)
+    return round(total * scale, 4)

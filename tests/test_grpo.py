@@ -48,6 +48,7 @@ def test_people_json_reward_scores_parse_keys_and_values():
     assert people_json("p", '{"name": "Ada", "age": 35, "city": "Turin"}', answer=answer) == 0.8
     assert people_json("p", '{"name": "Ada"}', answer=answer) == 0.4
     assert people_json("p", "Ada is 36", answer=answer) == 0.0
+    assert people_json("p", f"Sure! {answer}", answer=answer) == 0.5
 
 
 def test_rewards_by_value_and_by_reference_round_trip():
