@@ -17,15 +17,16 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 __all__ = ["RunConfig", "Run", "attach", "compare", "delete", "economics", "endpoint", "evaluate", "finetune", "judge",
-           "preflight", "runs", "serve", "sweep", "load_ipython_extension"]
+           "preflight", "runs", "serve", "sweep", "try_rewards",
+           "load_ipython_extension"]
 
 if TYPE_CHECKING:
-    from .api import Run, attach, compare, delete, endpoint, finetune, preflight, runs, serve, sweep
+    from .api import Run, attach, compare, delete, endpoint, finetune, preflight, runs, serve, sweep, try_rewards
     from .config import RunConfig
     from .evals import economics, evaluate, judge
 
 _LAZY = {"Run": "api", "attach": "api", "compare": "api", "delete": "api", "finetune": "api", "preflight": "api", "runs": "api", "sweep": "api", "RunConfig": "config",
-         "evaluate": "evals", "judge": "evals", "economics": "evals", "endpoint": "api", "serve": "api"}
+         "evaluate": "evals", "judge": "evals", "economics": "evals", "endpoint": "api", "serve": "api", "try_rewards": "api"}
 
 
 def __getattr__(name: str) -> Any:

@@ -24,7 +24,8 @@ TRAIN_FLAGS = {"steps": "train.max_steps", "max_steps": "train.max_steps", "epoc
                "precision": "train.precision", "quantization": "train.quantization", "schedule": "train.schedule", "warmup_steps": "train.warmup_steps",
                "data": "data.path", "model": "model", "backend": "backend", "name": "name", "gpu": "gpu",
                "budget_usd": "budget_usd", "budget": "budget_usd", "processes": "train.processes",
-               "early_stopping": "eval.early_stopping", "early_stopping_metric": "eval.early_stopping_metric"}
+               "early_stopping": "eval.early_stopping", "early_stopping_metric": "eval.early_stopping_metric",
+               "method": "train.method", "dpo_beta": "train.dpo_beta", "generations": "train.grpo_generations"}
 
 
 def build_config(config: RunConfig | dict[str, Any] | str | None = None, **settings: Any) -> RunConfig:
@@ -41,6 +42,12 @@ def build_config(config: RunConfig | dict[str, Any] | str | None = None, **setti
     auto_gpu = settings.get("gpu") == "auto"  # the memory planner picks it (nbfinetune.planner)
     for key, value in settings.items():
         if value is None or (key == "gpu" and auto_gpu):
+            continue
+        if key == "rewards":  # 'module:function' references and notebook functions (sent by value)
+            from .rewards import split_rewards
+
+            references, packed = split_rewards(value if isinstance(value, (list, tuple)) else [value])
+            overrides["train.rewards"], overrides["train.reward_code"] = references or None, packed or None
             continue
         dotted = TRAIN_FLAGS.get(key, key)
         overrides[dotted] = value
@@ -499,3 +506,16 @@ def _in_notebook() -> bool:
         return False
     shell = get_ipython()
     return shell is not None and getattr(shell, "kernel", None) is not None
+
+
+def try_rewards(rewards: list[Any], data: Any = "sample:people", *, model: str | None = None, prompts: int = 4,
+                n: int = 4, max_new_tokens: int = 64, temperature: float = 1.0, seed: int = 0) -> Any:
+    """Sample `n` completions from the base model for the first `prompts` rows of a prompts dataset and score
+    each with every reward — to check the rewards before training. Returns a table (rows of dicts)."""
+    from .core.trial import reward_trial
+
+    from .data.materialize import materialize
+
+    data, _ = materialize(data, None)
+    config = build_config(data=data, model=model, method="grpo", rewards=list(rewards))
+    return reward_trial(config, prompts, n, max_new_tokens, temperature, seed)

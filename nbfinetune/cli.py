@@ -38,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int)
     train.add_argument("--name")
     train.add_argument("--quantization", choices=("nf4",), help="nf4: QLoRA, the base model in 4-bit (bitsandbytes)")
+    train.add_argument("--method", choices=("sft", "dpo", "grpo"), help="sft (default); dpo: preference pairs; "
+                       "grpo: prompts + --reward")
+    train.add_argument("--reward", dest="rewards", action="append", help="GRPO reward 'module:function' (repeatable)")
     train.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
     runs = sub.add_parser("runs", help="list runs")
@@ -96,7 +99,8 @@ def _train(args: argparse.Namespace) -> int:
     settings = {k: getattr(args, k) for k in ("model", "data", "eval_data", "format", "steps", "epochs", "lr", "r",
                                               "alpha", "batch_size", "grad_accum", "max_seq_len", "eval_every",
                                               "eval_samples", "early_stopping", "early_stopping_metric",
-                                              "save_every", "seed", "name", "quantization")}
+                                              "save_every", "seed", "name", "quantization", "method",
+                                              "rewards")}
     run = api.finetune(base, display=False, backend="local", **settings)
     if not args.json:
         print(f"run {run.id} started: {run.path}", flush=True)

@@ -19,6 +19,7 @@ FORMATS = ("auto", "chat", "sharegpt", "instruction", "prompt_completion", "text
 SCHEDULES = ("linear", "cosine", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 BACKENDS = ("local", "modal")
+METHODS = ("sft", "dpo", "grpo")
 MAX_BATCH_SIZE = 4096
 
 
@@ -57,6 +58,21 @@ class TrainSettings:
     batch_layout: str = "auto"
     # Data-parallel processes (torch.distributed): one per GPU; on Modal, set from gpu="TYPE:N".
     processes: int = 1
+    # "sft": next-token loss on answers; "dpo": preference pairs (prompt/chosen/rejected) against the base
+    # as reference (core/methods.py).
+    method: str = "sft"
+    # DPO: strength of the pull toward the reference (TRL's and the paper's beta).
+    dpo_beta: float = 0.1
+    # GRPO: reward functions as 'module:function' references, and notebook functions sent by value
+    # (name -> base64 cloudpickle; see rewards.py); completions per prompt, their length and temperature,
+    # KL coefficient to the base, and the clipping range of the policy ratio.
+    rewards: list[str] | None = None
+    reward_code: dict[str, str] | None = None
+    grpo_generations: int = 4
+    grpo_max_new_tokens: int = 64
+    grpo_temperature: float = 1.0
+    grpo_beta: float = 0.04
+    grpo_epsilon: float = 0.2
 
 
 @dataclass
@@ -251,6 +267,25 @@ def _problems(config: RunConfig) -> list[str]:
     positive_int("train.save_every", t.save_every, allow_none=True)
     choice("train.batch_layout", t.batch_layout, ("auto", "shared", "packed", "padded"))
     positive_int("train.processes", t.processes)
+    choice("train.method", t.method, METHODS)
+    number("train.dpo_beta", t.dpo_beta, 0.0, low_open=True)
+    check(t.rewards is None or (isinstance(t.rewards, list) and all(
+        isinstance(r, str) and r.count(":") == 1 and all(part.strip() for part in r.split(":")) for r in t.rewards)),
+        f"train.rewards must be a list of 'module:function' references, got {t.rewards!r}")
+    check(t.reward_code is None or (isinstance(t.reward_code, dict) and all(
+        isinstance(k, str) and isinstance(v, str) for k, v in t.reward_code.items())),
+        "train.reward_code must map reward names to serialized functions (pass the functions as rewards=[...])")
+    if t.method == "grpo":
+        check(bool(t.rewards) or bool(t.reward_code),
+              "train.method 'grpo' needs at least one reward: rewards=['module:function'] or a notebook function")
+        positive_int("train.grpo_generations", t.grpo_generations)
+        check(not isinstance(t.grpo_generations, int) or t.grpo_generations >= 2,
+              f"train.grpo_generations must be at least 2 (advantages compare completions of one prompt), got "
+              f"{t.grpo_generations!r}")
+        positive_int("train.grpo_max_new_tokens", t.grpo_max_new_tokens)
+        number("train.grpo_temperature", t.grpo_temperature, 0.0, low_open=True)
+        number("train.grpo_beta", t.grpo_beta, 0.0)
+        number("train.grpo_epsilon", t.grpo_epsilon, 0.0, 1.0, low_open=True)
     if isinstance(t.processes, int) and isinstance(t.batch_size, int) and t.processes > t.batch_size:
         out.append(f"train.batch_size ({t.batch_size}) must be at least train.processes ({t.processes})")
     positive_int("eval.every", config.eval.every, allow_none=True)

@@ -23,6 +23,13 @@ def check_before_launch(config: RunConfig) -> None:
     model_dir = _model_dir(config.model)
     if model_dir is not None:
         _check_targets(config.lora.target_modules, _module_names(model_dir))
+    if config.train.method != "sft":  # preference / prompt rows: the method's own row check
+        from .data.preference import check_head
+
+        for path in filter(None, (config.data.path, config.data.eval_path)):
+            if is_local_path(path, os.getcwd()) or path.startswith("sample:"):
+                check_head(path, config.train.method, config.data.columns, PEEK_ROWS)
+        return
     fmt = _check_data(config.data.path, config.data.format, config.data.columns)
     if config.data.eval_path:
         _check_data(config.data.eval_path, fmt or config.data.format, config.data.columns)

@@ -66,6 +66,9 @@ def train_parser() -> _Parser:
     add("--save-every", dest="save_every", type=int)
     add("--seed", type=int)
     add("--quantization", choices=("nf4",), help="nf4: QLoRA, the base model in 4-bit (bitsandbytes)")
+    add("--method", choices=("sft", "dpo", "grpo"),
+        help="sft (default); dpo: preference pairs prompt/chosen/rejected; grpo: prompts + --reward")
+    add("--reward", dest="rewards", action="append", help="GRPO reward 'module:function' (repeatable)")
     add("--name")
     add("--no-dashboard", dest="dashboard", action="store_false")
     add("--background", action="store_true",

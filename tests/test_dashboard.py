@@ -200,3 +200,17 @@ def test_wait_adds_no_progress_bar_under_a_shown_dashboard(tmp_path, capsys):
     api.Run(fake.id, fake.store, FakeBackend(False)).wait(timeout=10)
     err = capsys.readouterr().err
     assert "step/s" not in err and "3/3" not in err, err
+
+
+def test_dpo_figures_are_drawn_beside_the_loss():
+    from nbfinetune.widgets.charts import curves_figure
+
+    events = [Event("step", "r", 1, 0.0, {"step": 1, "epoch": 0, "loss": 0.69, "lr": 0.1, "reward_margin": 0.0,
+                                           "reward_accuracy": 0.0}),
+              Event("step", "r", 2, 0.0, {"step": 2, "epoch": 0, "loss": 0.5, "lr": 0.1, "reward_margin": 0.4,
+                                           "reward_accuracy": 0.75}),
+              Event("eval", "r", 3, 0.0, {"step": 2, "eval_loss": 0.55, "eval_reward_margin": 0.3})]
+    traces = {t.name: t for t in curves_figure(events).data}
+    assert list(traces["reward margin"].y) == [0.0, 0.4] and list(traces["reward accuracy"].x) == [1, 2]
+    assert list(traces["eval reward margin"].y) == [0.3] and list(traces["eval loss"].y) == [0.55]
+    assert "KL to base" not in traces  # only what the run reports

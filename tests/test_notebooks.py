@@ -127,3 +127,12 @@ def test_should_we_fine_tune_executes_with_a_tiny_model(tmp_path, tiny_model):
     assert len(charts) == 2 and all("<svg" in chart["image/svg+xml"] for chart in charts)  # the saved copy
     assert "break-even vs API model" in economics and "prices of" in economics and "fine-tuned" in html
     assert not re.search(r"nbft-[A-Za-z0-9_-]{40}", nbformat.writes(notebook))  # the server's key is not saved
+
+
+def test_preference_and_rl_notebook_executes_with_a_tiny_model(tmp_path, tiny_model):
+    env = {"NBFINETUNE_HOME": str(tmp_path / "home"), "NBFINETUNE_DEFAULT_MODEL": tiny_model, "HF_HUB_OFFLINE": "1"}
+    notebook = execute("preference-and-rl.ipynb", env, tmp_path, timeout=600)
+    _runs_clean(notebook)
+    assert "reward margin: first step 0.000" in text_of(outputs_of(notebook, "summary = dpo.wait()"))
+    assert "json_reward" in text_of(outputs_of(notebook, "nbft.try_rewards"))
+    assert "mean reward per step:" in text_of(outputs_of(notebook, "summary = grpo.wait()"))

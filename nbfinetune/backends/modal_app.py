@@ -33,7 +33,8 @@ HF_SECRET_ENV = "NBFINETUNE_MODAL_HF_SECRET"
 # the image's environment, so the container evaluates this line to the same value as the deploying kernel.
 HF_SECRET = os.environ.get(HF_SECRET_ENV, "")
 PACKAGES = ["torch==2.13.0", "transformers==5.24.0", "peft==0.21.2", "datasets==5.2.0", "safetensors==0.8.0",
-            "huggingface_hub==2.4.0", "pyyaml", "tqdm", "bitsandbytes==0.50.2"]
+            "huggingface_hub==2.4.0", "pyyaml", "tqdm", "bitsandbytes==0.50.2",
+            "cloudpickle==3.1.3"]  # GRPO rewards sent by value (train.reward_code)
 
 IMAGE_ENV = {"HF_HOME": HF_CACHE_ROOT, "TOKENIZERS_PARALLELISM": "false", HF_SECRET_ENV: HF_SECRET,
              "NBFINETUNE_VERSION": __version__}

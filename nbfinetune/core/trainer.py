@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..config import RunConfig
-from ..data.prepare import PreparedData, prepare
-from .batching import DataPosition, EpochSampler, collate, pick_layout
+from ..data.prepare import PreparedData
+from .batching import DataPosition, EpochSampler
 from .distributed import Group
 from .checkpoints import adapter_step, load_adapter_weights, resume_point, save_adapter, save_checkpoint
 from .early_stopping import EarlyStopping
-from .evaluate import GenerationEval, eval_loss, evaluate_generation, summed_loss
+from .evaluate import GenerationEval, evaluate_generation
+from .methods import Method, method_for
 from .metrics import default_metrics
 from .models import resolve_model
 from .precision import MixedPrecision
@@ -62,7 +63,8 @@ def _train(config: RunConfig, emit: Emit, should_stop: Callable[[], bool], run_d
     emit("log", level="info", message=f"resolving model {config.model}")
     model_path = resolve_model(config.model)
     loaded = load_for_training(config, model_path)
-    data = prepare(config.data, loaded.tokenizer, seed=config.train.seed)
+    method = method_for(config, loaded, group)
+    data = method.prepare(config, loaded.tokenizer)
     _report_data(emit, data)
 
     torch.manual_seed(config.train.seed)
@@ -94,14 +96,12 @@ def _train(config: RunConfig, emit: Emit, should_stop: Callable[[], bool], run_d
     if stopper and stopper.metric not in ("eval_loss", *metric_names):
         raise ValueError(f"eval.early_stopping_metric {stopper.metric!r} is not computed by this run; its metrics "
                          f"are {', '.join(metric_names)} (or use 'eval_loss')")
-    evaluator = _Evaluator(config, loaded, data, metric_names, emit, history)
+    evaluator = _Evaluator(config, loaded, data, metric_names, emit, history, method)
     if step == 0 and group.is_main:
         evaluator.run(0, base=True)
     group.barrier()
 
     sampler = EpochSampler(data.train, config.train.batch_size, config.train.seed, position)
-    layout, pad_id = pick_layout(config.train.batch_layout, model), loaded.tokenizer.pad_token_id
-    share = config.lora.dropout == 0  # dropout draws a mask per example: a shared prefix would get one
     model.train()
     first_loss = history.get("first_loss")
     loss_value = None
@@ -114,18 +114,10 @@ def _train(config: RunConfig, emit: Emit, should_stop: Callable[[], bool], run_d
             return _stop(emit, run_dir, loaded, optimizer, scheduler, step, sampler.position, evaluator.history,
                          started_at)
         step_start = time.perf_counter()
-        micro = [collate(group.shard(next(sampler)), device, layout, pad_id, share)
-                 for _ in range(config.train.grad_accum)]
-        # Normalize by the whole batch's trained tokens (all ranks), so N processes take the step one would.
-        trained = int(group.sum(sum(b.trained_tokens for b in micro)))
-        loss_sum = 0.0
-        for batch in micro:
-            with mixed.autocast(model):
-                loss = summed_loss(model, batch) / trained
-            mixed.backward(loss)
-            loss_sum += float(loss.detach())
+        result = method.step([group.shard(next(sampler)) for _ in range(config.train.grad_accum)], mixed)
+        trained = result.trained_tokens
         group.sum_grads(params)
-        loss_sum = group.sum(loss_sum)
+        loss_sum = group.sum(result.loss)
         grad_norm = mixed.step(optimizer, params, config.train.max_grad_norm)
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -134,14 +126,14 @@ def _train(config: RunConfig, emit: Emit, should_stop: Callable[[], bool], run_d
         loss_value = loss_sum
         first_loss = first_loss if first_loss is not None else loss_value
         evaluator.history["first_loss"] = first_loss
-        tokens = int(group.sum(sum(b.tokens for b in micro)))
+        tokens = int(group.sum(result.tokens))
         window_tokens += tokens
         window_steps += 1
         rate = window_tokens / train_seconds if train_seconds > 0 else 0.0
         emit("step", step=step, epoch=round(sampler.epoch_progress, 4), loss=loss_value,
              lr=scheduler.get_last_lr()[0], grad_norm=grad_norm, tokens=tokens, trained_tokens=trained,
              tokens_per_s=rate, eta_s=(steps - step) * train_seconds / window_steps,
-             **({"loss_scale": mixed.loss_scale} if mixed.loss_scale is not None else {}))
+             **({"loss_scale": mixed.loss_scale} if mixed.loss_scale is not None else {}), **result.stats)
         if config.eval.every and step % config.eval.every == 0 and step < steps:
             exhausted = False
             if group.is_main:
@@ -212,17 +204,16 @@ class _Evaluator:
     """Eval loss plus generation metrics; base-model answers are computed once and kept for comparison."""
 
     def __init__(self, config: RunConfig, loaded: Loaded, data: PreparedData, metric_names: list[str], emit: Emit,
-                 history: dict[str, Any]) -> None:
+                 history: dict[str, Any], method: Method) -> None:
         self.config, self.loaded, self.data, self.metric_names, self.emit = config, loaded, data, metric_names, emit
+        self.method = method
         self.history = history
         self.cases = data.eval_cases[: config.eval.samples] if config.eval.generate else []
         self.last: dict[str, Any] = {}
 
     def run(self, step: int, base: bool = False) -> dict[str, Any]:
         loaded = self.loaded
-        loss = eval_loss(loaded.model, self.data.eval, self.config.train.batch_size, loaded.device,
-                         loaded.tokenizer.pad_token_id, self.config.train.batch_layout, loaded.precision)
-        payload: dict[str, Any] = {"step": step, "eval_loss": loss}
+        payload: dict[str, Any] = {"step": step, **self.method.evaluate(self.data.eval)}
         if self.cases:
             result: GenerationEval = evaluate_generation(
                 loaded.model, loaded.tokenizer, self.cases, self.metric_names, self.config.eval.max_new_tokens,

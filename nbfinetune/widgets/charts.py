@@ -9,6 +9,10 @@ from typing import Any
 from ..events import Event
 
 SMOOTHING = 0.8  # exponential moving average weight, like TensorBoard's default slider
+# Method figures drawn beside the loss when a run reports them (DPO, GRPO): event field -> trace name.
+EXTRA_SERIES = {"reward_margin": "reward margin", "reward_accuracy": "reward accuracy",
+                "eval_reward_margin": "eval reward margin", "eval_reward_accuracy": "eval reward accuracy",
+                "reward": "reward (mean)", "kl": "KL to base"}
 
 
 @dataclass
@@ -20,6 +24,8 @@ class Curves:
     eval_steps: list[int] = field(default_factory=list)
     eval_loss: list[float] = field(default_factory=list)
     best_step: int | None = None  # early stopping: the evaluation whose adapter the run kept
+    # field -> (steps, values), for the EXTRA_SERIES a run reports
+    extra: dict[str, tuple[list[int], list[float]]] = field(default_factory=dict)
 
     def add(self, event: Event) -> bool:
         """Fold one event in; True when a curve changed."""
@@ -31,11 +37,16 @@ class Curves:
             previous = self.smoothed[-1] if self.smoothed else event["loss"]
             self.smoothed.append(SMOOTHING * previous + (1 - SMOOTHING) * event["loss"])
             self.lr.append(event["lr"])
+            self._add_extra(event)
             return True
-        if event.type == "eval" and event.get("eval_loss") is not None:
-            self.eval_steps.append(event["step"])
-            self.eval_loss.append(event["eval_loss"])
-            return True
+        if event.type == "eval":
+            changed = self._add_extra(event)
+            if event.get("eval_loss") is not None:
+                self.eval_steps.append(event["step"])
+                self.eval_loss.append(event["eval_loss"])
+                changed = True
+            if changed:
+                return True
         if event.type == "finished" and (event.get("summary") or {}).get("best_step") is not None:
             self.best_step = event["summary"]["best_step"]
             return True
@@ -48,12 +59,26 @@ class Curves:
         stride = len(self.steps) / points
         keep = sorted({int(i * stride) for i in range(points)} | {len(self.steps) - 1})
         return Curves([self.steps[i] for i in keep], [self.loss[i] for i in keep], [self.smoothed[i] for i in keep],
-                      [self.lr[i] for i in keep], self.eval_steps, self.eval_loss, self.best_step)
+                      [self.lr[i] for i in keep], self.eval_steps, self.eval_loss, self.best_step, self.extra)
+
+    def _add_extra(self, event: Event) -> bool:
+        found = False
+        for name in EXTRA_SERIES:
+            value = event.get(name)
+            if isinstance(value, (int, float)):
+                steps, values = self.extra.setdefault(name, ([], []))
+                steps.append(event["step"])
+                values.append(float(value))
+                found = True
+        return found
 
     def _truncate(self, step: int) -> None:
         keep = sum(1 for s in self.steps if s < step)
         for series in (self.steps, self.loss, self.smoothed, self.lr):
             del series[keep:]
+        for steps, values in self.extra.values():
+            kept = sum(1 for s in steps if s < step)
+            del steps[kept:], values[kept:]
 
     @classmethod
     def from_events(cls, events: Iterable[Event]) -> Curves:
@@ -82,7 +107,7 @@ def empty_figure(title: str = "") -> Any:
 
 
 def apply_curves(fig: Any, curves: Curves) -> None:
-    raw, smooth, evaluation, lr = fig.data
+    raw, smooth, evaluation, lr = fig.data[:4]
     raw.x, raw.y = curves.steps, curves.loss
     smooth.x, smooth.y = curves.steps, curves.smoothed
     evaluation.x, evaluation.y = curves.eval_steps, curves.eval_loss
@@ -90,6 +115,15 @@ def apply_curves(fig: Any, curves: Curves) -> None:
         kept = [s == curves.best_step for s in curves.eval_steps]
         evaluation.marker = {"size": [14 if k else 6 for k in kept], "symbol": ["star" if k else "circle" for k in kept]}
     lr.x, lr.y = curves.steps, curves.lr
+    traces = {trace.name: trace for trace in fig.data[4:]}
+    for name, (steps, values) in curves.extra.items():
+        label = EXTRA_SERIES[name]
+        if label not in traces:
+            import plotly.graph_objects as go
+
+            fig.add_trace(go.Scatter(name=label, mode="lines+markers" if name.startswith("eval_") else "lines"), 1, 1)
+            traces[label] = fig.data[-1]
+        traces[label].x, traces[label].y = steps, values
 
 
 def curves_figure(events: Iterable[Event], title: str = "") -> Any:
