@@ -106,17 +106,7 @@ class ChatModel:
 
     def ask(self, message: str, stream: bool = True, system: str | None = None, **sampling: Any) -> str:
         """One question; with stream=True the answer is printed as it is generated."""
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": message}]
-        chunks = []
-        for chunk in self.stream(messages, **sampling):
-            chunks.append(chunk)
-            if stream:
-                sys.stdout.write(chunk)
-                sys.stdout.flush()
-        if stream:
-            sys.stdout.write("\n")
-            return StreamedAnswer("".join(chunks).strip())
-        return "".join(chunks).strip()
+        return ask(self.stream, message, stream, system, **sampling)
 
 
 @dataclass
@@ -218,3 +208,19 @@ def chat_model_for_run(run: Any) -> ChatModel | RemoteChatModel:
         raise RuntimeError(f"run {run.id} has no adapter yet (status: {summary.status}); wait for it to finish "
                            "or cancel it — a cancelled run keeps its adapter")
     return chat_model(resolve_model(run.config.model), summary.adapter_path)
+
+
+def ask(stream_fn: Any, message: str, stream: bool = True, system: str | None = None, **sampling: Any) -> str:
+    """One question to any answer source with a `stream(messages, **sampling)`; printed as it comes when
+    stream=True (the in-notebook model and an OpenAI-compatible endpoint answer the same way)."""
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": message}]
+    chunks = []
+    for chunk in stream_fn(messages, **sampling):
+        chunks.append(chunk)
+        if stream:
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
+    if stream:
+        sys.stdout.write("\n")
+        return StreamedAnswer("".join(chunks).strip())
+    return "".join(chunks).strip()

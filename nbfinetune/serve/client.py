@@ -9,7 +9,6 @@ object, shown, or left in an error message.
 from __future__ import annotations
 
 import os
-import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -73,19 +72,9 @@ class EndpointChatModel:
             raise RuntimeError(f"{self.label}: {message}") from None
 
     def ask(self, message: str, stream: bool = True, system: str | None = None, **sampling: Any) -> str:
-        from ..serving import StreamedAnswer
+        from ..serving import ask
 
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": message}]
-        chunks = []
-        for chunk in self.stream(messages, **sampling):
-            chunks.append(chunk)
-            if stream:
-                sys.stdout.write(chunk)
-                sys.stdout.flush()
-        if stream:
-            sys.stdout.write("\n")
-            return StreamedAnswer("".join(chunks).strip())
-        return "".join(chunks).strip()
+        return ask(self.stream, message, stream, system, **sampling)
 
 
 def _without_key(text: str, key: str) -> str:
