@@ -49,3 +49,23 @@ def live_worker(run_dir: Path):
     worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], pass_fds=(lock,))
     os.close(lock)
     return worker
+
+
+def execute_notebook(notebook, folder: Path, env: dict[str, str], timeout: int, **client_options) -> None:
+    """Execute `notebook` in place with nbclient, its kernel started in `folder` with `env` added to this
+    process's environment (the kernel inherits it); the environment is restored afterwards."""
+    import os
+
+    from nbclient import NotebookClient
+
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        NotebookClient(notebook, timeout=timeout, kernel_name="python3",
+                       resources={"metadata": {"path": str(folder)}}, **client_options).execute()
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

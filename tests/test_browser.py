@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import execute_notebook
+
 REPO = Path(__file__).parent.parent
 ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM = "/usr/bin/chromium"
@@ -275,7 +277,6 @@ def test_the_sidebar_deletes_a_finished_run_after_confirmation(lab, home):
 def test_a_reopened_saved_notebook_shows_its_charts_without_network(lab, tmp_path):
     """A notebook executed elsewhere (nbclient here) and opened in JupyterLab: the widgets' kernel is gone and
     the notebook is not trusted, so Lab shows each output's HTML copy — charts must draw from it, offline."""
-    from nbclient import NotebookClient
     import nbformat
 
     base, token, model = lab
@@ -284,16 +285,7 @@ def test_a_reopened_saved_notebook_shows_its_charts_without_network(lab, tmp_pat
                            "run.wait()", "run.plot()", "nbft.preflight('sample:people')"])
     notebook = nbformat.read(path, as_version=4)
     env = {"NBFINETUNE_HOME": str(tmp_path / "home"), "NBFINETUNE_DEFAULT_MODEL": str(model), "HF_HUB_OFFLINE": "1"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        NotebookClient(notebook, timeout=300, kernel_name="python3").execute()
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    execute_notebook(notebook, path.parent, env, timeout=300)
     nbformat.write(notebook, path)
     with browser_page("reopen") as page:
         page.context.route(lambda url: not url.startswith(base), lambda route: route.abort())  # no CDN

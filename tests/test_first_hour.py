@@ -5,13 +5,12 @@ with a trailing question mark, export to a relative folder, the run list. (Issue
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 
-import nbformat
-from nbclient import NotebookClient
 from nbformat.v4 import new_code_cell, new_notebook
+
+from tests.helpers import execute_notebook
 
 CELLS = [
     "%load_ext nbfinetune",
@@ -61,17 +60,7 @@ def test_a_newcomers_notebook_with_relative_paths_runs_clean(tmp_path, tiny_mode
     shutil.copy(evaluation, folder / "data" / "eval.jsonl")
     notebook = new_notebook(cells=[new_code_cell(source) for source in CELLS])
     env = {"NBFINETUNE_HOME": str(tmp_path / "home"), "NBFINETUNE_DEFAULT_MODEL": tiny_model, "HF_HUB_OFFLINE": "1"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # the kernel inherits this process's environment
-    try:
-        NotebookClient(notebook, timeout=600, kernel_name="python3",
-                       resources={"metadata": {"path": str(folder)}}).execute()
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    execute_notebook(notebook, folder, env, timeout=600)
 
     errors = [o for c in notebook.cells for o in c.outputs if o.output_type == "error"]
     assert not errors, errors

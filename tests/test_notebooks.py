@@ -7,24 +7,15 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from nbclient import NotebookClient
+
+from tests.helpers import execute_notebook
 
 NOTEBOOKS = Path(__file__).parent.parent / "notebooks"
 
 
 def execute(name: str, env: dict[str, str], tmp_path: Path, timeout: int) -> nbformat.NotebookNode:
     notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # the kernel inherits the environment of the process that starts it
-    try:
-        NotebookClient(notebook, timeout=timeout, kernel_name="python3",
-                       resources={"metadata": {"path": str(tmp_path)}}).execute()
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    execute_notebook(notebook, tmp_path, env, timeout)
     nbformat.write(notebook, tmp_path / name)
     return notebook
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from nbclient import NotebookClient
+
+from tests.helpers import execute_notebook
 
 CELLS = [
     "%load_ext nbfinetune\nimport nbfinetune as nbft",
@@ -33,17 +34,8 @@ def typical_notebook(tmp_path_factory, tiny_model) -> Path:
     folder = tmp_path_factory.mktemp("typical")
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in CELLS])
     env = {"NBFINETUNE_HOME": str(folder / "home"), "NBFINETUNE_DEFAULT_MODEL": tiny_model, "HF_HUB_OFFLINE": "1"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:  # nbclient stores every widget's state in the notebook, as a runner of saved notebooks would
-        NotebookClient(notebook, timeout=600, kernel_name="python3", store_widget_state=True,
-                       resources={"metadata": {"path": str(folder)}}).execute()
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    # nbclient stores every widget's state in the notebook, as a runner of saved notebooks would
+    execute_notebook(notebook, folder, env, timeout=600, store_widget_state=True)
     path = folder / "typical.ipynb"
     nbformat.write(notebook, path)
     return path
