@@ -130,7 +130,7 @@ def test_modal_remote_body_runs_dpo(tiny_model, tmp_path, home):
     config = api.build_config(model=tiny_model, data=str(path), method="dpo", steps=2, batch_size=4,
                               eval_samples=0).to_dict()
     published = []
-    result = remote_train(json.loads(json.dumps(config)), "d1", str(tmp_path / "volume"), published.append,
+    result = remote_train(json.loads(json.dumps(config)), "d1", str(tmp_path / "volume"), published.extend,
                           lambda: None, lambda: False)
     assert result["status"] == "finished", published[-1]
     assert all("reward_margin" in e for e in published if e["type"] == "step")

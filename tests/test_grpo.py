@@ -151,7 +151,7 @@ def test_modal_remote_body_runs_grpo_with_a_reward_sent_by_value(tiny_model, tmp
     config = api.build_config(model=tiny_model, data=str(_prompts(tmp_path)), method="grpo", steps=1, batch_size=2,
                               generations=2, rewards=[constant], eval_samples=0, max_seq_len=64).to_dict()
     published = []
-    result = remote_train(json.loads(json.dumps(config)), "g1", str(tmp_path / "volume"), published.append,
+    result = remote_train(json.loads(json.dumps(config)), "g1", str(tmp_path / "volume"), published.extend,
                           lambda: None, lambda: False)
     assert result["status"] == "finished", published[-1]
     step = next(e for e in published if e["type"] == "step")
