@@ -19,7 +19,7 @@ from typing import Any
 from ..config import RunConfig
 from ..data.prepare import DataError, DataReport, PreparedData, Problem, _split, token_stats
 from ..data.render import IGNORE, Rendered, render_prompt
-from ..data.preference import prompt_of
+from ..data.preference import checked_rows, prompt_of
 from ..rewards import load_rewards, score
 from .distributed import Group
 from .methods import StepResult
@@ -45,34 +45,21 @@ class PromptItem:
 
 
 def prepare_prompts(settings: Any, tokenizer: Any, seed: int = 42) -> PreparedData:
-    from ..data.formats import apply_columns
-    from ..data.preference import PreferenceProblem
-    from ..data.sources import DataSourceError, iter_rows, resolve
+    from ..data.sources import resolve
 
     train_source, eval_source = resolve(settings.path, settings.eval_path)
     report = DataReport(format="prompts")
 
     def load(source: str, split: str) -> list[PromptItem]:
         items = []
-        try:
-            for row in iter_rows(source):
-                report.rows += 1
-                if row.error is not None:
-                    report.add(Problem(row.number, row.error, split, row.file))
-                    continue
-                try:
-                    messages, fields = prompt_of(apply_columns(row.record, getattr(settings, "columns", None)))
-                except PreferenceProblem as problem:
-                    report.add(Problem(row.number, str(problem), split, row.file))
-                    continue
-                ids = tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"]
-                if len(ids) >= settings.max_seq_len:
-                    report.add(Problem(row.number, f"the prompt is {len(ids)} tokens, max_seq_len is "
-                                                   f"{settings.max_seq_len}: no room for a completion", split, row.file))
-                    continue
-                items.append(PromptItem(row.number, messages, ids, fields))
-        except DataSourceError as exc:
-            raise DataError(str(exc)) from None
+        for row, (messages, fields) in checked_rows(source, split, getattr(settings, "columns", None), report,
+                                                    prompt_of):
+            ids = tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"]
+            if len(ids) >= settings.max_seq_len:
+                report.add(Problem(row.number, f"the prompt is {len(ids)} tokens, max_seq_len is "
+                                               f"{settings.max_seq_len}: no room for a completion", split, row.file))
+                continue
+            items.append(PromptItem(row.number, messages, ids, fields))
         return items
 
     train = load(train_source, "train")

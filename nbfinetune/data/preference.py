@@ -9,6 +9,7 @@ Messages may be {"role", "content"} or ShareGPT's {"from", "value"}.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -151,9 +152,10 @@ def prompt_of(record: Any) -> tuple[list[dict[str, str]], dict[str, Any]]:
     raise PreferenceProblem("missing field 'prompt' (or chat 'messages')")
 
 
-def load_pairs(source: str, split: str, columns: dict[str, str] | None, report: DataReport
-               ) -> list[tuple[int, list[dict[str, str]], str, str, str | None]]:
-    out = []
+def checked_rows(source: str, split: str, columns: dict[str, str] | None, report: DataReport,
+                 normalize: Callable[[dict[str, Any]], Any]) -> Iterator[tuple[Any, Any]]:
+    """(row, normalize(record)) for every readable row; unreadable rows and PreferenceProblems go to the
+    report with their row number (shared by preference pairs and GRPO prompts)."""
     try:
         for row in iter_rows(source):
             report.rows += 1
@@ -161,13 +163,19 @@ def load_pairs(source: str, split: str, columns: dict[str, str] | None, report: 
                 report.add(Problem(row.number, row.error, split, row.file))
                 continue
             try:
-                prompt, chosen, rejected = normalize_pair(apply_columns(row.record, columns))
+                value = normalize(apply_columns(row.record, columns))
             except PreferenceProblem as problem:
                 report.add(Problem(row.number, str(problem), split, row.file))
                 continue
-            out.append((row.number, prompt, chosen, rejected, row.file))
+            yield row, value
     except DataSourceError as exc:
         raise DataError(str(exc)) from None
+
+
+def load_pairs(source: str, split: str, columns: dict[str, str] | None, report: DataReport
+               ) -> list[tuple[int, list[dict[str, str]], str, str, str | None]]:
+    out = [(row.number, prompt, chosen, rejected, row.file)
+           for row, (prompt, chosen, rejected) in checked_rows(source, split, columns, report, normalize_pair)]
     if report.rows == 0:
         raise DataError(f"{source}: no rows — the data is empty")
     return out
