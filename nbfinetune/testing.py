@@ -51,12 +51,7 @@ def make_tiny_model(directory: str | Path, layers: int = 2, hidden: int = 64, vo
                          pad_token_id=tokenizer.pad_token_id, bos_token_id=None, tie_word_embeddings=True)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    directory.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
+    return _save(model, tokenizer, directory)
 
 
 # Small shapes for each architecture family whose quirks the trainer must respect (logit scaling,
@@ -104,6 +99,11 @@ def make_tiny_family_model(directory: str | Path, family: str, tokenizer_from: s
         c.eos_token_id, c.pad_token_id, c.bos_token_id = tokenizer.eos_token_id, tokenizer.pad_token_id, None
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
+    return _save(model, tokenizer, directory)
+
+
+def _save(model, tokenizer, directory: Path) -> Path:
+    """Generation stops at the tokenizer's end of turn and pads with its pad token, as a real chat model's does."""
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     directory.mkdir(parents=True, exist_ok=True)
