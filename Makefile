@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 TORCH  ?= torch==2.13.0
 BUILD  := build
 
-.PHONY: setup browser demo lab test test-fast test-slow bench faults clean
+.PHONY: setup browser demo lab lint test test-fast test-slow bench faults clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,8 +38,13 @@ demo: setup
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-## make test: set up, then the whole suite (fast tests first, then the slow real-model checks)
-test: setup test-fast test-slow
+## make lint: ruff and mypy over the package (run first by make test)
+lint: setup
+	$(VENV)/bin/ruff check nbfinetune bench
+	$(VENV)/bin/mypy
+
+## make test: set up, then the whole suite (lint, fast tests first, then the slow real-model checks)
+test: setup lint test-fast test-slow
 
 test-fast: setup browser
 	$(PY) -m pytest -m "not slow"
