@@ -16,17 +16,35 @@ import types
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["RunConfig", "Run", "attach", "compare", "delete", "economics", "endpoint", "evaluate", "finetune", "judge",
-           "preflight", "runs", "serve", "sweep", "try_rewards",
+__all__ = ["RunConfig", "Run", "attach", "compare", "delete", "economics", "endpoint", "evaluate", "finetune",
+           "judge", "preflight", "runs", "serve", "sweep", "try_rewards",
            "load_ipython_extension"]
 
 if TYPE_CHECKING:
-    from .api import Run, attach, compare, delete, endpoint, finetune, preflight, runs, serve, sweep, try_rewards
+    from .api import (
+        Run,
+        attach,
+        compare,
+        delete,
+        endpoint,
+        finetune,
+        preflight,
+        runs,
+        serve,
+        sweep,
+        try_rewards,
+    )
     from .config import RunConfig
-    from .evals import economics, evaluate, judge
 
-_LAZY = {"Run": "api", "attach": "api", "compare": "api", "delete": "api", "finetune": "api", "preflight": "api", "runs": "api", "sweep": "api", "RunConfig": "config",
-         "evaluate": "evals", "judge": "evals", "economics": "evals", "endpoint": "api", "serve": "api", "try_rewards": "api"}
+    # From the submodules: `evals.economics` (and the others) name both a module and its function.
+    from .evals.economics import economics
+    from .evals.evaluate import evaluate
+    from .evals.judge import judge
+
+_LAZY = {"Run": "api", "attach": "api", "compare": "api", "delete": "api", "finetune": "api",
+         "preflight": "api", "runs": "api", "sweep": "api", "RunConfig": "config",
+         "evaluate": "evals", "judge": "evals", "economics": "evals", "endpoint": "api", "serve": "api",
+         "try_rewards": "api"}
 
 
 def __getattr__(name: str) -> Any:
@@ -39,7 +57,8 @@ def __getattr__(name: str) -> Any:
 
 class _Package(types.ModuleType):
     """`nbfinetune.runs` is both the submodule and the `runs()` function: importing the submodule sets the
-    package attribute, which would otherwise shadow the function (`nbft.runs()` → "module is not callable")."""
+    package attribute, which would otherwise shadow the function (`nbft.runs()` → "module is not
+    callable")."""
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name == "runs" and isinstance(value, types.ModuleType):
