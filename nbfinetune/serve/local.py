@@ -114,15 +114,16 @@ def serve_models(specs: list[BaseSpec], host: str = "127.0.0.1", port: int = 0, 
 
     try:
         for spec in specs:
-            adapters = {_INTERNAL.sub("_", f"adapter_{names[0]}"): path for names, path, _ in spec.adapters}
+            # The position keeps internal names unique: two run ids may differ only where _INTERNAL
+            # replaces characters.
+            adapters = {_INTERNAL.sub("_", f"adapter{i}_{names[0]}"): path
+                        for i, (names, path, _) in enumerate(spec.adapters)}
             loaded = load_multi_adapter(spec.path, adapters, device)
             engine = Engine(loaded, max_batch=max_batch, batch_window_s=batch_window_s,
                             max_waiting=max_waiting)
             engines.append(engine)
             add(spec.name, Route(spec.name, engine, BASE, "base"))
-            # Not strict, as before: two ids that differ only where _INTERNAL replaces characters would
-            # share one key, leaving `adapters` shorter than spec.adapters.
-            for (names, _, owner), adapter in zip(spec.adapters, adapters, strict=False):
+            for (names, _, owner), adapter in zip(spec.adapters, adapters, strict=True):
                 for name in names:
                     add(name, Route(name, engine, adapter, owner))
         key = api_key or new_token()
