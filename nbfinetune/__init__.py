@@ -27,8 +27,8 @@ if TYPE_CHECKING:
     from .sweep import sweep
     from .widgets.launcher import launcher
 
-_LAZY = {"Run": "api", "attach": "api", "compare": "api", "delete": "api", "finetune": "api", "preflight": "api", "runs": "api", "sweep": "sweep", "RunConfig": "config",
-         "launcher": "widgets.launcher",
+_LAZY = {"Run": "api", "attach": "api", "compare": "api", "delete": "api", "finetune": "api", "preflight": "api",
+         "runs": "api", "sweep": "sweep", "RunConfig": "config", "launcher": "widgets.launcher",
          "evaluate": "evals", "judge": "evals", "economics": "evals", "endpoint": "api", "serve": "api", "try_rewards": "api"}
 
 

@@ -17,7 +17,8 @@ DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 SAMPLE_DATA = "sample:people"
 FORMATS = ("auto", "chat", "sharegpt", "instruction", "prompt_completion", "text")
 # Data files by suffix -> how they are read (data/sources.py); also what makes a name a local path.
-DATA_FILE_KINDS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+DATA_FILE_KINDS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv",
+                   ".parquet": "parquet"}
 SCHEDULES = ("linear", "cosine", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 BACKENDS = ("local", "modal")

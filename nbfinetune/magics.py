@@ -117,7 +117,8 @@ class FinetuneMagics(Magics):
         if args.help:
             print(train_parser().format_help())
             return None
-        settings = {s.name: getattr(args, s.name) for s in flag_settings(MAGIC) if getattr(args, s.name) is not None}
+        settings = {s.name: getattr(args, s.name) for s in flag_settings(MAGIC)
+                    if getattr(args, s.name) is not None}
         base = _yaml_settings(yaml_config) if yaml_config is not None else {}
         # The magic's defaults fill what neither the YAML cell nor the flags set.
         base.setdefault("model", self.default_model)

@@ -28,7 +28,8 @@ class Preflight(StaticCopy, widgets.VBox):
                                    layout=widgets.Layout(width="60%"))
         self.variable = widgets.Dropdown(options=[("—", "")] + [(n, n) for n in _data_variables(self.namespace)],
                                          description="or variable")
-        self.upload = widgets.FileUpload(accept=",".join(DATA_FILE_KINDS), multiple=False, description="Upload")
+        self.upload = widgets.FileUpload(accept=",".join(DATA_FILE_KINDS), multiple=False,
+                                         description="Upload")
         self.format = widgets.Dropdown(options=FORMATS, value="auto", description="format")
         self.model = widgets.Text(value=model or default_model(), description="model",
                                   layout=widgets.Layout(width="50%"))
