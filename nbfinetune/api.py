@@ -10,55 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from .backends.base import Backend, get_backend
-from .config import RunConfig, absolute_paths
+from .config import RunConfig
 from .events import Event
 from .runs import RunStore, RunSummary
-
-TRAIN_FLAGS = {"steps": "train.max_steps", "max_steps": "train.max_steps", "epochs": "train.epochs",
-               "lr": "train.lr", "batch_size": "train.batch_size", "grad_accum": "train.grad_accum",
-               "seed": "train.seed", "r": "lora.r", "alpha": "lora.alpha", "dropout": "lora.dropout",
-               "target_modules": "lora.target_modules", "max_seq_len": "data.max_seq_len",
-               "columns": "data.columns", "on_bad_rows": "data.on_bad_rows", "train_on": "data.train_on",
-               "eval_data": "data.eval_path", "format": "data.format", "eval_every": "eval.every",
-               "eval_samples": "eval.samples", "metrics": "eval.metrics", "save_every": "train.save_every",
-               "precision": "train.precision", "quantization": "train.quantization", "schedule": "train.schedule", "warmup_steps": "train.warmup_steps",
-               "data": "data.path", "model": "model", "backend": "backend", "name": "name", "gpu": "gpu",
-               "budget_usd": "budget_usd", "budget": "budget_usd", "processes": "train.processes",
-               "early_stopping": "eval.early_stopping", "early_stopping_metric": "eval.early_stopping_metric",
-               "method": "train.method", "dpo_beta": "train.dpo_beta", "generations": "train.grpo_generations"}
-
-
-def build_config(config: RunConfig | dict[str, Any] | str | None = None, **settings: Any) -> RunConfig:
-    """A RunConfig from a base (object, nested dict or YAML text) plus flat keyword settings."""
-    if isinstance(config, RunConfig):
-        base = config
-    elif isinstance(config, dict):
-        base = RunConfig.from_dict(config)
-    elif isinstance(config, str):
-        base = RunConfig.from_yaml(config)
-    else:
-        base = RunConfig()
-    overrides = {}
-    auto_gpu = settings.get("gpu") == "auto"  # the memory planner picks it (nbfinetune.planner)
-    for key, value in settings.items():
-        if value is None or (key == "gpu" and auto_gpu):
-            continue
-        if key == "rewards":  # 'module:function' references and notebook functions (sent by value)
-            from .rewards import split_rewards
-
-            references, packed = split_rewards(value if isinstance(value, (list, tuple)) else [value])
-            overrides["train.rewards"], overrides["train.reward_code"] = references or None, packed or None
-            continue
-        dotted = TRAIN_FLAGS.get(key, key)
-        overrides[dotted] = value
-    if "train.epochs" in overrides and "train.max_steps" not in overrides:
-        overrides["train.max_steps"] = None
-    built = absolute_paths(base.with_overrides(overrides) if overrides else base)
-    if auto_gpu:
-        from .planner import apply_choice, choose_gpu
-
-        built = apply_choice(built, choose_gpu(built.model, built))
-    return built
+from .settings import build_config as build_config  # re-exported: finetune's keywords are build_config's
 
 
 class Run:
@@ -372,25 +327,6 @@ def summary_html(summary: RunSummary) -> str:
     rows = "".join(f"<tr><th style='text-align:left'>{escape(k)}</th><td style='text-align:left'>{escape(str(v))}</td>"
                    "</tr>" for k, v in fields.items() if v not in (None, ""))
     return f"<table class='nbft-summary'>{rows}</table>"
-
-
-def launcher(**settings: Any) -> Any:
-    """The launcher widget: data pre-flight, settings, estimate, Launch (which turns into the dashboard)."""
-    from .widgets.launcher import Launcher
-
-    return Launcher(build_config(**settings) if settings else None)
-
-
-def sweep(grid: dict[str, list[Any]], metric: str = "eval_loss", samples: int | None = None,
-          **settings: Any) -> Any:
-    """Launch one run per combination of `grid` (or `samples` random ones) and return the Sweep: live
-    overlay (display it), `.wait()`, `.results()` DataFrame, `.best()` run by `metric`.
-
-    sweep({"lr": [1e-4, 3e-4], "r": [8, 16]}, data="train.jsonl", steps=200, backend="modal", gpu="A10")
-    """
-    from .sweep import Sweep
-
-    return Sweep(grid, metric=metric, samples=samples, **settings)
 
 
 def compare(run_ids: list[str | Run], store: RunStore | None = None) -> Any:

@@ -16,6 +16,9 @@ from typing import Any
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 SAMPLE_DATA = "sample:people"
 FORMATS = ("auto", "chat", "sharegpt", "instruction", "prompt_completion", "text")
+# Data files by suffix -> how they are read (data/sources.py); also what makes a name a local path.
+DATA_FILE_KINDS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv",
+                   ".parquet": "parquet"}
 SCHEDULES = ("linear", "cosine", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 BACKENDS = ("local", "modal")
@@ -336,7 +339,7 @@ def _problems(config: RunConfig) -> list[str]:
     return out
 
 
-_DATA_SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".parquet")
+_DATA_SUFFIXES = tuple(DATA_FILE_KINDS)
 
 
 def absolute_paths(config: RunConfig, cwd: str | None = None) -> RunConfig:

@@ -27,7 +27,8 @@ from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from traitlets import Unicode
 
 from . import api
-from .config import ConfigError, default_model, SAMPLE_DATA
+from .config import SAMPLE_DATA, ConfigError, default_model
+from .settings import MAGIC, add_flags, flag_settings
 
 SUBCOMMANDS = ("runs", "compare", "check", "attach", "cancel", "resume", "export", "chat", "delete", "serve")
 
@@ -41,35 +42,8 @@ def train_parser() -> _Parser:
     parser = _Parser(prog="%finetune", add_help=False,
                      description="Launch a LoRA fine-tune. Subcommands: check [DATA], runs, attach [RUN], cancel [RUN] [--hard], "
                                  "resume [RUN], export [RUN] [--out DIR], chat [RUN] [message], delete RUN [--yes].")
+    add_flags(parser, MAGIC, notes={"model": "default: %%config FinetuneMagics.default_model"})
     add = parser.add_argument
-    add("--model", help="hub id or local path (default: %%config FinetuneMagics.default_model)")
-    add("--data", help="jsonl/json/csv/parquet file, hub dataset id, or sample:people")
-    add("--eval-data", dest="eval_data")
-    add("--format", choices=("auto", "chat", "sharegpt", "instruction", "prompt_completion", "text"))
-    add("--backend", choices=("local", "modal"))
-    add("--gpu", help="Modal GPU type: T4, L4, A10, L40S, A100-40GB, A100-80GB, H100, H200, B200; ':N' for N GPUs; "
-                      "'auto': the cheapest that fits the run's memory plan")
-    add("--budget", type=float, help="Modal: cancel the run when its GPU cost reaches this many USD")
-    add("--steps", type=int)
-    add("--epochs", type=float)
-    add("--lr", type=float)
-    add("--r", type=int)
-    add("--alpha", type=float)
-    add("--batch-size", dest="batch_size", type=int)
-    add("--grad-accum", dest="grad_accum", type=int)
-    add("--max-seq-len", dest="max_seq_len", type=int)
-    add("--eval-every", dest="eval_every", type=int)
-    add("--eval-samples", dest="eval_samples", type=int)
-    add("--early-stopping", dest="early_stopping", type=int,
-        help="stop after N evaluations without improvement (needs --eval-every); keeps the best adapter")
-    add("--early-stopping-metric", dest="early_stopping_metric", help="eval_loss (default) or e.g. json_match")
-    add("--save-every", dest="save_every", type=int)
-    add("--seed", type=int)
-    add("--quantization", choices=("nf4",), help="nf4: QLoRA, the base model in 4-bit (bitsandbytes)")
-    add("--method", choices=("sft", "dpo", "grpo"),
-        help="sft (default); dpo: preference pairs prompt/chosen/rejected; grpo: prompts + --reward")
-    add("--reward", dest="rewards", action="append", help="GRPO reward 'module:function' (repeatable)")
-    add("--name")
     add("--no-dashboard", dest="dashboard", action="store_false")
     add("--background", action="store_true",
         help="in a terminal (no widgets), return at once instead of showing progress until the run ends")
@@ -96,7 +70,9 @@ class FinetuneMagics(Magics):
         if cell is not None and cell.strip():
             return self._handle_train(words, yaml_config=cell)
         if not words:
-            return api.launcher(model=self.default_model, data=self.default_data)
+            from .widgets.launcher import launcher
+
+            return launcher(model=self.default_model, data=self.default_data)
         if words[0] in ("-h", "--help", "help"):
             print(train_parser().format_help())
             return None
@@ -141,8 +117,8 @@ class FinetuneMagics(Magics):
         if args.help:
             print(train_parser().format_help())
             return None
-        settings = {k: v for k, v in vars(args).items()
-                    if k not in ("dashboard", "help", "background") and v is not None}
+        settings = {s.name: getattr(args, s.name) for s in flag_settings(MAGIC)
+                    if getattr(args, s.name) is not None}
         base = _yaml_settings(yaml_config) if yaml_config is not None else {}
         # The magic's defaults fill what neither the YAML cell nor the flags set.
         base.setdefault("model", self.default_model)

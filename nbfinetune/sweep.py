@@ -14,10 +14,11 @@ import threading
 import time
 from typing import Any
 
-from .api import Run, build_config
+from .api import Run
 from .backends.base import get_backend
 from .config import RunConfig
 from .runs import RunStore
+from .settings import build_config
 
 REDRAW_INTERVAL_S = 0.2
 
@@ -31,6 +32,16 @@ def grid_points(grid: dict[str, list[Any]], samples: int | None = None, seed: in
     if samples is not None and samples < len(points):
         points = random.Random(seed).sample(points, samples)
     return points
+
+
+def sweep(grid: dict[str, list[Any]], metric: str = "eval_loss", samples: int | None = None,
+          **settings: Any) -> Sweep:
+    """Launch one run per combination of `grid` (or `samples` random ones) and return the Sweep: live
+    overlay (display it), `.wait()`, `.results()` DataFrame, `.best()` run by `metric`.
+
+    sweep({"lr": [1e-4, 3e-4], "r": [8, 16]}, data="train.jsonl", steps=200, backend="modal", gpu="A10")
+    """
+    return Sweep(grid, metric=metric, samples=samples, **settings)
 
 
 class Sweep:

@@ -10,9 +10,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-CHAT, SHAREGPT, INSTRUCTION = "chat", "sharegpt", "instruction"
-PROMPT_COMPLETION, TEXT = "prompt_completion", "text"
-KNOWN_FORMATS = (CHAT, SHAREGPT, INSTRUCTION, PROMPT_COMPLETION, TEXT)
+from ..config import FORMATS
+
+# The format names are spelled once, in config.FORMATS ("auto" and these, in this order).
+KNOWN_FORMATS = tuple(f for f in FORMATS if f != "auto")
+CHAT, SHAREGPT, INSTRUCTION, PROMPT_COMPLETION, TEXT = KNOWN_FORMATS
 ROLES = ("system", "user", "assistant", "tool")
 _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                    "chatgpt": "assistant", "bing": "assistant", "bard": "assistant", "model": "assistant",

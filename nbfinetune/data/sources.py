@@ -10,9 +10,11 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+from ..config import DATA_FILE_KINDS
+
 SAMPLE_PREFIX = "sample:"
 SAMPLES = {"people": ("people_train.jsonl", "people_eval.jsonl")}
-_FILE_KINDS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+_FILE_KINDS = DATA_FILE_KINDS
 
 
 class DataSourceError(ValueError):

@@ -9,6 +9,7 @@ from typing import Any
 import ipywidgets as widgets
 
 from ..config import RunConfig
+from ..settings import BY_NAME, build_config
 from .preflight import Preflight
 from .static import StaticCopy
 
@@ -21,10 +22,24 @@ CPU_TOKENS_PER_S = 300
 CPU_S_PER_GENERATED_ANSWER = 3.2
 
 
-def _number(description: str, value: float, kind: type = int, **limits: Any) -> widgets.Widget:
-    box = widgets.BoundedIntText if kind is int else widgets.BoundedFloatText
-    return box(value=value, description=description, style={"description_width": "110px"},
-               layout=widgets.Layout(width="230px"), **limits)
+# The fields that are settings of the table (nbfinetune.settings): each is the launcher's attribute of
+# the same name, and its value is that setting's keyword; 0 leaves the settings below unset.
+SETTING_FIELDS = ("steps", "lr", "batch_size", "r", "alpha", "eval_samples", "eval_every", "early_stopping",
+                  "backend", "budget", "quantization", "name")
+_ZERO_IS_UNSET = ("eval_every", "early_stopping", "budget")
+
+
+def launcher(**settings: Any) -> Launcher:
+    """The launcher widget: data pre-flight, settings, estimate, Launch (which turns into the dashboard).
+    settings: build_config's keywords, the launcher's starting values."""
+    return Launcher(build_config(**settings) if settings else None)
+
+
+def _number(setting: str, description: str, value: float, **limits: Any) -> widgets.Widget:
+    """A number field for one setting: whole or real as the table types it, its help as the tooltip."""
+    box = widgets.BoundedIntText if BY_NAME[setting].type is int else widgets.BoundedFloatText
+    return box(value=value, description=description, tooltip=BY_NAME[setting].help,
+               style={"description_width": "110px"}, layout=widgets.Layout(width="230px"), **limits)
 
 
 class Launcher(StaticCopy, widgets.VBox):
@@ -35,14 +50,15 @@ class Launcher(StaticCopy, widgets.VBox):
         self.run: Any = None
         self.preflight = Preflight(model=config.model, max_seq_len=config.data.max_seq_len)
         self.preflight.source.value = config.data.path
-        self.steps = _number("steps", config.train.max_steps or 100, min=1, max=10_000_000)
-        self.lr = _number("learning rate", config.train.lr, float, min=1e-7, max=1.0, step=1e-4)
-        self.batch_size = _number("batch size", config.train.batch_size, min=1, max=4096)
-        self.r = _number("LoRA r", config.lora.r, min=1, max=1024)
-        self.alpha = _number("LoRA alpha", config.lora.alpha, float, min=0.01, max=4096)
-        self.eval_samples = _number("eval samples", config.eval.samples, min=0, max=10_000)
-        self.eval_every = _number("eval every", config.eval.every or 0, min=0, max=10_000_000)
-        self.early_stopping = _number("early stop", config.eval.early_stopping or 0, min=0, max=1000)
+        self.steps = _number("steps", "steps", config.train.max_steps or 100, min=1, max=10_000_000)
+        self.lr = _number("lr", "learning rate", config.train.lr, min=1e-7, max=1.0, step=1e-4)
+        self.batch_size = _number("batch_size", "batch size", config.train.batch_size, min=1, max=4096)
+        self.r = _number("r", "LoRA r", config.lora.r, min=1, max=1024)
+        self.alpha = _number("alpha", "LoRA alpha", config.lora.alpha, min=0.01, max=4096)
+        self.eval_samples = _number("eval_samples", "eval samples", config.eval.samples, min=0, max=10_000)
+        self.eval_every = _number("eval_every", "eval every", config.eval.every or 0, min=0, max=10_000_000)
+        self.early_stopping = _number("early_stopping", "early stop", config.eval.early_stopping or 0, min=0,
+                                      max=1000)
         self.early_stopping.tooltip = ("stop after this many evaluations without a better eval loss and keep the best "
                                        "adapter (0: off; needs 'eval every')")
         from ..pricing import price_table
@@ -101,19 +117,15 @@ class Launcher(StaticCopy, widgets.VBox):
         self.modal_settings.layout.display = None if self.backend.value == "modal" else "none"
 
     def config(self) -> RunConfig:
-        from ..api import build_config
         from ..data.materialize import materialize
 
+        settings = {name: getattr(self, name).value for name in SETTING_FIELDS}
+        settings["name"] = settings["name"].strip() or None
+        settings |= {name: settings[name] or None for name in _ZERO_IS_UNSET}
         data = self.preflight.selected_source()
         return build_config(
             model=self.preflight.model.value.strip(), data=materialize(data)[0], format=self.preflight.format.value,
-            max_seq_len=self.preflight.max_seq_len.value, steps=self.steps.value, lr=self.lr.value,
-            batch_size=self.batch_size.value, r=self.r.value, alpha=self.alpha.value,
-            eval_samples=self.eval_samples.value, eval_every=self.eval_every.value or None,
-            early_stopping=self.early_stopping.value or None,
-            backend=self.backend.value, gpu=self.gpu_spec(), budget_usd=self.budget.value or None,
-            quantization=self.quantization.value,
-            name=self.name.value.strip() or None)
+            max_seq_len=self.preflight.max_seq_len.value, gpu=self.gpu_spec(), **settings)
 
     def gpu_spec(self) -> str:
         return self.gpu.value + (f":{self.gpu_count.value}" if self.gpu_count.value > 1 else "")
@@ -153,7 +165,6 @@ class Launcher(StaticCopy, widgets.VBox):
 
     def _memory_note(self) -> str:
         """The memory planner's verdict for the chosen GPU, and the cheapest GPU that fits."""
-        from ..api import build_config
         from ..planner import GIB, USABLE, DoesNotFit, choose_gpu, plan_memory
         from ..pricing import price_table
 

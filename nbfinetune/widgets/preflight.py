@@ -11,11 +11,8 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from ..config import SAMPLE_DATA, default_model, nbfinetune_home
+from ..config import DATA_FILE_KINDS, FORMATS, SAMPLE_DATA, default_model, nbfinetune_home
 from .static import StaticCopy
-
-FORMATS = ("auto", "chat", "sharegpt", "instruction", "prompt_completion", "text")
-
 
 # Rows longer than this many times max_seq_len are counted in the histogram's last bar, so one 12k-token
 # outlier does not squeeze every other row into the first bar.
@@ -32,7 +29,7 @@ class Preflight(StaticCopy, widgets.VBox):
                                    layout=widgets.Layout(width="60%"))
         variables = [(n, n) for n in _data_variables(self.namespace)]
         self.variable = widgets.Dropdown(options=[("—", "")] + variables, description="or variable")
-        self.upload = widgets.FileUpload(accept=".jsonl,.json,.csv,.parquet", multiple=False,
+        self.upload = widgets.FileUpload(accept=",".join(DATA_FILE_KINDS), multiple=False,
                                          description="Upload")
         self.format = widgets.Dropdown(options=FORMATS, value="auto", description="format")
         self.model = widgets.Text(value=model or default_model(), description="model",
