@@ -5,14 +5,15 @@
     run = %finetune --data sample:people --steps 40      # launch; live dashboard in the cell
     %%finetune --steps 100                                # the cell body is a YAML config
     %finetune check [DATA]                                # pre-flight view of a dataset
-    %finetune compare RUN RUN ...                         # curves overlaid + a table of settings and metrics
+    %finetune compare RUN RUN ...                         # overlaid curves, a table of settings and metrics
     %finetune runs | attach [RUN] | cancel [RUN] [--hard] | resume [RUN] | export [RUN] [--out DIR]
     %finetune delete RUN [--yes]                          # remove a run's directory (not while it runs)
     %finetune chat [RUN] [message]
     server = %finetune serve [RUN ...] [--backend local|modal] [--port P]   # an OpenAI-compatible API
     %chat What is 2 + 2?                                  # ask the latest run's adapter, streamed
     %%chat --run RUN                                      # the cell body is the (multi-line) message
-    %chat --endpoint URL --model M [--key-env VAR] [--run RUN] message   # any OpenAI-compatible API, or beside a run
+    %chat --endpoint URL --model M [--key-env VAR] [--run RUN] message
+                                                          # any OpenAI-compatible API, or beside a run
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from __future__ import annotations
 import argparse
 import re
 import shlex
-from typing import Any
+from typing import Any, NoReturn
 
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
+from IPython.core.magic import Magics, line_cell_magic, magics_class
 from traitlets import Unicode
 
 from . import api
@@ -34,14 +35,15 @@ SUBCOMMANDS = ("runs", "compare", "check", "attach", "cancel", "resume", "export
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, no SystemExit, no traceback wall
+    def error(self, message: str) -> NoReturn:  # one line, no SystemExit, no traceback wall
         raise UsageError(f"{self.prog}: {message}")
 
 
 def train_parser() -> _Parser:
     parser = _Parser(prog="%finetune", add_help=False,
-                     description="Launch a LoRA fine-tune. Subcommands: check [DATA], runs, attach [RUN], cancel [RUN] [--hard], "
-                                 "resume [RUN], export [RUN] [--out DIR], chat [RUN] [message], delete RUN [--yes].")
+                     description="Launch a LoRA fine-tune. Subcommands: check [DATA], runs, attach [RUN], "
+                                 "cancel [RUN] [--hard], resume [RUN], export [RUN] [--out DIR], "
+                                 "chat [RUN] [message], delete RUN [--yes].")
     add_flags(parser, MAGIC, notes={"model": "default: %%config FinetuneMagics.default_model"})
     add = parser.add_argument
     add("--no-dashboard", dest="dashboard", action="store_false")
@@ -91,15 +93,16 @@ class FinetuneMagics(Magics):
         parser.add_argument("--max-tokens", dest="max_new_tokens", type=int, default=256)
         parser.add_argument("--temperature", type=float, default=0.0)
         parser.add_argument("--system")
-        parser.add_argument("--endpoint", help="an OpenAI-compatible base URL: alone, chat with it; with --run, "
-                                               "it answers beside the run")
+        parser.add_argument("--endpoint", help="an OpenAI-compatible base URL: alone, chat with it; "
+                                               "with --run, it answers beside the run")
         parser.add_argument("--model", help="the endpoint's model name")
         parser.add_argument("--key-env", dest="key_env", default="OPENAI_API_KEY",
                             help="environment variable holding the endpoint's API key")
         parser.add_argument("message", nargs="*")
         args = parser.parse_args(_split(line))
         message = cell.strip() if cell and cell.strip() else (" ".join(args.message) or None)
-        sampling = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "system": args.system}
+        sampling = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
+                    "system": args.system}
         endpoints = []
         if args.endpoint:
             if not args.model:
@@ -140,7 +143,8 @@ class FinetuneMagics(Magics):
     def _handle_compare(self, words: list[str]) -> Any:
         if len(words) < 1:
             raise UsageError("%finetune compare RUN [RUN ...]")
-        return _guard(lambda: api.compare(words))
+        run_ids: list[str | api.Run] = list(words)  # api.compare takes ids or Runs
+        return _guard(lambda: api.compare(run_ids))
 
     def _handle_runs(self, words: list[str]) -> api.RunList:
         return api.runs()
@@ -208,7 +212,8 @@ class FinetuneMagics(Magics):
 
 # `%chat Who are you?`: IPython reads a trailing `?` as a help request ("Object `you` not found"). A chat
 # line is a message, so it is turned into the magic call before the help transformer sees it.
-_CHAT_LINE = re.compile(r"^(?P<indent>[ \t]*)(?:(?P<target>[\w.]+)[ \t]*=[ \t]*)?%(?P<magic>chat|finetune[ \t]+chat)"
+_CHAT_LINE = re.compile(r"^(?P<indent>[ \t]*)(?:(?P<target>[\w.]+)[ \t]*=[ \t]*)?"
+                        r"%(?P<magic>chat|finetune[ \t]+chat)"
                         r"(?P<args>[ \t]+.*\?)[ \t]*$")  # `%chat?` alone stays a help request
 
 
@@ -277,5 +282,6 @@ def _guard(action: Any) -> Any:
 
     try:
         return action()
-    except (ConfigError, DataError, RunNotFound, LookupError, FileNotFoundError, ValueError, RuntimeError) as exc:
+    except (ConfigError, DataError, RunNotFound, LookupError, FileNotFoundError, ValueError,
+            RuntimeError) as exc:
         raise UsageError(str(exc)) from None
