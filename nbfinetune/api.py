@@ -12,6 +12,7 @@ from typing import Any
 from .backends.base import Backend, get_backend
 from .config import RunConfig, absolute_paths
 from .events import Event
+from .runs import RunIsRunning as RunIsRunning  # re-exported: api.RunIsRunning
 from .runs import RunStore, RunSummary
 
 TRAIN_FLAGS = {"steps": "train.max_steps", "max_steps": "train.max_steps", "epochs": "train.epochs",
@@ -479,23 +480,15 @@ def runs(store: RunStore | None = None) -> RunList:
     return RunList((store or RunStore()).list())
 
 
-class RunIsRunning(RuntimeError):
-    """Deleting a run whose worker is still alive would pull its files from under it."""
-
-
 def delete(run_id: str | Run, store: RunStore | None = None) -> Path:
     """Delete a run and everything in its directory; returns the path removed. A running run must be
     cancelled first (RunIsRunning)."""
     run = run_id if isinstance(run_id, Run) else Run(run_id, store or RunStore())
-    status = run.status
-    alive = run.backend.is_alive(run.id, run.store)
-    if alive is True or (alive is None and status == "running"):
-        raise RunIsRunning(f"run {run.id} is {status}: cancel it first (%finetune cancel {run.id}), then delete it")
     path = run.path
+    run.store.delete(run.id, alive=run.backend.is_alive(run.id, run.store))  # RunIsRunning while it runs
     dashboard = _DASHBOARDS.pop(run.id, None)
     if dashboard is not None:
         dashboard.close()
-    run.store.delete(run.id)
     return path
 
 

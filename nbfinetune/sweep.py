@@ -17,7 +17,7 @@ from typing import Any
 from .api import Run, build_config
 from .backends.base import get_backend
 from .config import RunConfig
-from .runs import RunStore
+from .runs import LIVE, LiveState, RunState, RunStore
 
 REDRAW_INTERVAL_S = 0.2
 
@@ -51,6 +51,7 @@ class Sweep:
         self.runs: list[Run] = []
         self._done = threading.Event()
         self._figure: Any = None
+        self._states: dict[str, LiveState] = {}  # per run: its events folded as they come, curves included
         if self.backend.name == "local":
             self._launcher = threading.Thread(target=self._launch_in_turn, daemon=True, name="nbfinetune-sweep")
             self._launcher.start()
@@ -108,17 +109,30 @@ class Sweep:
             threading.Thread(target=self._follow, daemon=True, name="nbfinetune-sweep-view").start()
         return self._figure
 
-    def _redraw(self) -> None:
+    def _redraw(self) -> list[RunState]:
+        """Fold what each run appended since the last redraw (each file is read incrementally) and
+        redraw the runs that changed; returns every run's state."""
+        from .widgets.charts import Curves
         from .widgets.compare import draw_run
 
+        states = []
         with self._figure.batch_update():
             for index, (run, point) in enumerate(zip(list(self.runs), self.points)):
-                draw_run(self._figure, index, run, ", ".join(f"{k}={v}" for k, v in point.items()))
+                live = self._states.get(run.id)
+                first = live is None
+                if live is None:
+                    live = self._states[run.id] = LiveState(self.store.events_path(run.id),
+                                                            lambda: RunState(curves=Curves()))
+                if live.update() or first:
+                    draw_run(self._figure, index, live.state.curves, ", ".join(f"{k}={v}" for k, v in point.items()))
+                states.append(live.state)
+        return states
 
     def _follow(self) -> None:
         while True:
-            self._redraw()
-            if self._done.is_set() and all(r.status not in ("pending", "running") for r in self.runs):
+            states = self._redraw()
+            if self._done.is_set() and all(state.status_given(self.store.worker_alive(run.id)) not in LIVE
+                                           for run, state in zip(list(self.runs), states)):
                 self._redraw()
                 return
             time.sleep(REDRAW_INTERVAL_S)

@@ -33,12 +33,11 @@ def comparison_table(runs: list[Any]) -> Any:
     return pd.DataFrame(rows).set_index("run")
 
 
-def draw_run(fig: Any, index: int, run: Any, label: str) -> None:
+def draw_run(fig: Any, index: int, curves: Curves, label: str) -> None:
     """Run number `index`'s smoothed train loss (solid) and eval loss (dotted) as traces 2·index and
     2·index+1 of `fig`, added the first time and updated after — so live views redraw in place."""
     from plotly.colors import qualitative
 
-    curves = Curves.from_events(run.events())
     color = qualitative.Plotly[index % len(qualitative.Plotly)]
     while len(fig.data) < 2 * (index + 1):
         fig.add_scatter(mode="lines")
@@ -54,7 +53,7 @@ def comparison_figure(runs: list[Any]) -> Any:
 
     fig = go.Figure()
     for index, run in enumerate(runs):
-        draw_run(fig, index, run, _label(run))
+        draw_run(fig, index, Curves.from_events(run.events()), _label(run))
     fig.update_layout(height=420, template="plotly_white", xaxis_title="step", yaxis_title="loss",
                       margin={"l": 50, "r": 20, "t": 30, "b": 40})
     return fig
