@@ -120,14 +120,14 @@ class Run:
         show = progress if progress is not None else dashboard is None
         deadline = None if timeout is None else time.monotonic() + timeout
         bar = None
-        for event in self.store.follow(self.id, should_stop=lambda: deadline is not None and time.monotonic() > deadline,
-                                       worker_alive=lambda: self.backend.is_alive(self.id, self.store)):
-            if show and event.type == "started":
-                bar = tqdm(total=event["total_steps"], initial=event.get("resumed_step", 0), desc=f"run {self.id}",
-                           unit="step")
-            elif bar is not None and event.type == "step":
-                bar.n = event["step"]
-                bar.set_postfix(loss=f"{event['loss']:.4f}", refresh=False)
+        for state in self.store.watch(self.id, should_stop=lambda: deadline is not None and time.monotonic() > deadline,
+                                      worker_alive=lambda: self.backend.is_alive(self.id, self.store)):
+            if show and bar is None and state.status == "running":
+                bar = tqdm(total=state.total_steps, initial=state.step, desc=f"run {self.id}", unit="step")
+            if bar is not None:
+                bar.n = state.step
+                if state.last_loss is not None:
+                    bar.set_postfix(loss=f"{state.last_loss:.4f}", refresh=False)
                 bar.refresh()
         if bar is not None:
             bar.close()

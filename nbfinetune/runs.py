@@ -272,24 +272,36 @@ class RunStore:
         A run has ended when its last event is terminal and its worker is not running (a resumed run
         continues after an earlier `cancelled`), or when the worker is gone. Ends early on should_stop().
         """
+        for events, _state in self._follow(run_id, since_seq, poll_s, should_stop, worker_alive):
+            yield from events
+
+    def watch(self, run_id: str, poll_s: float = 0.2, should_stop: Callable[[], bool] = lambda: False,
+              worker_alive: Callable[[], bool | None] | None = None) -> Iterator[RunState]:
+        """The run's state each time new events came, until the run has ended (as `follow`)."""
+        for _events, state in self._follow(run_id, 0, poll_s, should_stop, worker_alive):
+            yield state
+
+    def _follow(self, run_id: str, since_seq: int, poll_s: float, should_stop: Callable[[], bool],
+                worker_alive: Callable[[], bool | None] | None) -> Iterator[tuple[list[Event], RunState]]:
         live = LiveState(events_file(self.require(run_id)))
         yielded = since_seq
 
         def alive() -> bool | None:
             return worker_alive() if worker_alive is not None else None
 
-        def new(events: list[Event]) -> Iterator[Event]:
+        def new(events: list[Event]) -> Iterator[tuple[list[Event], RunState]]:
             nonlocal yielded
-            for event in events:
-                # After a replaced file (re-mirrored) is read again: only what was not yielded yet.
-                if event.seq > (yielded if live.tail.restarted else since_seq):
-                    yielded = max(yielded, event.seq)
-                    yield event
+            # After a replaced file (re-mirrored) is read again: only what was not yielded yet.
+            after = yielded if live.tail.restarted else since_seq
+            fresh = [event for event in events if event.seq > after]
+            yielded = max([yielded, *(event.seq for event in fresh)])
+            if fresh:
+                yield fresh, live.state
 
         while True:
-            fresh = live.update()
-            yield from new(fresh)
-            if (live.state.last_terminal or not fresh) and live.state.settled(alive()):
+            events = live.update()
+            yield from new(events)
+            if (live.state.last_terminal or not events) and live.state.settled(alive()):
                 # One last read: the worker may have written its final line just before exiting.
                 yield from new(live.update())
                 return

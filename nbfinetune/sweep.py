@@ -12,7 +12,7 @@ import itertools
 import random
 import threading
 import time
-from typing import Any
+from typing import Any, cast
 
 from .api import Run, build_config
 from .backends.base import get_backend
@@ -124,15 +124,17 @@ class Sweep:
                     live = self._states[run.id] = LiveState(self.store.events_path(run.id),
                                                             lambda: RunState(curves=Curves()))
                 if live.update() or first:
-                    draw_run(self._figure, index, live.state.curves, ", ".join(f"{k}={v}" for k, v in point.items()))
+                    label = ", ".join(f"{k}={v}" for k, v in point.items())
+                    draw_run(self._figure, index, cast(Curves, live.state.curves), label)
                 states.append(live.state)
         return states
 
     def _follow(self) -> None:
         while True:
-            states = self._redraw()
-            if self._done.is_set() and all(state.status_given(self.store.worker_alive(run.id)) not in LIVE
-                                           for run, state in zip(list(self.runs), states)):
+            runs, states = list(self.runs), self._redraw()
+            if self._done.is_set() and len(states) == len(runs) and all(
+                    state.status_given(self.store.worker_alive(run.id)) not in LIVE
+                    for run, state in zip(runs, states, strict=True)):
                 self._redraw()
                 return
             time.sleep(REDRAW_INTERVAL_S)
