@@ -175,7 +175,8 @@ class FinishedSummary:
         return cls(first_loss=as_number(value.get("first_loss")), last_loss=as_number(value.get("last_loss")),
                    eval_loss=as_number(value.get("eval_loss")), metrics=as_scores(value.get("metrics")),
                    base_metrics=as_scores(value.get("base_metrics")), steps=as_count(value.get("steps")),
-                   train_time_s=as_number(value.get("train_time_s")), best_step=as_count(value.get("best_step")),
+                   train_time_s=as_number(value.get("train_time_s")),
+                   best_step=as_count(value.get("best_step")),
                    stopped_early=value.get("stopped_early") is True)
 
     def to_dict(self) -> dict[str, Any]:

@@ -7,7 +7,9 @@ RunState: the run list's `RunSummary`, the dashboard, the CLI, the REST API, the
 from __future__ import annotations
 
 import os
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -87,7 +89,8 @@ class RunState:
                 self.first_loss = loss if self.first_loss is None else self.first_loss
                 self.last_loss = loss
                 self.losses.append(loss)
-            self.tokens_per_s, self.eta_s = as_number(event.get("tokens_per_s")), as_number(event.get("eta_s"))
+            self.tokens_per_s = as_number(event.get("tokens_per_s"))
+            self.eta_s = as_number(event.get("eta_s"))
         elif event.type == "eval":
             if "eval_loss" in event.payload:
                 self.eval_loss = as_number(event.get("eval_loss"))
@@ -139,8 +142,9 @@ class RunState:
         return self.usd_per_hour * (end - self.started) / 3600.0
 
     def summary(self, alive: bool | None = None) -> RunSummary:
-        return RunSummary(run_id=self.run_id, status=self.status_given(alive), name=self.name, model=self.model,
-                          data=self.data, backend=self.backend, step=self.step, total_steps=self.total_steps,
+        return RunSummary(run_id=self.run_id, status=self.status_given(alive), name=self.name,
+                          model=self.model, data=self.data, backend=self.backend, step=self.step,
+                          total_steps=self.total_steps,
                           last_loss=self.last_loss, eval_loss=self.eval_loss, metrics=dict(self.metrics),
                           base_metrics=dict(self.base_metrics), adapter_path=self.adapter_path,
                           best_step=self.best_step, error=self.error, started=self.started, ended=self.ended,
@@ -150,20 +154,23 @@ class RunState:
 class LiveState:
     """A RunState kept up to date from its events file: the one apply loop over an EventTail."""
 
-    def __init__(self, path: str | os.PathLike[str], make: Any = RunState) -> None:
+    def __init__(self, path: str | os.PathLike[str], make: Callable[[], RunState] = RunState) -> None:
         self._make = make
         self.tail = EventTail(path)
         self.state: RunState = make()
+        # A dashboard's follow thread and the cell waiting on the run may update it at the same time.
+        self._lock = threading.Lock()
 
     def update(self) -> list[Event]:
         """Fold what was appended since the last update; returns those events. A replaced file is
         folded again from its start into a fresh state."""
-        events = self.tail.read()
-        if self.tail.restarted:
-            self.state = self._make()
-        for event in events:
-            self.state.apply(event)
-        return events
+        with self._lock:
+            events = self.tail.read()
+            if self.tail.restarted:
+                self.state = self._make()
+            for event in events:
+                self.state.apply(event)
+            return events
 
 
 @dataclass

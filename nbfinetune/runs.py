@@ -25,9 +25,11 @@ from .events import Event, as_number, redact
 from .run_state import ENDED, LIVE, SPARK_POINTS, LiveState, RunState, RunSummary, summarize
 from .tail import EVENTS_FILE, EventTail, ReadResult, events_file, last_event, read_events
 
-__all__ = ["ENDED", "EVENTS_FILE", "LIVE", "LiveState", "RUNS_DIR", "SPARK_POINTS", "EventPage", "EventTail", "EventWriter", "ReadResult",
-           "RunDamaged", "RunIsRunning", "RunNotFound", "RunState", "RunStore", "RunSummary", "events_file", "last_event",
-           "new_run_id", "page_events", "read_events", "summarize", "validate_run_id", "worker_alive"]
+# The runs layer's names, where they live (run_state.py: the fold; tail.py: the reader; here: the store).
+__all__ = ["ENDED", "EVENTS_FILE", "LIVE", "RUNS_DIR", "SPARK_POINTS", "EventPage", "EventTail",
+           "EventWriter", "LiveState", "ReadResult", "RunDamaged", "RunIsRunning", "RunNotFound", "RunState",
+           "RunStore", "RunSummary", "events_file", "last_event", "new_run_id", "page_events", "read_events",
+           "summarize", "validate_run_id", "worker_alive"]
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -67,12 +69,14 @@ class EventWriter:
             # A line cut short (a crash or a full disk mid-write): start a fresh line so the next event is
             # not glued onto it and lost, and say what happened in the stream itself.
             self._file.write("\n")
-            self.emit("log", level="warning", message=f"the previous writer left a torn last line ({torn} bytes, "
-                                                      "e.g. a full disk or a kill mid-write); it is kept as it was")
+            self.emit("log", level="warning",
+                      message=f"the previous writer left a torn last line ({torn} bytes, e.g. a full disk "
+                              "or a kill mid-write); it is kept as it was")
 
     def emit(self, type: str, **payload: Any) -> Event:
         with self._lock:
-            event = Event(type=type, run_id=self.run_id, seq=self._next_seq, time=time.time(), payload=payload)
+            event = Event(type=type, run_id=self.run_id, seq=self._next_seq, time=time.time(),
+                          payload=payload)
             line = event.to_json()
             safe = redact(line)
             if safe != line:  # a credential in a path or message: what is stored and passed on is redacted
@@ -227,7 +231,8 @@ class RunStore:
         try:
             config = json.loads(path.read_text(encoding="utf-8"))
         except (ValueError, OSError) as exc:  # ValueError: not JSON, or not UTF-8
-            raise RunDamaged(f"config.json is unreadable ({'empty' if not path.stat().st_size else exc})") from None
+            why = "empty" if not path.stat().st_size else exc
+            raise RunDamaged(f"config.json is unreadable ({why})") from None
         if not isinstance(config, dict):
             raise RunDamaged(f"config.json holds a {type(config).__name__}, not a JSON object")
         return config

@@ -91,7 +91,8 @@ def test_fold_of_a_run_that_finished_with_early_stopping():
     kept = {"first_loss": 3.0, "last_loss": 1.0, "steps": 6, "best_step": 2, "stopped_early": True,
             "eval_loss": 0.5, "metrics": {"json_match": 0.75}}
     state = _fold(STARTED, ("step", {"step": 1, "epoch": 0, "loss": 3.0, "lr": 0.1, "tokens_per_s": 50.0}),
-                  ("eval", {"step": 2, "eval_loss": 0.5, "metrics": {"json_match": 0.75}, "samples": [{"p": 1}]}),
+                  ("eval", {"step": 2, "eval_loss": 0.5, "metrics": {"json_match": 0.75},
+                            "samples": [{"p": 1}]}),
                   ("log", {"level": "warning", "message": "slow"}),
                   ("step", {"step": 6, "epoch": 0, "loss": float("nan"), "lr": 0.1}),
                   ("eval", {"step": 6, "eval_loss": 0.9, "metrics": {"json_match": 0.25}}),
@@ -136,6 +137,6 @@ def test_cost_is_the_recorded_rate_times_the_time_run(tmp_path):
     writer.emit("started", model="m", device="cuda", total_steps=1)
     writer.emit("finished", adapter_path="/a")
     summary = store.summary(run_id)
-    assert store.rate(run_id) == 3.6 and summary.cost_usd == pytest.approx(3.6 * (summary.ended - summary.started)
-                                                                            / 3600)
+    seconds = summary.ended - summary.started
+    assert store.rate(run_id) == 3.6 and summary.cost_usd == pytest.approx(3.6 * seconds / 3600)
     assert store.rate(store.create(RunConfig())) is None

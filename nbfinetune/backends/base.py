@@ -27,8 +27,8 @@ class Backend(Protocol):
         """Whether the run's worker is still running; None when unknown."""
 
     def usd_per_hour(self, config: RunConfig) -> float | None:
-        """What a run with this config costs per hour while it runs; None where nothing is billed. Recorded
-        in the run directory at launch (RunStore.record_rate), so every view computes cost without a backend."""
+        """What a run with this config costs per hour while it runs; None where nothing is billed.
+        Recorded in the run directory at launch (RunStore.record_rate): views compute cost from it."""
 
 
 def get_backend(name: str) -> Backend:

@@ -48,7 +48,7 @@ class LocalBackend:
                                "never stored on disk, and this kernel no longer has it: launch a new run instead")
         for marker in (CANCEL_MARKER, HARD_CANCEL_MARKER):
             (run_dir / marker).unlink(missing_ok=True)
-        if last is not None and not last.terminal:  # `lost`: we hold the lock, so we may write what happened
+        if last is not None and not last.terminal:  # `lost`: we hold the lock, so may write what happened
             writer = EventWriter(events_file(run_dir), run_id)
             writer.emit("log", level="warning", message="the previous worker stopped without a final event (its "
                         "processes were killed, or the machine restarted); resuming from the latest checkpoint")
