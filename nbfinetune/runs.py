@@ -161,8 +161,8 @@ def page_events(path: Path, since: int, limit: int) -> EventPage:
     page = EventPage([], False)
     # A tail from the page's first line, read only as far as the page goes.
     reader = EventTail(path, index.offsets[start], index.lines[start])
-    for _offset, number, raw in reader.lines():
-        if _offset >= index.tail.offset:
+    for offset, number, raw in reader.lines():
+        if offset >= index.tail.offset:
             break  # past what the index has seen: the next page
         event = reader.parse(number, raw)
         if event is not None and event.seq > since:

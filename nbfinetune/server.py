@@ -92,8 +92,9 @@ class EventsHandler(_RunsHandler):
             raise tornado.web.HTTPError(400, "since must be >= 0 and limit >= 1")
         page = self.store.events_page(run_id, since, limit)
         events = page.events
-        self.write_json({"events": [e.to_dict() for e in events], "next_since": events[-1].seq if events else since,
-                         "more": page.more, "problems": [{"line": n, "message": m} for n, m in page.problems]})
+        self.write_json({"events": [e.to_dict() for e in events],
+                         "next_since": events[-1].seq if events else since, "more": page.more,
+                         "problems": [{"line": n, "message": m} for n, m in page.problems]})
 
 
 class CancelHandler(_RunsHandler):

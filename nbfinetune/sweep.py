@@ -22,12 +22,14 @@ from .runs import LIVE, LiveState, RunState, RunStore
 REDRAW_INTERVAL_S = 0.2
 
 
-def grid_points(grid: dict[str, list[Any]], samples: int | None = None, seed: int = 0) -> list[dict[str, Any]]:
+def grid_points(grid: dict[str, list[Any]], samples: int | None = None,
+                seed: int = 0) -> list[dict[str, Any]]:
     """Every combination of the grid's values, or `samples` of them drawn without replacement."""
     if not grid or any(not isinstance(v, (list, tuple)) or not v for v in grid.values()):
-        raise ValueError("grid must map setting names to non-empty lists, e.g. {'lr': [1e-4, 3e-4], 'r': [8, 16]}")
+        raise ValueError("grid must map setting names to non-empty lists, e.g. "
+                         "{'lr': [1e-4, 3e-4], 'r': [8, 16]}")
     keys = list(grid)
-    points = [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
+    points = [dict(zip(keys, values, strict=True)) for values in itertools.product(*(grid[k] for k in keys))]
     if samples is not None and samples < len(points):
         points = random.Random(seed).sample(points, samples)
     return points
@@ -53,7 +55,8 @@ class Sweep:
         self._figure: Any = None
         self._states: dict[str, LiveState] = {}  # per run: its events folded as they come, curves included
         if self.backend.name == "local":
-            self._launcher = threading.Thread(target=self._launch_in_turn, daemon=True, name="nbfinetune-sweep")
+            self._launcher = threading.Thread(target=self._launch_in_turn, daemon=True,
+                                              name="nbfinetune-sweep")
             self._launcher.start()
             while len(self.runs) < 1 and self._launcher.is_alive():
                 time.sleep(0.05)
@@ -103,8 +106,9 @@ class Sweep:
         import plotly.graph_objects as go
 
         if self._figure is None:
-            self._figure = go.FigureWidget(layout={"height": 420, "template": "plotly_white", "xaxis_title": "step",
-                                                   "yaxis_title": "loss", "title": f"sweep over {', '.join(self.points[0])}"})
+            self._figure = go.FigureWidget(layout={"height": 420, "template": "plotly_white",
+                                                   "xaxis_title": "step", "yaxis_title": "loss",
+                                                   "title": f"sweep over {', '.join(self.points[0])}"})
             self._redraw()
             threading.Thread(target=self._follow, daemon=True, name="nbfinetune-sweep-view").start()
         return self._figure
@@ -117,7 +121,7 @@ class Sweep:
 
         states = []
         with self._figure.batch_update():
-            for index, (run, point) in enumerate(zip(list(self.runs), self.points)):
+            for index, (run, point) in enumerate(zip(list(self.runs), self.points, strict=False)):
                 live = self._states.get(run.id)
                 first = live is None
                 if live is None:

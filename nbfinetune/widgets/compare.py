@@ -6,9 +6,9 @@ from typing import Any
 
 from .charts import Curves
 
-_SETTINGS = {"model": ("model",), "data": ("data", "path"), "steps": ("train", "max_steps"), "lr": ("train", "lr"),
-             "r": ("lora", "r"), "alpha": ("lora", "alpha"), "batch_size": ("train", "batch_size"),
-             "max_seq_len": ("data", "max_seq_len")}
+_SETTINGS = {"model": ("model",), "data": ("data", "path"), "steps": ("train", "max_steps"),
+             "lr": ("train", "lr"), "r": ("lora", "r"), "alpha": ("lora", "alpha"),
+             "batch_size": ("train", "batch_size"), "max_seq_len": ("data", "max_seq_len")}
 
 
 def comparison_table(runs: list[Any]) -> Any:
@@ -73,7 +73,8 @@ def comparison_svg(runs: list[Any]) -> str:
         curves, label = Curves.from_events(run.events()), _label(run)
         color = qualitative.Plotly[index % len(qualitative.Plotly)]
         series += [Series(f"{label} train", curves.steps, curves.smoothed, color=color, width=2),
-                   Series(f"{label} eval", curves.eval_steps, curves.eval_loss, color=color, dash=True, markers=True)]
+                   Series(f"{label} eval", curves.eval_steps, curves.eval_loss, color=color, dash=True,
+                          markers=True)]
     return line_chart(series)
 
 
@@ -93,7 +94,8 @@ class Comparison:
         return StaticChart(self.figure, self.svg)
 
     def table_bundle(self) -> dict[str, Any]:
-        return {"text/html": self.table.to_html(float_format=lambda v: f"{v:.4g}"), "text/plain": self.table.to_string()}
+        return {"text/html": self.table.to_html(float_format=lambda v: f"{v:.4g}"),
+                "text/plain": self.table.to_string()}
 
     def _ipython_display_(self) -> None:
         from IPython.display import display

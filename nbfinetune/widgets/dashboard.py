@@ -44,7 +44,8 @@ class Dashboard(widgets.VBox):
         self.figure = empty_figure()
         self.chart = widgets.Output(layout=widgets.Layout(min_height="420px"))
         self.status_html = widgets.HTML()
-        self.progress = widgets.IntProgress(value=0, min=0, max=1, layout=widgets.Layout(width="220px", min_width="160px"))
+        self.progress = widgets.IntProgress(value=0, min=0, max=1,
+                                            layout=widgets.Layout(width="220px", min_width="160px"))
         self.stats_html = widgets.HTML()
         self.cancel_button = widgets.Button(description="Cancel", icon="stop", button_style="warning",
                                             tooltip="Stop gracefully: the adapter and a checkpoint are saved")
@@ -58,7 +59,8 @@ class Dashboard(widgets.VBox):
         self._display_handle: Any = None
         self.poll()
         self.redraw()
-        self._thread = threading.Thread(target=self._follow, name=f"nbfinetune-dashboard-{run.id}", daemon=True)
+        self._thread = threading.Thread(target=self._follow, name=f"nbfinetune-dashboard-{run.id}",
+                                        daemon=True)
         if start and self.view.status not in ENDED:
             self._thread.start()
 
