@@ -1,7 +1,8 @@
 """RunStore: one directory per run, an append-only events.jsonl that is the single source of truth.
 
-runs/<run_id>/{config.json, events.jsonl, worker.pid, worker.log, adapter/, checkpoints/}
-Stdlib only: the server extension and the notebook read runs without importing torch.
+runs/<run_id>/{config.json, events.jsonl, rate.json, writer.lock, worker.log, adapter/, checkpoints/}
+Its events are read by EventTail (tail.py) and folded by RunState (run_state.py); the names of both are
+re-exported here. Stdlib only: the server extension and the notebook read runs without importing torch.
 """
 
 from __future__ import annotations
