@@ -37,7 +37,8 @@ def take_lock(run_dir: Path, wait_s: float = 2.0) -> int:
         except BlockingIOError:
             if time.monotonic() >= deadline:
                 os.close(fd)
-                raise RunLocked(f"run {run_dir.name} is still running (a worker process holds {run_dir / LOCK_FILE})")
+                raise RunLocked(f"run {run_dir.name} is still running (a worker process holds "
+                                f"{run_dir / LOCK_FILE})") from None
             time.sleep(0.05)
 
 

@@ -65,7 +65,8 @@ def child_command(run_dir: Path, processes: int) -> list[str]:
     target = ["-m", "nbfinetune.worker", "--child", str(run_dir)]
     if processes <= 1:
         return [sys.executable, *target]
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", *target]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+            *target]
 
 
 def _human(exc: BaseException) -> str:

@@ -42,16 +42,19 @@ class LocalBackend:
             lock = take_lock(run_dir, wait_s)
         except RunLocked:
             raise RuntimeError(f"run {run_id} is still running; cancel it first") from None
-        if run_id not in _secret_configs and REDACTED in (run_dir / "config.json").read_text(encoding="utf-8"):
+        stored = (run_dir / "config.json").read_text(encoding="utf-8")
+        if run_id not in _secret_configs and REDACTED in stored:
             os.close(lock)
-            raise RuntimeError(f"run {run_id}'s settings held a secret (e.g. a token in the model path), which is "
-                               "never stored on disk, and this kernel no longer has it: launch a new run instead")
+            raise RuntimeError(f"run {run_id}'s settings held a secret (e.g. a token in the model path), "
+                               "which is never stored on disk, and this kernel no longer has it: launch a "
+                               "new run instead")
         for marker in (CANCEL_MARKER, HARD_CANCEL_MARKER):
             (run_dir / marker).unlink(missing_ok=True)
         if last is not None and not last.terminal:  # `lost`: we hold the lock, so may write what happened
             writer = EventWriter(events_file(run_dir), run_id)
-            writer.emit("log", level="warning", message="the previous worker stopped without a final event (its "
-                        "processes were killed, or the machine restarted); resuming from the latest checkpoint")
+            writer.emit("log", level="warning",
+                        message="the previous worker stopped without a final event (its processes were "
+                                "killed, or the machine restarted); resuming from the latest checkpoint")
             writer.close()
         self._start(run_id, store, lock)
 
@@ -66,7 +69,8 @@ class LocalBackend:
                 # The worker inherits the lock: it stays held while the supervisor or its trainer lives.
                 process = subprocess.Popen([sys.executable, "-m", "nbfinetune.worker", str(run_dir),
                                             "--lock-fd", str(lock)], pass_fds=(lock,),
-                                           stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                           stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                           env=env,
                                            start_new_session=True, cwd=run_dir)
         finally:
             os.close(lock)
@@ -85,7 +89,8 @@ class LocalBackend:
             signal_ours(run_dir / CHILD_PID, signal.SIGKILL)
         else:
             (run_dir / CANCEL_MARKER).touch()
-            if (run_dir / CHILD_PID).exists():  # the supervisor's handlers are installed once train.pid exists
+            # The supervisor's handlers are installed once train.pid exists.
+            if (run_dir / CHILD_PID).exists():
                 signal_ours(run_dir / "worker.pid", signal.SIGTERM)
 
     def is_alive(self, run_id: str, store: RunStore) -> bool | None:

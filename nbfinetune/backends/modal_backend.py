@@ -230,8 +230,9 @@ class ModalBackend:
         writer = EventWriter(path, run_id)
         try:
             if status.startswith("cancelled") or self._meta(run_id, store).get("hard_cancel"):
-                writer.emit("cancelled", hard=True, message=f"the Modal container was stopped on request ({reason}); "
-                                                            "events and checkpoints committed so far are kept")
+                writer.emit("cancelled", hard=True,
+                            message=f"the Modal container was stopped on request ({reason}); events and "
+                                    "checkpoints committed so far are kept")
             else:
                 writer.emit("failed", error="ModalCallFailed", message=redact(describe_reason(reason)),
                             traceback=redact(tail))
@@ -371,11 +372,12 @@ class RealModalClient:
         except modal.exception.AuthError as exc:
             raise ModalSetupError(f"Modal rejected the credentials: {exc}") from None
         except modal.exception.NotFoundError:
-            raise ModalAppNotDeployed("the nbfinetune app is not deployed to Modal yet: run `nbfinetune deploy`") from None
+            raise ModalAppNotDeployed("the nbfinetune app is not deployed to Modal yet: "
+                                      "run `nbfinetune deploy`") from None
         deployed = modal.Dict.from_name(self.app.META_DICT, create_if_missing=True).get("version")
         if deployed != __version__:
-            raise ModalAppOutdated(f"the nbfinetune app deployed to Modal is version {deployed or 'unknown'}, "
-                                   f"this kernel has {__version__}")
+            raise ModalAppOutdated("the nbfinetune app deployed to Modal is version "
+                                   f"{deployed or 'unknown'}, this kernel has {__version__}")
 
     def deploy(self) -> None:
         deploy()
@@ -468,6 +470,7 @@ def remote_adapter_exists(run_id: str) -> bool:
 
     volume = modal.Volume.from_name(modal_app.RUNS_VOLUME, create_if_missing=True)
     try:
-        return any(entry.path.endswith("adapter_config.json") for entry in volume.listdir(f"{run_id}/adapter"))
+        entries = volume.listdir(f"{run_id}/adapter")
+        return any(entry.path.endswith("adapter_config.json") for entry in entries)
     except (FileNotFoundError, Exception):  # noqa: BLE001 — modal's NotFoundError: no such directory
         return False

@@ -106,8 +106,8 @@ def _check_cuda(config: RunConfig) -> None:
     import torch
 
     if not torch.cuda.is_available():
-        raise RuntimeError(f"the container has no CUDA device (gpu={config.gpu!r}); refusing to train on CPU — "
-                           "check the GPU type and the torch build in the image")
+        raise RuntimeError(f"the container has no CUDA device (gpu={config.gpu!r}); refusing to train on "
+                           "CPU — check the GPU type and the torch build in the image")
 
 
 def remote_train(config: dict[str, Any], run_id: str, runs_root: str, publish: Publish,
@@ -125,8 +125,9 @@ def remote_train(config: dict[str, Any], run_id: str, runs_root: str, publish: P
         return _train_one(run_config, run_id, run_dir, publish, commit, cancelled, require_cuda)
 
 
-def _train_one(run_config: RunConfig, run_id: str, run_dir: Path, publish: Publish, commit: Callable[[], None],
-               cancelled: Callable[[], bool], require_cuda: bool) -> dict[str, Any]:
+def _train_one(run_config: RunConfig, run_id: str, run_dir: Path, publish: Publish,
+               commit: Callable[[], None], cancelled: Callable[[], bool],
+               require_cuda: bool) -> dict[str, Any]:
     writer = EventWriter(events_file(run_dir), run_id)
     relay = _Relay(publish, commit)
 
