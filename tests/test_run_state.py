@@ -140,3 +140,19 @@ def test_cost_is_the_recorded_rate_times_the_time_run(tmp_path):
     seconds = summary.ended - summary.started
     assert store.rate(run_id) == 3.6 and summary.cost_usd == pytest.approx(3.6 * seconds / 3600)
     assert store.rate(store.create(RunConfig())) is None
+
+
+def test_follow_and_watch_end_when_the_worker_is_gone_or_the_stream_ended(tmp_path):
+    store = RunStore(tmp_path)
+    run_id = store.create(RunConfig())
+    writer = EventWriter(store.events_path(run_id), run_id)
+    writer.emit("started", model="m", device="cpu", total_steps=2)
+    writer.emit("step", step=1, epoch=0, loss=1.0, lr=0.1)
+    assert [e.seq for e in store.follow(run_id, poll_s=0.01, worker_alive=lambda: False)] == [1, 2]
+    assert [e.seq for e in store.follow(run_id, since_seq=1, poll_s=0.01, worker_alive=lambda: False)] == [2]
+    states = list(store.watch(run_id, poll_s=0.01, worker_alive=lambda: False))
+    assert len(states) == 1 and states[0].step == 1 and states[0].status_given(False) == "lost"
+    writer.emit("finished", adapter_path="/a", summary={"first_loss": 1.0, "last_loss": 1.0, "steps": 1})
+    assert [e.type for e in store.follow(run_id, since_seq=2, poll_s=0.01)] == ["finished"]
+    state = store.state(run_id)
+    assert state.status == "finished" and state.finished is not None and state.finished.steps == 1
