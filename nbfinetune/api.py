@@ -12,6 +12,7 @@ from typing import Any
 from .backends.base import Backend, get_backend
 from .config import RunConfig
 from .events import Event
+from .runs import RunIsRunning as RunIsRunning  # re-exported: api.RunIsRunning
 from .runs import RunStore, RunSummary
 from .settings import build_config as build_config  # re-exported: finetune's keywords are build_config's
 
@@ -74,14 +75,14 @@ class Run:
         show = progress if progress is not None else dashboard is None
         deadline = None if timeout is None else time.monotonic() + timeout
         bar = None
-        for event in self.store.follow(self.id, should_stop=lambda: deadline is not None and time.monotonic() > deadline,
-                                       worker_alive=lambda: self.backend.is_alive(self.id, self.store)):
-            if show and event.type == "started":
-                bar = tqdm(total=event["total_steps"], initial=event.get("resumed_step", 0), desc=f"run {self.id}",
-                           unit="step")
-            elif bar is not None and event.type == "step":
-                bar.n = event["step"]
-                bar.set_postfix(loss=f"{event['loss']:.4f}", refresh=False)
+        for state in self.store.watch(self.id, should_stop=lambda: deadline is not None and time.monotonic() > deadline,
+                                      worker_alive=lambda: self.backend.is_alive(self.id, self.store)):
+            if show and bar is None and state.status == "running":
+                bar = tqdm(total=state.total_steps, initial=state.step, desc=f"run {self.id}", unit="step")
+            if bar is not None:
+                bar.n = state.step
+                if state.last_loss is not None:
+                    bar.set_postfix(loss=f"{state.last_loss:.4f}", refresh=False)
                 bar.refresh()
         if bar is not None:
             bar.close()
@@ -415,23 +416,15 @@ def runs(store: RunStore | None = None) -> RunList:
     return RunList((store or RunStore()).list())
 
 
-class RunIsRunning(RuntimeError):
-    """Deleting a run whose worker is still alive would pull its files from under it."""
-
-
 def delete(run_id: str | Run, store: RunStore | None = None) -> Path:
     """Delete a run and everything in its directory; returns the path removed. A running run must be
     cancelled first (RunIsRunning)."""
     run = run_id if isinstance(run_id, Run) else Run(run_id, store or RunStore())
-    status = run.status
-    alive = run.backend.is_alive(run.id, run.store)
-    if alive is True or (alive is None and status == "running"):
-        raise RunIsRunning(f"run {run.id} is {status}: cancel it first (%finetune cancel {run.id}), then delete it")
     path = run.path
+    run.store.delete(run.id, alive=run.backend.is_alive(run.id, run.store))  # RunIsRunning while it runs
     dashboard = _DASHBOARDS.pop(run.id, None)
     if dashboard is not None:
         dashboard.close()
-    run.store.delete(run.id)
     return path
 
 

@@ -79,10 +79,13 @@ def _train(args: argparse.Namespace) -> int:
     if not args.json:
         print(f"run {run.id} started: {run.path}", flush=True)
     summary = run.wait(progress=not args.json)
-    events = run.events()
-    losses = [e["loss"] for e in events if e.type == "step"]
+    state = run.store.state(run.id)
+    # A finished run's losses as its trainer reported them; a run that ended otherwise: as far as it got.
+    kept = state.finished
+    first = kept.first_loss if kept and kept.first_loss is not None else state.first_loss
+    last = kept.last_loss if kept and kept.last_loss is not None else state.last_loss
     result: dict[str, Any] = {"run_id": run.id, "status": summary.status, "adapter_path": summary.adapter_path,
-                              "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
+                              "first_loss": first, "last_loss": last,
                               "eval_loss": summary.eval_loss, "metrics": summary.metrics,
                               "base_metrics": summary.base_metrics, "error": summary.error}
     if args.json:

@@ -12,23 +12,25 @@ import itertools
 import random
 import threading
 import time
-from typing import Any
+from typing import Any, cast
 
 from .api import Run
 from .backends.base import get_backend
 from .config import RunConfig
-from .runs import RunStore
+from .runs import LIVE, LiveState, RunState, RunStore
 from .settings import build_config
 
 REDRAW_INTERVAL_S = 0.2
 
 
-def grid_points(grid: dict[str, list[Any]], samples: int | None = None, seed: int = 0) -> list[dict[str, Any]]:
+def grid_points(grid: dict[str, list[Any]], samples: int | None = None,
+                seed: int = 0) -> list[dict[str, Any]]:
     """Every combination of the grid's values, or `samples` of them drawn without replacement."""
     if not grid or any(not isinstance(v, (list, tuple)) or not v for v in grid.values()):
-        raise ValueError("grid must map setting names to non-empty lists, e.g. {'lr': [1e-4, 3e-4], 'r': [8, 16]}")
+        raise ValueError("grid must map setting names to non-empty lists, e.g. "
+                         "{'lr': [1e-4, 3e-4], 'r': [8, 16]}")
     keys = list(grid)
-    points = [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
+    points = [dict(zip(keys, values, strict=True)) for values in itertools.product(*(grid[k] for k in keys))]
     if samples is not None and samples < len(points):
         points = random.Random(seed).sample(points, samples)
     return points
@@ -62,8 +64,10 @@ class Sweep:
         self.runs: list[Run] = []
         self._done = threading.Event()
         self._figure: Any = None
+        self._states: dict[str, LiveState] = {}  # per run: its events folded as they come, curves included
         if self.backend.name == "local":
-            self._launcher = threading.Thread(target=self._launch_in_turn, daemon=True, name="nbfinetune-sweep")
+            self._launcher = threading.Thread(target=self._launch_in_turn, daemon=True,
+                                              name="nbfinetune-sweep")
             self._launcher.start()
             while len(self.runs) < 1 and self._launcher.is_alive():
                 time.sleep(0.05)
@@ -113,23 +117,39 @@ class Sweep:
         import plotly.graph_objects as go
 
         if self._figure is None:
-            self._figure = go.FigureWidget(layout={"height": 420, "template": "plotly_white", "xaxis_title": "step",
-                                                   "yaxis_title": "loss", "title": f"sweep over {', '.join(self.points[0])}"})
+            self._figure = go.FigureWidget(layout={"height": 420, "template": "plotly_white",
+                                                   "xaxis_title": "step", "yaxis_title": "loss",
+                                                   "title": f"sweep over {', '.join(self.points[0])}"})
             self._redraw()
             threading.Thread(target=self._follow, daemon=True, name="nbfinetune-sweep-view").start()
         return self._figure
 
-    def _redraw(self) -> None:
+    def _redraw(self) -> list[RunState]:
+        """Fold what each run appended since the last redraw (each file is read incrementally) and
+        redraw the runs that changed; returns every run's state."""
+        from .widgets.charts import Curves
         from .widgets.compare import draw_run
 
+        states = []
         with self._figure.batch_update():
-            for index, (run, point) in enumerate(zip(list(self.runs), self.points)):
-                draw_run(self._figure, index, run, ", ".join(f"{k}={v}" for k, v in point.items()))
+            for index, (run, point) in enumerate(zip(list(self.runs), self.points, strict=False)):
+                live = self._states.get(run.id)
+                first = live is None
+                if live is None:
+                    live = self._states[run.id] = LiveState(self.store.events_path(run.id),
+                                                            lambda: RunState(curves=Curves()))
+                if live.update() or first:
+                    label = ", ".join(f"{k}={v}" for k, v in point.items())
+                    draw_run(self._figure, index, cast(Curves, live.state.curves), label)
+                states.append(live.state)
+        return states
 
     def _follow(self) -> None:
         while True:
-            self._redraw()
-            if self._done.is_set() and all(r.status not in ("pending", "running") for r in self.runs):
+            runs, states = list(self.runs), self._redraw()
+            if self._done.is_set() and len(states) == len(runs) and all(
+                    state.status_given(self.store.worker_alive(run.id)) not in LIVE
+                    for run, state in zip(runs, states, strict=True)):
                 self._redraw()
                 return
             time.sleep(REDRAW_INTERVAL_S)

@@ -20,7 +20,7 @@ import traceback
 from pathlib import Path
 
 from .events import redact
-from .runs import EventWriter, read_events
+from .runs import EventTail, EventWriter, events_file
 
 CANCEL_MARKER = "cancel-requested"
 HARD_CANCEL_MARKER = "kill-requested"
@@ -46,7 +46,7 @@ def run_child(run_dir: Path) -> int:
 
         train(config, lambda *_a, **_k: None, stop.is_set, run_dir)
         return 0
-    writer = EventWriter(run_dir / "events.jsonl", run_dir.name)
+    writer = EventWriter(events_file(run_dir), run_dir.name)
     try:
         from .core.trainer import train
 
@@ -65,7 +65,8 @@ def child_command(run_dir: Path, processes: int) -> list[str]:
     target = ["-m", "nbfinetune.worker", "--child", str(run_dir)]
     if processes <= 1:
         return [sys.executable, *target]
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", *target]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+            *target]
 
 
 def _human(exc: BaseException) -> str:
@@ -97,7 +98,8 @@ def supervise(run_dir: Path, lock_fd: int | None = None) -> int:
     signal.signal(signal.SIGINT, forward)
     me = os.getpid()
     # A resumed run's stream already ends in a terminal event: only one written after this point counts.
-    before = len(read_events(run_dir / "events.jsonl").events)
+    tail = EventTail(events_file(run_dir))
+    tail.read()
     # The trainer holds the run's lock too (pass_fds) and dies with us (PR_SET_PDEATHSIG).
     child = subprocess.Popen(child_command(run_dir, processes), stdout=sys.stdout, stderr=sys.stderr,
                              pass_fds=(lock_fd,), preexec_fn=lambda: die_with_parent(me))
@@ -108,10 +110,10 @@ def supervise(run_dir: Path, lock_fd: int | None = None) -> int:
     elif (run_dir / CANCEL_MARKER).exists():
         child.send_signal(signal.SIGTERM)
     code = child.wait()
-    events = read_events(run_dir / "events.jsonl").events[before:]
+    events = tail.read()
     if events and events[-1].terminal:
         return code
-    writer = EventWriter(run_dir / "events.jsonl", run_dir.name)
+    writer = EventWriter(events_file(run_dir), run_dir.name)
     try:
         if (run_dir / HARD_CANCEL_MARKER).exists() or (run_dir / CANCEL_MARKER).exists():
             writer.emit("cancelled", hard=True, message="the training process was killed on request; "

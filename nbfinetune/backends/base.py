@@ -26,6 +26,10 @@ class Backend(Protocol):
     def is_alive(self, run_id: str, store: RunStore) -> bool | None:
         """Whether the run's worker is still running; None when unknown."""
 
+    def usd_per_hour(self, config: RunConfig) -> float | None:
+        """What a run with this config costs per hour while it runs; None where nothing is billed.
+        Recorded in the run directory at launch (RunStore.record_rate): views compute cost from it."""
+
 
 def get_backend(name: str) -> Backend:
     if name == "local":

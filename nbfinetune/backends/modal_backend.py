@@ -17,8 +17,8 @@ from typing import Any, Protocol
 
 from ..config import RunConfig
 from ..events import Event, redact
-from ..pricing import cost_so_far, parse_gpu
-from ..runs import RunStore, read_events
+from ..pricing import UnknownGPU, cost_so_far, parse_gpu
+from ..runs import EVENTS_FILE, EventTail, RunStore, last_event
 
 MIRROR_POLL_S = 5.0
 STATUS_CACHE_S = 5.0
@@ -88,7 +88,7 @@ class ModalBackend:
         parse_gpu(config.gpu)  # unknown GPU types fail here, before anything is created
         self._ensure_deployed()
         remote = self.remote_config(config)
-        run_id = store.create(config)
+        run_id = store.create(config, usd_per_hour=self.usd_per_hour(config))
         self._spawn(run_id, store, remote, config.gpu)
         return run_id
 
@@ -98,8 +98,7 @@ class ModalBackend:
         path = store.events_path(run_id)
         # The local copy holds everything the Volume has plus any terminal event this client recorded
         # for a container that died: the resumed container continues seq after it.
-        last = max((e.seq for e in read_events(path).events), default=0)
-        self._replay_history(run_id, path, last)
+        self._replay_history(run_id, path, _last_seq(path))
         if path.exists():
             self.client.write_history(run_id, path.read_bytes())
         self._spawn(run_id, store, self.remote_config(config), config.gpu)
@@ -140,6 +139,13 @@ class ModalBackend:
             meta_path.write_text(json.dumps({**meta, "hard_cancel": True}))
         self.client.cancel(self._call_id(run_id, store), run_id, hard)
 
+    def usd_per_hour(self, config: RunConfig) -> float | None:
+        """The GPUs' price (Modal bills GPU-seconds)."""
+        try:
+            return cost_so_far(config.gpu, 3600.0)
+        except UnknownGPU:
+            return None
+
     def is_alive(self, run_id: str, store: RunStore) -> bool | None:
         mirror = self._mirrors.get(run_id)
         if mirror is not None and mirror.is_alive():
@@ -153,6 +159,10 @@ class ModalBackend:
     def _start_mirror(self, run_id: str, store: RunStore) -> None:
         if run_id in self._mirrors and self._mirrors[run_id].is_alive():
             return
+        if store.rate(run_id) is None:  # a run launched by an earlier version: its views show cost too
+            rate = self.usd_per_hour(RunConfig.from_dict(store.config(run_id)))
+            if rate is not None:
+                store.record_rate(run_id, rate)
         thread = threading.Thread(target=self._mirror, args=(run_id, store), daemon=True,
                                   name=f"nbfinetune-modal-{run_id}")
         self._mirrors[run_id] = thread
@@ -175,8 +185,7 @@ class ModalBackend:
 
     def _mirror_locked(self, run_id: str, store: RunStore) -> None:
         path = store.events_path(run_id)
-        last = max((e.seq for e in read_events(path).events), default=0)
-        last = self._replay_history(run_id, path, last)
+        last = self._replay_history(run_id, path, _last_seq(path))
         failures = 0
         budget = RunConfig.from_dict(store.config(run_id)).budget_usd
         while True:
@@ -206,8 +215,8 @@ class ModalBackend:
     def _record_end(self, run_id: str, store: RunStore, path: Path) -> None:
         """The call is over but the stream has no terminal event (killed, crashed, out of memory, error at
         container start, timeout, retries exhausted): record one with Modal's reason and the log tail."""
-        events = read_events(path).events
-        if events and events[-1].terminal:
+        last = last_event(path)
+        if last is not None and last.terminal:
             return
         from ..failures import describe_reason
         from ..runs import EventWriter
@@ -221,8 +230,9 @@ class ModalBackend:
         writer = EventWriter(path, run_id)
         try:
             if status.startswith("cancelled") or self._meta(run_id, store).get("hard_cancel"):
-                writer.emit("cancelled", hard=True, message=f"the Modal container was stopped on request ({reason}); "
-                                                            "events and checkpoints committed so far are kept")
+                writer.emit("cancelled", hard=True,
+                            message=f"the Modal container was stopped on request ({reason}); events and "
+                                    "checkpoints committed so far are kept")
             else:
                 writer.emit("failed", error="ModalCallFailed", message=redact(describe_reason(reason)),
                             traceback=redact(tail))
@@ -277,6 +287,11 @@ class ModalBackend:
         self.client.upload(local, remote)
         print("done", flush=True)
         return "/runs" + remote
+
+
+def _last_seq(path: Path) -> int:
+    """The highest seq in the local copy: the mirror appends only what comes after it."""
+    return max((e.seq for e in EventTail(path).read()), default=0)
 
 
 def _append(path: Path, events: list[Event]) -> None:
@@ -357,11 +372,12 @@ class RealModalClient:
         except modal.exception.AuthError as exc:
             raise ModalSetupError(f"Modal rejected the credentials: {exc}") from None
         except modal.exception.NotFoundError:
-            raise ModalAppNotDeployed("the nbfinetune app is not deployed to Modal yet: run `nbfinetune deploy`") from None
+            raise ModalAppNotDeployed("the nbfinetune app is not deployed to Modal yet: "
+                                      "run `nbfinetune deploy`") from None
         deployed = modal.Dict.from_name(self.app.META_DICT, create_if_missing=True).get("version")
         if deployed != __version__:
-            raise ModalAppOutdated(f"the nbfinetune app deployed to Modal is version {deployed or 'unknown'}, "
-                                   f"this kernel has {__version__}")
+            raise ModalAppOutdated("the nbfinetune app deployed to Modal is version "
+                                   f"{deployed or 'unknown'}, this kernel has {__version__}")
 
     def deploy(self) -> None:
         deploy()
@@ -377,7 +393,7 @@ class RealModalClient:
         import io
 
         with self._volume().batch_upload(force=True) as batch:
-            batch.put_file(io.BytesIO(data), f"/{run_id}/events.jsonl")
+            batch.put_file(io.BytesIO(data), f"/{run_id}/{EVENTS_FILE}")
 
     def _volume(self) -> Any:
         import modal
@@ -409,7 +425,7 @@ class RealModalClient:
 
     def read_history(self, run_id: str) -> bytes | None:
         try:
-            return b"".join(self._volume().read_file(f"{run_id}/events.jsonl"))
+            return b"".join(self._volume().read_file(f"{run_id}/{EVENTS_FILE}"))
         except FileNotFoundError:
             return None
 
@@ -454,6 +470,7 @@ def remote_adapter_exists(run_id: str) -> bool:
 
     volume = modal.Volume.from_name(modal_app.RUNS_VOLUME, create_if_missing=True)
     try:
-        return any(entry.path.endswith("adapter_config.json") for entry in volume.listdir(f"{run_id}/adapter"))
+        entries = volume.listdir(f"{run_id}/adapter")
+        return any(entry.path.endswith("adapter_config.json") for entry in entries)
     except (FileNotFoundError, Exception):  # noqa: BLE001 — modal's NotFoundError: no such directory
         return False

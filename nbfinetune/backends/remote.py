@@ -20,7 +20,7 @@ from typing import Any
 from ..config import RunConfig
 from ..events import Event, redact
 from ..failures import describe
-from ..runs import EventWriter, validate_run_id
+from ..runs import EventTail, EventWriter, events_file, validate_run_id
 
 FLUSH_S = 2.0
 CANCEL_CHECK_S = 5.0
@@ -106,8 +106,8 @@ def _check_cuda(config: RunConfig) -> None:
     import torch
 
     if not torch.cuda.is_available():
-        raise RuntimeError(f"the container has no CUDA device (gpu={config.gpu!r}); refusing to train on CPU — "
-                           "check the GPU type and the torch build in the image")
+        raise RuntimeError(f"the container has no CUDA device (gpu={config.gpu!r}); refusing to train on "
+                           "CPU — check the GPU type and the torch build in the image")
 
 
 def remote_train(config: dict[str, Any], run_id: str, runs_root: str, publish: Publish,
@@ -125,9 +125,10 @@ def remote_train(config: dict[str, Any], run_id: str, runs_root: str, publish: P
         return _train_one(run_config, run_id, run_dir, publish, commit, cancelled, require_cuda)
 
 
-def _train_one(run_config: RunConfig, run_id: str, run_dir: Path, publish: Publish, commit: Callable[[], None],
-               cancelled: Callable[[], bool], require_cuda: bool) -> dict[str, Any]:
-    writer = EventWriter(run_dir / "events.jsonl", run_id)
+def _train_one(run_config: RunConfig, run_id: str, run_dir: Path, publish: Publish,
+               commit: Callable[[], None], cancelled: Callable[[], bool],
+               require_cuda: bool) -> dict[str, Any]:
+    writer = EventWriter(events_file(run_dir), run_id)
     relay = _Relay(publish, commit)
 
     def emit(type: str, **payload: Any) -> None:
@@ -167,18 +168,16 @@ def _train_in_processes(run_dir: Path, processes: int, publish: Publish,
     import signal
     import subprocess
 
-    from ..runs import read_events
     from ..worker import child_command
 
     with open(run_dir / CONTAINER_LOG, "a", encoding="utf-8") as log:
         process = subprocess.Popen(child_command(run_dir, processes), stdout=log, stderr=subprocess.STDOUT)
     relay = _Relay(publish, commit)
-    offset, last, cancel_sent = 0, None, False
+    tail = EventTail(events_file(run_dir))
+    last, cancel_sent = None, False
     while True:
         exited = process.poll() is not None
-        chunk = read_events(run_dir / "events.jsonl", offset)
-        offset = chunk.offset
-        for event in chunk.events:
+        for event in tail.read():
             last = event
             relay(event)
         if exited:
@@ -191,7 +190,7 @@ def _train_in_processes(run_dir: Path, processes: int, publish: Publish,
         from ..failures import describe_reason
         from ..worker import _exit_reason, _tail
 
-        writer = EventWriter(run_dir / "events.jsonl", run_dir.name)
+        writer = EventWriter(events_file(run_dir), run_dir.name)
         reason = f"a training process exited with status {process.returncode}"
         last = writer.emit("failed", error=_exit_reason(process.returncode), message=describe_reason(reason),
                            traceback=redact(_tail(run_dir / CONTAINER_LOG)))

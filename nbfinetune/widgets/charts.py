@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..events import Event
+from ..events import Event, FinishedSummary
 
 SMOOTHING = 0.8  # exponential moving average weight, like TensorBoard's default slider
 # Method figures drawn beside the loss when a run reports them (DPO, GRPO): event field -> trace name.
@@ -47,9 +47,11 @@ class Curves:
                 changed = True
             if changed:
                 return True
-        if event.type == "finished" and (event.get("summary") or {}).get("best_step") is not None:
-            self.best_step = event["summary"]["best_step"]
-            return True
+        if event.type == "finished":
+            best_step = FinishedSummary.from_dict(event.get("summary")).best_step
+            if best_step is not None:
+                self.best_step = best_step
+                return True
         return False
 
     def thinned(self, points: int) -> Curves:
