@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 TORCH  ?= torch==2.13.0
 BUILD  := build
 
-.PHONY: setup browser demo lab lint test test-fast test-slow bench faults clean
+.PHONY: setup browser demo lab lint lint-ts test-ts test test-fast test-slow bench faults clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,8 +43,19 @@ lint: setup
 	$(VENV)/bin/ruff check nbfinetune bench
 	$(VENV)/bin/mypy
 
+## make lint-ts / test-ts: eslint and prettier over the labextension, then its jest tests (node from PATH;
+## jlpm comes with jupyterlab; --immutable fails when yarn.lock is out of step with package.json)
+JLPM := cd labextension && PATH="$(abspath $(VENV))/bin:$$PATH" jlpm
+lint-ts: setup
+	$(JLPM) install --immutable
+	$(JLPM) eslint:check
+	$(JLPM) prettier:check
+
+test-ts: lint-ts
+	$(JLPM) test
+
 ## make test: set up, then the whole suite (lint, fast tests first, then the slow real-model checks)
-test: setup lint test-fast test-slow
+test: setup lint test-ts test-fast test-slow
 
 test-fast: setup browser
 	$(PY) -m pytest -m "not slow"

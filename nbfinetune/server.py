@@ -141,7 +141,7 @@ def handlers(base_url: str, store: RunStore | None = None) -> list[tuple[str, ty
     ]
 
 
-def load_jupyter_server_extension(server_app: Any) -> None:
+def _load_jupyter_server_extension(server_app: Any) -> None:
     web_app = server_app.web_app
     web_app.add_handlers(".*$", handlers(web_app.settings["base_url"]))
     server_app.log.info("nbfinetune: REST API at /%s", API)

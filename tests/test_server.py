@@ -150,3 +150,21 @@ async def test_delete_a_run_but_not_while_it_runs(jp_fetch, home):
     finally:
         worker.kill()
         worker.wait()
+
+
+def test_jupyter_server_loads_the_extension_through_its_current_hook():
+    """The extension point names nbfinetune.server, whose `_load_jupyter_server_extension` is found without
+    the DeprecationWarning the old `load_jupyter_server_extension` name gets."""
+    import warnings
+
+    from jupyter_server.extension.manager import ExtensionPackage
+
+    from nbfinetune import server
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        package = ExtensionPackage(name="nbfinetune", enabled=True)
+        (point,) = package.extension_points.values()
+        assert point.module is server
+        assert point._get_loader() is server._load_jupyter_server_extension
+    assert not hasattr(server, "load_jupyter_server_extension")
