@@ -1,4 +1,5 @@
-"""Command line: `nbfinetune train | runs | delete | validate | export | deploy | serve | prepare-model | make-tiny-model`."""
+"""Command line: `nbfinetune train | runs | delete | validate | export | deploy | serve | prepare-model |
+make-tiny-model`."""
 
 from __future__ import annotations
 
@@ -11,12 +12,14 @@ from .config import FORMATS, SAMPLE_DATA, ConfigError, default_model
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nbfinetune", description="LoRA fine-tuning from notebooks and the shell.")
+    parser = argparse.ArgumentParser(prog="nbfinetune",
+                                     description="LoRA fine-tuning from notebooks and the shell.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="run a fine-tune headless on the local backend and wait for it")
     train.add_argument("--model", default=None, help=f"hub id or local path (default: {default_model()})")
-    train.add_argument("--data", default=SAMPLE_DATA, help="jsonl/json/csv/parquet file, hub id, or sample:people")
+    train.add_argument("--data", default=SAMPLE_DATA,
+                       help="jsonl/json/csv/parquet file, hub id, or sample:people")
     train.add_argument("--eval-data", dest="eval_data")
     train.add_argument("--config", help="YAML file with settings; flags override it")
     train.add_argument("--format", choices=FORMATS)
@@ -31,22 +34,26 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--max-seq-len", dest="max_seq_len", type=int)
     train.add_argument("--eval-every", dest="eval_every", type=int)
     train.add_argument("--eval-samples", dest="eval_samples", type=int,
-                       help="prompts answered by generation at each evaluation (default 24); 0: eval loss only")
+                       help="prompts answered by generation at each evaluation (default 24); "
+                            "0: eval loss only")
     train.add_argument("--early-stopping", dest="early_stopping", type=int)
     train.add_argument("--early-stopping-metric", dest="early_stopping_metric")
     train.add_argument("--save-every", dest="save_every", type=int)
     train.add_argument("--seed", type=int)
     train.add_argument("--name")
-    train.add_argument("--quantization", choices=("nf4",), help="nf4: QLoRA, the base model in 4-bit (bitsandbytes)")
-    train.add_argument("--method", choices=("sft", "dpo", "grpo"), help="sft (default); dpo: preference pairs; "
-                       "grpo: prompts + --reward")
-    train.add_argument("--reward", dest="rewards", action="append", help="GRPO reward 'module:function' (repeatable)")
+    train.add_argument("--quantization", choices=("nf4",),
+                       help="nf4: QLoRA, the base model in 4-bit (bitsandbytes)")
+    train.add_argument("--method", choices=("sft", "dpo", "grpo"),
+                       help="sft (default); dpo: preference pairs; grpo: prompts + --reward")
+    train.add_argument("--reward", dest="rewards", action="append",
+                       help="GRPO reward 'module:function' (repeatable)")
     train.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
     runs = sub.add_parser("runs", help="list runs")
     runs.add_argument("--json", action="store_true")
 
-    delete = sub.add_parser("delete", help="delete a run's directory (events, adapter, checkpoints); not while it runs")
+    delete = sub.add_parser("delete",
+                            help="delete a run's directory (events, adapter, checkpoints); not while it runs")
     delete.add_argument("run_id")
     delete.add_argument("--yes", action="store_true", help="do not ask for confirmation")
 
@@ -54,11 +61,13 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("run_id")
     export.add_argument("--out", help="output directory (default: the run's merged/ folder)")
 
-    check = sub.add_parser("validate", help="check a dataset row by row before training (no GPU, no training)")
+    check = sub.add_parser("validate",
+                           help="check a dataset row by row before training (no GPU, no training)")
     check.add_argument("path", help="file, directory, hub dataset id, or sample:people")
     check.add_argument("--format", default="auto", choices=FORMATS)
-    check.add_argument("--model", default=None, help="whose tokenizer and chat template to check against "
-                                                     f"(default: {default_model()}); 'none' skips token checks")
+    check.add_argument("--model", default=None,
+                       help="whose tokenizer and chat template to check against "
+                            f"(default: {default_model()}); 'none' skips token checks")
     check.add_argument("--max-seq-len", dest="max_seq_len", type=int, default=512)
     check.add_argument("--strict", action="store_true", help="exit non-zero when any row is bad")
     check.add_argument("--json", action="store_true", help="print one JSON object")
@@ -66,7 +75,8 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("deploy", help="deploy the Modal app (GPU trainer + chat server); needs Modal credentials")
 
     sub.add_parser("prepare-model", help="make the offline demo model ready (converts the shipped GGUF once)")
-    serve = sub.add_parser("serve", help="serve runs' adapters (and their base models) as an OpenAI-compatible API")
+    serve = sub.add_parser("serve",
+                           help="serve runs' adapters (and their base models) as an OpenAI-compatible API")
     serve.add_argument("run_ids", nargs="*", metavar="RUN", help="run ids (default: the latest run)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
@@ -96,19 +106,21 @@ def _train(args: argparse.Namespace) -> int:
     from . import api
 
     base = open(args.config, encoding="utf-8").read() if args.config else None
-    settings = {k: getattr(args, k) for k in ("model", "data", "eval_data", "format", "steps", "epochs", "lr", "r",
-                                              "alpha", "batch_size", "grad_accum", "max_seq_len", "eval_every",
-                                              "eval_samples", "early_stopping", "early_stopping_metric",
-                                              "save_every", "seed", "name", "quantization", "method",
-                                              "rewards")}
+    settings = {k: getattr(args, k) for k in ("model", "data", "eval_data", "format", "steps", "epochs", "lr",
+                                              "r", "alpha", "batch_size", "grad_accum", "max_seq_len",
+                                              "eval_every", "eval_samples", "early_stopping",
+                                              "early_stopping_metric", "save_every", "seed", "name",
+                                              "quantization", "method", "rewards")}
     run = api.finetune(base, display=False, backend="local", **settings)
     if not args.json:
         print(f"run {run.id} started: {run.path}", flush=True)
     summary = run.wait(progress=not args.json)
     events = run.events()
     losses = [e["loss"] for e in events if e.type == "step"]
-    result: dict[str, Any] = {"run_id": run.id, "status": summary.status, "adapter_path": summary.adapter_path,
-                              "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
+    result: dict[str, Any] = {"run_id": run.id, "status": summary.status,
+                              "adapter_path": summary.adapter_path,
+                              "first_loss": losses[0] if losses else None,
+                              "last_loss": losses[-1] if losses else None,
                               "eval_loss": summary.eval_loss, "metrics": summary.metrics,
                               "base_metrics": summary.base_metrics, "error": summary.error}
     if args.json:
@@ -155,8 +167,8 @@ def _validate(args: argparse.Namespace) -> int:
               + (f", {report.truncated} truncated" if report.truncated else ""))
         if report.tokens:
             t = report.tokens
-            print(f"tokens per row: min {t['min']} · median {t['median']} · p95 {t['p95']} · max {t['max']} · "
-                  f"{t['total']} per epoch")
+            print(f"tokens per row: min {t['min']} · median {t['median']} · p95 {t['p95']} · "
+                  f"max {t['max']} · {t['total']} per epoch")
         for problem in report.problems[:50]:
             print(f"  {problem}")
         if report.problem_count > 50:
@@ -208,9 +220,13 @@ def _serve(args: argparse.Namespace) -> int:
     import os
 
     from . import api
+    from .backends.base import get_backend
 
+    # A server in this process takes the address and key, and lives as long as this command does;
+    # a deployed one (Modal) outlives it.
+    in_process = get_backend(args.backend).serves_in_process
     options: dict[str, Any] = {}
-    if args.backend == "local":
+    if in_process:
         options = {"host": args.host, "port": args.port}
         if args.api_key_env:
             if not os.environ.get(args.api_key_env):
@@ -218,7 +234,7 @@ def _serve(args: argparse.Namespace) -> int:
                 return 2
             options["api_key"] = os.environ[args.api_key_env]
     server = api.serve(args.run_ids or None, backend=args.backend, **options)
-    if args.backend == "local":
+    if in_process:
         try:
             _wait_for_interrupt()
         except KeyboardInterrupt:
@@ -245,9 +261,11 @@ def _delete(args: argparse.Namespace) -> int:
     run = api.Run(args.run_id)
     if not args.yes:
         if not sys.stdin.isatty():
-            print(f"nbfinetune delete: error: pass --yes to delete run {run.id} without a prompt", file=sys.stderr)
+            print(f"nbfinetune delete: error: pass --yes to delete run {run.id} without a prompt",
+                  file=sys.stderr)
             return 2
-        if input(f"Delete run {run.id} ({api.describe(run.summary())}) and {run.path}? [y/N] ").strip().lower() != "y":
+        answer = input(f"Delete run {run.id} ({api.describe(run.summary())}) and {run.path}? [y/N] ")
+        if answer.strip().lower() != "y":
             print("nothing deleted")
             return 1
     try:
@@ -259,7 +277,8 @@ def _delete(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"train": _train, "runs": _runs, "delete": _delete, "export": _export, "validate": _validate, "deploy": _deploy, "prepare-model": _prepare_model, "make-tiny-model": _make_tiny_model,
+_COMMANDS = {"train": _train, "runs": _runs, "delete": _delete, "export": _export, "validate": _validate,
+             "deploy": _deploy, "prepare-model": _prepare_model, "make-tiny-model": _make_tiny_model,
              "serve": _serve}
 
 if __name__ == "__main__":

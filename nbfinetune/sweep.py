@@ -1,9 +1,9 @@
 """Sweeps: a grid (or random sample of it) of settings, launched as ordinary runs.
 
-On Modal every run is spawned at once (Modal's fan-out runs them in parallel, capped by the workspace's
-GPU limit); locally they run one after another in a background thread, since they would only fight
-over the same cores. All curves are overlaid live in one figure; results are a DataFrame; the best run
-is picked by an eval metric.
+How many train at once is the backend's `max_concurrent_runs`: on Modal every run is spawned at once
+(Modal's fan-out runs them in parallel, capped by the workspace's GPU limit); locally they run one after
+another in a background thread, since they would only fight over the same cores. All curves are overlaid
+live in one figure; results are a DataFrame; the best run is picked by an eval metric.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import itertools
 import random
 import threading
 import time
+from collections import deque
 from typing import Any
 
 from .api import Run, build_config
@@ -22,12 +23,14 @@ from .runs import RunStore
 REDRAW_INTERVAL_S = 0.2
 
 
-def grid_points(grid: dict[str, list[Any]], samples: int | None = None, seed: int = 0) -> list[dict[str, Any]]:
+def grid_points(grid: dict[str, list[Any]], samples: int | None = None,
+                seed: int = 0) -> list[dict[str, Any]]:
     """Every combination of the grid's values, or `samples` of them drawn without replacement."""
     if not grid or any(not isinstance(v, (list, tuple)) or not v for v in grid.values()):
-        raise ValueError("grid must map setting names to non-empty lists, e.g. {'lr': [1e-4, 3e-4], 'r': [8, 16]}")
+        raise ValueError("grid must map setting names to non-empty lists, "
+                         "e.g. {'lr': [1e-4, 3e-4], 'r': [8, 16]}")
     keys = list(grid)
-    points = [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
+    points = [dict(zip(keys, values, strict=True)) for values in itertools.product(*(grid[k] for k in keys))]
     if samples is not None and samples < len(points):
         points = random.Random(seed).sample(points, samples)
     return points
@@ -51,20 +54,28 @@ class Sweep:
         self.runs: list[Run] = []
         self._done = threading.Event()
         self._figure: Any = None
-        if self.backend.name == "local":
-            self._launcher = threading.Thread(target=self._launch_in_turn, daemon=True, name="nbfinetune-sweep")
-            self._launcher.start()
-            while len(self.runs) < 1 and self._launcher.is_alive():
-                time.sleep(0.05)
-        else:
+        limit = self.backend.max_concurrent_runs
+        if limit is None:  # the backend fans out (Modal): every run starts now
             for config in self.configs:
                 self.runs.append(Run(self.backend.launch(config, self.store), self.store, self.backend))
             self._done.set()
+        else:
+            self._launcher = threading.Thread(target=self._launch_in_turn, args=(limit,), daemon=True,
+                                              name="nbfinetune-sweep")
+            self._launcher.start()
+            while len(self.runs) < 1 and self._launcher.is_alive():
+                time.sleep(0.05)
 
-    def _launch_in_turn(self) -> None:
+    def _launch_in_turn(self, limit: int) -> None:
+        """At most `limit` runs at once: the next starts when the oldest still training ends."""
+        training: deque[Run] = deque()
         for config in self.configs:
+            if len(training) >= limit:
+                training.popleft().wait(progress=False)
             run = Run(self.backend.launch(config, self.store), self.store, self.backend)
             self.runs.append(run)
+            training.append(run)
+        for run in training:
             run.wait(progress=False)
         self._done.set()
 
@@ -102,8 +113,9 @@ class Sweep:
         import plotly.graph_objects as go
 
         if self._figure is None:
-            self._figure = go.FigureWidget(layout={"height": 420, "template": "plotly_white", "xaxis_title": "step",
-                                                   "yaxis_title": "loss", "title": f"sweep over {', '.join(self.points[0])}"})
+            self._figure = go.FigureWidget(layout={"height": 420, "template": "plotly_white",
+                                                   "xaxis_title": "step", "yaxis_title": "loss",
+                                                   "title": f"sweep over {', '.join(self.points[0])}"})
             self._redraw()
             threading.Thread(target=self._follow, daemon=True, name="nbfinetune-sweep-view").start()
         return self._figure
@@ -112,7 +124,8 @@ class Sweep:
         from .widgets.compare import draw_run
 
         with self._figure.batch_update():
-            for index, (run, point) in enumerate(zip(list(self.runs), self.points)):
+            # Runs launched in turn: fewer runs than points until the last has started.
+            for index, (run, point) in enumerate(zip(list(self.runs), self.points, strict=False)):
                 draw_run(self._figure, index, run, ", ".join(f"{k}={v}" for k, v in point.items()))
 
     def _follow(self) -> None:

@@ -10,12 +10,17 @@ import os
 import signal
 import subprocess
 import sys
+from typing import TYPE_CHECKING, Any
 
 from ..config import RunConfig
 from ..events import redact
 from ..ownership import RunLocked, signal_ours, take_lock, write_pid
 from ..runs import EventWriter, RunStore, pid_alive, read_events
 from ..worker import CANCEL_MARKER, CHILD_PID, CONFIG_ENV, HARD_CANCEL_MARKER
+
+if TYPE_CHECKING:
+    from ..serving import ChatModel
+    from .base import RunLike
 
 # How long resume waits for a worker that has written its terminal event to exit.
 EXIT_GRACE_S = 30.0
@@ -42,16 +47,19 @@ class LocalBackend:
             lock = take_lock(run_dir, wait_s)
         except RunLocked:
             raise RuntimeError(f"run {run_id} is still running; cancel it first") from None
-        if run_id not in _secret_configs and REDACTED in (run_dir / "config.json").read_text(encoding="utf-8"):
+        if run_id not in _secret_configs and REDACTED in (run_dir / "config.json").read_text(
+                encoding="utf-8"):
             os.close(lock)
-            raise RuntimeError(f"run {run_id}'s settings held a secret (e.g. a token in the model path), which is "
-                               "never stored on disk, and this kernel no longer has it: launch a new run instead")
+            raise RuntimeError(f"run {run_id}'s settings held a secret (e.g. a token in the model path), "
+                               "which is never stored on disk, and this kernel no longer has it: launch a "
+                               "new run instead")
         for marker in (CANCEL_MARKER, HARD_CANCEL_MARKER):
             (run_dir / marker).unlink(missing_ok=True)
         if events and not events[-1].terminal:  # `lost`: we hold the lock, so we may write what happened
             writer = EventWriter(run_dir / "events.jsonl", run_id)
-            writer.emit("log", level="warning", message="the previous worker stopped without a final event (its "
-                        "processes were killed, or the machine restarted); resuming from the latest checkpoint")
+            writer.emit("log", level="warning", message="the previous worker stopped without a final event "
+                        "(its processes were killed, or the machine restarted); resuming from the latest "
+                        "checkpoint")
             writer.close()
         self._start(run_id, store, lock)
 
@@ -66,8 +74,8 @@ class LocalBackend:
                 # The worker inherits the lock: it stays held while the supervisor or its trainer lives.
                 process = subprocess.Popen([sys.executable, "-m", "nbfinetune.worker", str(run_dir),
                                             "--lock-fd", str(lock)], pass_fds=(lock,),
-                                           stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                           start_new_session=True, cwd=run_dir)
+                                           stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                           env=env, start_new_session=True, cwd=run_dir)
         finally:
             os.close(lock)
         write_pid(run_dir / "worker.pid", process.pid)
@@ -85,7 +93,8 @@ class LocalBackend:
             signal_ours(run_dir / CHILD_PID, signal.SIGKILL)
         else:
             (run_dir / CANCEL_MARKER).touch()
-            if (run_dir / CHILD_PID).exists():  # the supervisor's handlers are installed once train.pid exists
+            # The supervisor's handlers are installed once train.pid exists.
+            if (run_dir / CHILD_PID).exists():
                 signal_ours(run_dir / "worker.pid", signal.SIGTERM)
 
     def is_alive(self, run_id: str, store: RunStore) -> bool | None:
@@ -93,6 +102,38 @@ class LocalBackend:
         if process is not None:
             process.poll()  # reap
         return pid_alive(store.path(run_id))
+
+    # --- what differs between backends -----------------------------------------------------------
+    # Runs here take turns: two at once would only fight over the same cores (or the one GPU).
+    max_concurrent_runs: int | None = 1
+    serves_in_process = True
+
+    def check_launch(self, config: RunConfig) -> None:
+        """Nothing to refuse ahead: nothing is billed, and the worker reports what does not fit."""
+
+    def chat_model(self, run: RunLike) -> ChatModel:
+        """The base model plus the run's adapter, loaded in this process (one at a time)."""
+        from ..core.models import resolve_model
+        from ..serving import chat_model
+
+        summary = run.summary()
+        if not summary.adapter_path and summary.status in ("failed", "lost"):
+            raise RuntimeError(f"run {run.id} {summary.status} without an adapter"
+                               + (f": {summary.error}" if summary.error else "")
+                               + " — fix the cause and launch again, or resume it if it saved a checkpoint")
+        if not summary.adapter_path:
+            raise RuntimeError(f"run {run.id} has no adapter yet (status: {summary.status}); wait for it to "
+                               "finish or cancel it — a cancelled run keeps its adapter")
+        return chat_model(resolve_model(run.config.model), summary.adapter_path)
+
+    def serve(self, runs: list[Any], **options: Any) -> Any:
+        """An HTTP server in this process (see serve/local.py for the options)."""
+        from ..serve.local import serve_runs
+
+        return serve_runs(runs, **options)
+
+    def remote_adapter_path(self, run_id: str) -> str | None:
+        return None  # the adapter is in the run's directory on this machine
 
 
 _children: dict[str, subprocess.Popen] = {}

@@ -12,14 +12,13 @@ import contextlib
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from .. import failures
 from ..config import RunConfig
-from ..events import Event, redact
-from ..failures import describe
+from ..events import Event
 from ..runs import EventWriter, validate_run_id
 
 FLUSH_S = 2.0
@@ -106,8 +105,8 @@ def _check_cuda(config: RunConfig) -> None:
     import torch
 
     if not torch.cuda.is_available():
-        raise RuntimeError(f"the container has no CUDA device (gpu={config.gpu!r}); refusing to train on CPU — "
-                           "check the GPU type and the torch build in the image")
+        raise RuntimeError(f"the container has no CUDA device (gpu={config.gpu!r}); refusing to train on "
+                           "CPU — check the GPU type and the torch build in the image")
 
 
 def remote_train(config: dict[str, Any], run_id: str, runs_root: str, publish: Publish,
@@ -125,8 +124,9 @@ def remote_train(config: dict[str, Any], run_id: str, runs_root: str, publish: P
         return _train_one(run_config, run_id, run_dir, publish, commit, cancelled, require_cuda)
 
 
-def _train_one(run_config: RunConfig, run_id: str, run_dir: Path, publish: Publish, commit: Callable[[], None],
-               cancelled: Callable[[], bool], require_cuda: bool) -> dict[str, Any]:
+def _train_one(run_config: RunConfig, run_id: str, run_dir: Path, publish: Publish,
+               commit: Callable[[], None], cancelled: Callable[[], bool],
+               require_cuda: bool) -> dict[str, Any]:
     writer = EventWriter(run_dir / "events.jsonl", run_id)
     relay = _Relay(publish, commit)
 
@@ -151,10 +151,9 @@ def _train_one(run_config: RunConfig, run_id: str, run_dir: Path, publish: Publi
 
         return {"status": "finished", **train(run_config, emit, should_stop, run_dir)}
     except Exception as exc:  # reported as an event; the call itself ends normally (no pointless retries)
-        tail = "".join(traceback.format_exception(exc)[-6:])
-        message = redact(describe(exc))
-        emit("failed", error=type(exc).__name__, message=message, traceback=redact(tail))
-        return {"status": "failed", "error": f"{type(exc).__name__}: {message}"}
+        failure = failures.from_exception(exc)
+        failure.report(emit)
+        return failures.failed_result(failure)
     finally:
         writer.close()
         relay.close()
@@ -188,13 +187,8 @@ def _train_in_processes(run_dir: Path, processes: int, publish: Publish,
             cancel_sent = True
         time.sleep(1.0)
     if last is None or not last.terminal:  # a rank crashed or was killed before rank 0 could report
-        from ..failures import describe_reason
-        from ..worker import _exit_reason, _tail
-
         writer = EventWriter(run_dir / "events.jsonl", run_dir.name)
-        reason = f"a training process exited with status {process.returncode}"
-        last = writer.emit("failed", error=_exit_reason(process.returncode), message=describe_reason(reason),
-                           traceback=redact(_tail(run_dir / CONTAINER_LOG)))
+        last = failures.from_exit(process.returncode, run_dir / CONTAINER_LOG).report(writer.emit)
         writer.close()
         relay(last)
     relay.close()

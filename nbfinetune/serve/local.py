@@ -49,8 +49,9 @@ class LocalServer:
     def _repr_html_(self) -> str:
         state = "serving" if self.running else "stopped"
         names = ", ".join(f"<code>{html.escape(m)}</code>" for m in self.models)
-        return (f"<div>OpenAI-compatible API {state} at <code>{html.escape(self.base_url)}</code> · models: {names}"
-                "<br><span style='color:#555'>client = OpenAI(base_url=server.base_url, api_key=server.api_key)"
+        return (f"<div>OpenAI-compatible API {state} at <code>{html.escape(self.base_url)}</code> · "
+                f"models: {names}<br><span style='color:#555'>"
+                "client = OpenAI(base_url=server.base_url, api_key=server.api_key)"
                 "</span></div>")
 
 
@@ -65,10 +66,12 @@ class BaseSpec:
 
 
 def serve_runs(runs: list[Any], host: str = "127.0.0.1", port: int = 0, api_key: str | None = None,
-               aliases: dict[str, str] | None = None, quiet: bool = False, **engine_options: Any) -> LocalServer:
+               aliases: dict[str, str] | None = None, quiet: bool = False, show_key: bool = True,
+               **engine_options: Any) -> LocalServer:
     """Serve each run's adapter under its run id (and its alias: `aliases[run_id]` or the run's name),
     and each base model under the name the runs were trained from. api_key: reuse a key you keep
-    (e.g. from an environment variable); by default a new one is generated and printed once.
+    (e.g. from an environment variable); by default a new one is generated and printed once (unless
+    show_key is False: in a notebook, whose outputs are saved to a file, the API passes False).
     engine_options: max_batch=32, batch_window_s=0.005, max_waiting=256, device."""
     from ..core.models import resolve_model
 
@@ -78,15 +81,13 @@ def serve_runs(runs: list[Any], host: str = "127.0.0.1", port: int = 0, api_key:
     specs: dict[str, BaseSpec] = {}
     for run in runs:
         if not run.adapter_path:
-            raise RuntimeError(f"run {run.id} has no adapter yet (status: {run.status}); wait for it to finish")
+            raise RuntimeError(f"run {run.id} has no adapter yet (status: {run.status}); "
+                               "wait for it to finish")
         base = run.config.model
         spec = specs.setdefault(base, BaseSpec(base, resolve_model(base)))
         names = list(dict.fromkeys([run.id, aliases.get(run.id) or run.config.name or run.id]))
         spec.adapters.append((names, run.adapter_path, f"run {run.id}"))
-    from ..api import _in_notebook
-
-    # A notebook saves its outputs to a file: there the key stays in `server.api_key` only.
-    server = serve_models(list(specs.values()), host, port, api_key, quiet, show_key=not _in_notebook(),
+    server = serve_models(list(specs.values()), host, port, api_key, quiet, show_key=show_key,
                           **engine_options)
     for run in runs:
         record(run.path, token_hash(server.api_key), server.base_url, server.models)
@@ -94,7 +95,8 @@ def serve_runs(runs: list[Any], host: str = "127.0.0.1", port: int = 0, api_key:
 
 
 def serve_models(specs: list[BaseSpec], host: str = "127.0.0.1", port: int = 0, api_key: str | None = None,
-                 quiet: bool = False, show_key: bool = True, max_batch: int = 32, batch_window_s: float = 0.005,
+                 quiet: bool = False, show_key: bool = True, max_batch: int = 32,
+                 batch_window_s: float = 0.005,
                  max_waiting: int = 256, device: str | None = None) -> LocalServer:
     """Load each base with its adapters (one engine per base) and start the HTTP server in front."""
     from ..serving import load_multi_adapter
@@ -113,10 +115,11 @@ def serve_models(specs: list[BaseSpec], host: str = "127.0.0.1", port: int = 0, 
         for spec in specs:
             adapters = {_INTERNAL.sub("_", f"adapter_{names[0]}"): path for names, path, _ in spec.adapters}
             loaded = load_multi_adapter(spec.path, adapters, device)
-            engine = Engine(loaded, max_batch=max_batch, batch_window_s=batch_window_s, max_waiting=max_waiting)
+            engine = Engine(loaded, max_batch=max_batch, batch_window_s=batch_window_s,
+                            max_waiting=max_waiting)
             engines.append(engine)
             add(spec.name, Route(spec.name, engine, BASE, "base"))
-            for (names, _, owner), adapter in zip(spec.adapters, adapters):
+            for (names, _, owner), adapter in zip(spec.adapters, adapters, strict=False):
                 for name in names:
                     add(name, Route(name, engine, adapter, owner))
         key = api_key or new_token()
