@@ -40,7 +40,7 @@ def build_config(config: RunConfig | dict[str, Any] | str | None = None, **setti
         base = RunConfig.from_yaml(config)
     else:
         base = RunConfig()
-    overrides = {}
+    overrides: dict[str, Any] = {}
     auto_gpu = settings.get("gpu") == "auto"  # the memory planner picks it (nbfinetune.planner)
     for key, value in settings.items():
         if value is None or (key == "gpu" and auto_gpu):
@@ -48,7 +48,7 @@ def build_config(config: RunConfig | dict[str, Any] | str | None = None, **setti
         if key == "rewards":  # 'module:function' references and notebook functions (sent by value)
             from .rewards import split_rewards
 
-            references, packed = split_rewards(value if isinstance(value, (list, tuple)) else [value])
+            references, packed = split_rewards(list(value) if isinstance(value, (list, tuple)) else [value])
             overrides["train.rewards"], overrides["train.reward_code"] = references or None, packed or None
             continue
         dotted = TRAIN_FLAGS.get(key, key)
@@ -349,7 +349,7 @@ def summary_html(summary: RunSummary) -> str:
     """A run's summary as a small table (RunSummary's notebook view)."""
     from html import escape
 
-    fields = {"run": summary.run_id, "name": summary.name, "status": summary.status,
+    fields: dict[str, Any] = {"run": summary.run_id, "name": summary.name, "status": summary.status,
               "step": f"{summary.step}/{summary.total_steps or '?'}", "model": summary.model,
               "data": summary.data,
               "train loss": None if summary.last_loss is None else f"{summary.last_loss:.4f}",

@@ -93,11 +93,11 @@ class ChatModel:
         prompt = render_prompt(self.tokenizer, messages)
         encoded = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(self.device)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        stop = stop or threading.Event()
+        stopped = stop or threading.Event()
 
         class _Stop(StoppingCriteria):
             def __call__(self, *_args: Any, **_kwargs: Any) -> bool:
-                return stop.is_set()
+                return stopped.is_set()
 
         sampling: dict[str, Any] = ({"do_sample": True, "temperature": temperature, "top_p": top_p}
                                     if temperature > 0 else {"do_sample": False})

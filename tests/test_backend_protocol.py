@@ -18,6 +18,7 @@ from nbfinetune.events import Event
 from nbfinetune.runs import EventWriter, RunStore
 
 from tests.test_modal import fake  # noqa: F401 — the fake Modal client fixture
+from tests.test_modal_grpc import modal_fake  # noqa: F401 — the real modal library against a fake Modal
 
 
 def _run(store: RunStore, *events: tuple[str, dict], backend: str = "local") -> api.Run:
@@ -117,12 +118,21 @@ def test_modal_chat_model_is_the_adapter_served_on_modal(monkeypatch):
     assert ModalBackend(client=None).chat_model(SimpleNamespace(id="r1")) == "remote" and made == ["r1"]
 
 
+def test_modal_chat_model_checks_the_volume_before_starting_a_container(modal_fake, home):  # noqa: F811
+    run = _run(RunStore(), STARTED, backend="modal")
+    with pytest.raises(RuntimeError, match=f"run {run.id} has no adapter on the Modal Volume yet"):
+        run.backend.chat_model(run)
+    assert not [c for c in modal_fake.calls.values() if c.method == "generate"]
+
+
 # --- the serve target --------------------------------------------------------------------------------
 def test_serve_goes_to_the_named_backends_target(home, monkeypatch):
     store = RunStore()
     run = _run(store, STARTED)
     calls = []
-    monkeypatch.setattr("nbfinetune.serve.local.serve_runs",
+    from nbfinetune.serve import local  # `nbfinetune.serve` as a dotted name is the serve() function
+
+    monkeypatch.setattr(local, "serve_runs",
                         lambda runs, **options: calls.append(("local", [r.id for r in runs], options)) or "L")
     monkeypatch.setattr("nbfinetune.backends.modal_serve.serve_modal",
                         lambda runs, **options: calls.append(("modal", [r.id for r in runs], options)) or "M")
