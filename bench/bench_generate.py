@@ -29,8 +29,8 @@ def make_adapter(model_path: str, directory: str) -> str:
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_path),
-                           LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", init_lora_weights=False))
+    lora = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", init_lora_weights=False)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_path), lora)
     model.save_pretrained(directory)
     return directory
 
@@ -58,7 +58,8 @@ def whole(chat: ChatModel, messages: list[dict], new_tokens: int) -> float:
 
 
 def measure(chat: ChatModel, prompts: list[list[dict]], new_tokens: int) -> dict:
-    generation = chat.model.get_base_model().generation_config if chat.adapters else chat.model.generation_config
+    model = chat.model.get_base_model() if chat.adapters else chat.model
+    generation = model.generation_config
     generation.min_new_tokens = new_tokens  # the same amount of work whatever the weights say
     streamed(chat, prompts[0], 4)  # warm-up
     runs = [streamed(chat, p, new_tokens) for p in prompts]

@@ -2,7 +2,8 @@
 padding-free collator on the best attention available, in one process, on models built from configs
 with random weights (no hub).
 
-    python bench/bench_gpu.py [--models qwen2.5-0.5b,llama-3.2-1b,llama-3.1-8b] [--shapes 8x512,8x2048,16x2048]
+    python bench/bench_gpu.py [--models qwen2.5-0.5b,llama-3.2-1b,llama-3.1-8b]
+                              [--shapes 8x512,8x2048,16x2048]
                               [--lengths uniform,lognormal,shared-prefix] [--steps 8] [--warmup 3]
     python bench/bench_gpu.py --smoke     # a tiny model, a tiny batch, fp32 on CPU: checks the script runs
 
@@ -72,7 +73,8 @@ def lengths(kind: str, batch: int, width: int, rng: random.Random) -> list[int]:
     return [width] * batch  # shared-prefix: full rows, of which 3/4 is a common prompt
 
 
-def make_batches(kind: str, batch: int, width: int, steps: int, vocab: int, seed: int = 0) -> list[list[Rendered]]:
+def make_batches(kind: str, batch: int, width: int, steps: int, vocab: int,
+                 seed: int = 0) -> list[list[Rendered]]:
     """Synthetic rows; loss on the last quarter (the "answer"), the prompt before it is masked."""
     rng = random.Random(seed)
     prefix = [rng.randrange(vocab) for _ in range(width * 3 // 4)]
@@ -80,8 +82,10 @@ def make_batches(kind: str, batch: int, width: int, steps: int, vocab: int, seed
     for _ in range(steps):
         rows = []
         for i, n in enumerate(lengths(kind, batch, width, rng)):
-            ids = (prefix + [rng.randrange(vocab) for _ in range(n // 4)])[:n] if kind == "shared-prefix" else \
-                [rng.randrange(vocab) for _ in range(n)]
+            if kind == "shared-prefix":
+                ids = (prefix + [rng.randrange(vocab) for _ in range(n // 4)])[:n]
+            else:
+                ids = [rng.randrange(vocab) for _ in range(n)]
             answer = max(1, n // 4)
             targets = [IGNORE] * (n - answer) + ids[n - answer + 1:] + [IGNORE]
             rows.append(Rendered(row=i, input_ids=ids, targets=targets, full_length=n))
@@ -89,13 +93,15 @@ def make_batches(kind: str, batch: int, width: int, steps: int, vocab: int, seed
     return out
 
 
-def model_flops(n_params: int, layers: int, attention_width: int, batches: list[list[Rendered]]) -> list[float]:
+def model_flops(n_params: int, layers: int, attention_width: int,
+                batches: list[list[Rendered]]) -> list[float]:
     """Per step: 4·N per token (forward + input gradient through the frozen weights) plus attention:
     QKᵀ and AV, 4·ctx·width per token forward, 3× that with backward, causal (mean context (L+1)/2)."""
     out = []
     for rows in batches:
         tokens = sum(len(r.input_ids) for r in rows)
-        attention = sum(12 * layers * attention_width * len(r.input_ids) * (len(r.input_ids) + 1) / 2 for r in rows)
+        attention = sum(12 * layers * attention_width * len(r.input_ids) * (len(r.input_ids) + 1) / 2
+                        for r in rows)
         out.append(4 * n_params * tokens + attention)
     return out
 
@@ -123,10 +129,16 @@ def run_ours(config: RunConfig, path: str, batches: list[list[Rendered]]) -> tup
     return ends, info
 
 
-def run_hf(config: RunConfig, path: str, batches: list[list[Rendered]], padding_free: bool) -> tuple[list[float], dict]:
+def run_hf(config: RunConfig, path: str, batches: list[list[Rendered]],
+           padding_free: bool) -> tuple[list[float], dict]:
     from torch.utils.data import SequentialSampler
-    from transformers import (DataCollatorForSeq2Seq, DataCollatorWithFlattening, Trainer, TrainerCallback,
-                              TrainingArguments)
+    from transformers import (
+        DataCollatorForSeq2Seq,
+        DataCollatorWithFlattening,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
 
     loaded = load_for_training(config, path)  # the same peft model and seed
     attention = "sdpa"
@@ -155,8 +167,9 @@ def run_hf(config: RunConfig, path: str, batches: list[list[Rendered]], padding_
     half = loaded.precision
     with tempfile.TemporaryDirectory() as tmp:
         arguments = TrainingArguments(
-            output_dir=tmp, per_device_train_batch_size=len(batches[0]), max_steps=len(batches), learning_rate=1e-4,
-            warmup_steps=0, logging_steps=1, save_strategy="no", report_to=[], use_cpu=loaded.device == "cpu",
+            output_dir=tmp, per_device_train_batch_size=len(batches[0]), max_steps=len(batches),
+            learning_rate=1e-4, warmup_steps=0, logging_steps=1, save_strategy="no", report_to=[],
+            use_cpu=loaded.device == "cpu",
             bf16=half == "bf16", fp16=half == "fp16", dataloader_num_workers=0, remove_unused_columns=False,
             disable_tqdm=True)
         InOrder(model=loaded.model, args=arguments, train_dataset=rows, data_collator=collator,
@@ -177,8 +190,9 @@ def measure(fn, *args) -> dict:
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     ends, info = fn(*args)
+    # CPU: the process high-water mark
     peak = (torch.cuda.max_memory_allocated() if torch.cuda.is_available()
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)  # CPU: the process high-water mark
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     return {"ends": ends, "start": start, "peak_memory_gib": round(peak / 2 ** 30, 3), **info}
 
 
@@ -195,7 +209,8 @@ def summarize(result: dict, batches: list[list[Rendered]], flops: list[float], w
             "warmup_s": round(t0 - start, 2), **result}
 
 
-def bench_row(model: str, path: str, shape: str, kind: str, steps: int, warmup: int, peak: float | None) -> dict:
+def bench_row(model: str, path: str, shape: str, kind: str, steps: int, warmup: int,
+              peak: float | None) -> dict:
     import transformers
 
     batch, width = (int(x) for x in shape.split("x"))
@@ -215,7 +230,9 @@ def bench_row(model: str, path: str, shape: str, kind: str, steps: int, warmup: 
     config = RunConfig.from_dict({"model": path, "lora": {"r": 16, "alpha": 32}, "train": train,
                                   "data": {"max_seq_len": width}})
     row = {"model": model, "batch": shape, "lengths": kind, "quantization": train["quantization"]}
-    for name, fn, extra in (("ours", run_ours, ()), ("stock_hf", run_hf, (False,)), ("padding_free_hf", run_hf, (True,))):
+    contenders = (("ours", run_ours, ()), ("stock_hf", run_hf, (False,)),
+                  ("padding_free_hf", run_hf, (True,)))
+    for name, fn, extra in contenders:
         row[name] = summarize(measure(fn, config, path, batches, *extra), batches, flops, warmup, peak)
     for base in ("stock_hf", "padding_free_hf"):
         if row[base]["tokens_per_s"]:
@@ -232,7 +249,8 @@ def main() -> None:
     parser.add_argument("--lengths", default="uniform,lognormal,shared-prefix")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--smoke", action="store_true", help="tiny model and batch on whatever device there is")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny model and batch on whatever device there is")
     args = parser.parse_args()
     if args.smoke:
         args.models, args.shapes, args.steps, args.warmup = "smoke", "2x32", 3, 1
@@ -258,7 +276,8 @@ def main() -> None:
     import peft
     import transformers
 
-    print(json.dumps({"gpu": gpu, "peak_tflops": peak[0] if peak else None, "peak_dtype": peak[1] if peak else None,
+    print(json.dumps({"gpu": gpu, "peak_tflops": peak[0] if peak else None,
+                      "peak_dtype": peak[1] if peak else None,
                       "steps": args.steps, "warm_steps": args.steps - args.warmup, "rows": rows,
                       "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                                    "peft": peft.__version__, "python": platform.python_version(),

@@ -104,7 +104,8 @@ def main() -> None:
         for with_ui in ((False, True) if i % 2 == 0 else (True, False)):
             result = timed_train(config, with_ui=with_ui)
             runs[with_ui].append(result)
-            print("events + live dashboard:" if with_ui else "no events, no dashboard:", json.dumps(result), flush=True)
+            label = "events + live dashboard:" if with_ui else "no events, no dashboard:"
+            print(label, json.dumps(result), flush=True)
     bare_s = statistics.median(r["train_s"] for r in runs[False])
     ui_s = statistics.median(r["train_s"] for r in runs[True])
     emit_share = sum(r["emit_s"] for r in runs[True]) / sum(r["train_s"] for r in runs[True])

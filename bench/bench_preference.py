@@ -4,7 +4,8 @@
     python bench/bench_preference.py grpo [--steps 20] [--lr 5e-4] [--samples 24]
 
 DPO trains on the people sample turned into preference rows (chosen = the right JSON, rejected = a corrupted
-answer; data.preference.people_preferences); GRPO on its prompts with the reward nbfinetune.rewards:people_json.
+answer; data.preference.people_preferences); GRPO on its prompts with the reward
+nbfinetune.rewards:people_json.
 Both report json_match of greedy answers on the 24 eval prompts, base vs trained. Last stdout line: JSON.
 """
 
@@ -38,7 +39,8 @@ def main() -> None:
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="nbft-pref-"))
     train_rows, eval_rows = people_preferences("train"), people_preferences("eval")
-    settings: dict = {"method": args.method, "max_steps": args.steps, "lr": args.lr, "batch_size": args.batch_size}
+    settings: dict = {"method": args.method, "max_steps": args.steps, "lr": args.lr,
+                      "batch_size": args.batch_size}
     if args.method == "grpo":
         train_rows = [{"prompt": r["prompt"], "answer": r["chosen"]} for r in train_rows]
         eval_rows = [{"prompt": r["prompt"], "answer": r["chosen"]} for r in eval_rows]
@@ -47,8 +49,10 @@ def main() -> None:
     config = RunConfig.from_dict({
         "model": DEFAULT_MODEL, "lora": {"r": 16},
         "train": settings,
-        "data": {"path": write(folder / "train.jsonl", train_rows), "eval_path": write(folder / "eval.jsonl", eval_rows)},
-        "eval": {"every": args.eval_every, "samples": args.samples, "max_new_tokens": 32, "metrics": ["json_match"]}})
+        "data": {"path": write(folder / "train.jsonl", train_rows),
+                 "eval_path": write(folder / "eval.jsonl", eval_rows)},
+        "eval": {"every": args.eval_every, "samples": args.samples, "max_new_tokens": 32,
+                 "metrics": ["json_match"]}})
     log = []
 
     def emit(type: str, **payload) -> None:
@@ -67,7 +71,8 @@ def main() -> None:
     def window(part: list[dict]) -> dict:
         return {k: round(sum(s[k] for s in part) / len(part), 4) for k in keys if k in part[0]}
 
-    print(json.dumps({"method": args.method, "steps": args.steps, "lr": args.lr, "seconds": round(time.time() - start),
+    print(json.dumps({"method": args.method, "steps": args.steps, "lr": args.lr,
+                      "seconds": round(time.time() - start),
                       "first_steps": window(steps[:5]), "last_steps": window(steps[-5:]),
                       "evals": [{k: e.get(k) for k in ("step", "eval_loss", "eval_reward_margin",
                                                        "eval_reward_accuracy", "metrics")} for e in evals],

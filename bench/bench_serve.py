@@ -49,8 +49,8 @@ def make_adapter(model_path: str, directory: str, seed: int) -> str:
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_path),
-                           LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", init_lora_weights=False))
+    lora = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", init_lora_weights=False)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_path), lora)
     model.save_pretrained(directory)
     return directory
 
@@ -59,11 +59,13 @@ def make_adapter(model_path: str, directory: str, seed: int) -> str:
 def serve(model_path: str, adapters: list[str], new_tokens: int) -> None:
     from nbfinetune.serve.local import BaseSpec, serve_models
 
-    spec = BaseSpec("base", model_path, [([f"adapter-{i}"], path, "bench") for i, path in enumerate(adapters)])
+    spec = BaseSpec("base", model_path,
+                    [([f"adapter-{i}"], path, "bench") for i, path in enumerate(adapters)])
     server = serve_models([spec], quiet=True)
     for engine in server._engines:
         engine.min_new_tokens = new_tokens
-    print(json.dumps({"base_url": server.base_url, "api_key": server.api_key, "models": server.models}), flush=True)
+    print(json.dumps({"base_url": server.base_url, "api_key": server.api_key, "models": server.models}),
+          flush=True)
     sys.stdin.read()  # until the parent closes our stdin
     server.stop()
 
@@ -98,7 +100,8 @@ async def load(base_url: str, key: str, models: list[str], messages: list[list[d
                         event = json.loads(line[6:])
                         if "error" in event:
                             errors += 1
-                        elif first is None and event["choices"] and event["choices"][0]["delta"].get("content"):
+                        elif (first is None and event["choices"]
+                              and event["choices"][0]["delta"].get("content")):
                             first = time.perf_counter() - start
                         if event.get("usage"):
                             tokens += event["usage"]["completion_tokens"]
@@ -110,7 +113,8 @@ async def load(base_url: str, key: str, models: list[str], messages: list[list[d
 
     started = time.perf_counter()
     limits = httpx.Limits(max_connections=clients + 4)
-    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=600, limits=limits) as http:
+    headers = {"Authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(headers=headers, timeout=600, limits=limits) as http:
         await asyncio.gather(*(client(i, http) for i in range(clients)))
     elapsed = time.perf_counter() - started
     return summary(requests, tokens, errors, ttfts, elapsed) | {"clients": clients}
@@ -124,7 +128,8 @@ def summary(requests: int, tokens: int, errors: int, ttfts: list[float], elapsed
             "errors": errors, "seconds": round(elapsed, 1)}
 
 
-def baseline(model_path: str, adapter: str, messages: list[list[dict]], duration: float, new_tokens: int) -> dict:
+def baseline(model_path: str, adapter: str, messages: list[list[dict]], duration: float,
+             new_tokens: int) -> dict:
     """One request at a time through the in-notebook chat (serving.ChatModel.stream)."""
     from nbfinetune.serving import ChatModel
 
@@ -152,7 +157,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--new-tokens", type=int, default=32)
-    parser.add_argument("--duration", type=float, default=20.0, help="seconds per level (and for the baseline)")
+    parser.add_argument("--duration", type=float, default=20.0,
+                        help="seconds per level (and for the baseline)")
     parser.add_argument("--clients", default="1,8,32")
     parser.add_argument("--serve", nargs="*", help=argparse.SUPPRESS)  # child mode: model path, adapters
     args = parser.parse_args()
@@ -167,15 +173,17 @@ def main() -> None:
         adapters = [make_adapter(model_path, f"{tmp}/a{i}", seed=i) for i in range(2)]
         path = f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
         child = subprocess.Popen([sys.executable, __file__, "--new-tokens", str(args.new_tokens), "--serve",
-                                  model_path, *adapters], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                 env=os.environ | {"PYTHONPATH": path})
+                                  model_path, *adapters], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 text=True, env=os.environ | {"PYTHONPATH": path})
         try:
             info = json.loads(child.stdout.readline())
-            asyncio.run(load(info["base_url"], info["api_key"], info["models"], messages, 1, 0.0, 4))  # warm-up
+            # Warm-up.
+            asyncio.run(load(info["base_url"], info["api_key"], info["models"], messages, 1, 0.0, 4))
             levels = {}
             for clients in (int(c) for c in args.clients.split(",")):
-                levels[str(clients)] = result = asyncio.run(load(info["base_url"], info["api_key"], info["models"],
-                                                                 messages, clients, args.duration, args.new_tokens))
+                result = asyncio.run(load(info["base_url"], info["api_key"], info["models"], messages,
+                                          clients, args.duration, args.new_tokens))
+                levels[str(clients)] = result
                 print(f"server, {clients} clients:", json.dumps(result), flush=True)
         finally:
             child.stdin.close()
@@ -183,8 +191,9 @@ def main() -> None:
         base = baseline(model_path, adapters[0], messages, args.duration, args.new_tokens)
         print("baseline, one request at a time:", json.dumps(base), flush=True)
     print(json.dumps({
-        "model": args.model, "device": "cuda" if torch.cuda.is_available() else "cpu", "new_tokens": args.new_tokens,
-        "duration_s": args.duration, "cpu_threads": torch.get_num_threads(), "baseline": base, "server": levels,
+        "model": args.model, "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "new_tokens": args.new_tokens, "duration_s": args.duration, "cpu_threads": torch.get_num_threads(),
+        "baseline": base, "server": levels,
         "speedup": {c: round(r["tokens_per_s"] / base["tokens_per_s"], 2) for c, r in levels.items()},
         "errors": sum(r["errors"] for r in levels.values()),
     }))

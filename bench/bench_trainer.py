@@ -4,7 +4,8 @@ Same model, tokenizer, chat template, rendered rows (same loss masks), batches i
 settings, optimizer, schedule, seed and number of steps. Throughput is real (non-pad) tokens per second
 over warm steps only; each candidate's final eval loss shows quality parity.
 
-    python bench/bench_trainer.py [--data sample:people|varied|PATH] [--steps 12] [--warmup 2] [--model ID] [--r 8]
+    python bench/bench_trainer.py [--data sample:people|varied|PATH] [--steps 12] [--warmup 2]
+                                  [--model ID] [--r 8]
 
 Data: `sample:people` (the demo set: every row starts with the same system prompt and instruction,
 lengths nearly equal) or `varied` (generated here: five different instructions, answers from a few
@@ -28,15 +29,15 @@ from nbfinetune.config import DEFAULT_MODEL, RunConfig
 from nbfinetune.core.batching import EpochSampler
 from nbfinetune.core.evaluate import eval_loss
 from nbfinetune.core.models import resolve_model
-from nbfinetune.core.setup import load_for_training, load_tokenizer
+from nbfinetune.core.setup import load_for_training
 from nbfinetune.core.trainer import train
 from nbfinetune.data.prepare import prepare
 from nbfinetune.data.render import IGNORE
 from nbfinetune.runs import EventWriter
 
-
 WORDS = ("river stone lantern maple copper orbit violet harbor meadow signal quartz ember willow canyon "
-         "falcon prism cedar tundra velvet beacon glacier saffron thistle cobalt juniper sparrow marble").split()
+         "falcon prism cedar tundra velvet beacon glacier saffron thistle cobalt juniper sparrow "
+         "marble").split()
 
 
 def varied_rows(n: int, seed: int) -> list[dict]:
@@ -69,7 +70,8 @@ def data_source(name: str, seed: int, directory: Path) -> tuple[str, str | None]
     paths = []
     for split, n in (("train", 480), ("eval", 24)):
         path = directory / f"varied_{split}.jsonl"
-        path.write_text("".join(json.dumps(r) + "\n" for r in varied_rows(n, seed + len(split))), encoding="utf-8")
+        rows = varied_rows(n, seed + len(split))
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
         paths.append(str(path))
     return paths[0], paths[1]
 
@@ -114,8 +116,13 @@ def bench_ours(config: RunConfig, warmup: int) -> dict:
 
 def bench_hf(config: RunConfig, warmup: int, tuned: bool) -> dict:
     from torch.utils.data import SequentialSampler
-    from transformers import (DataCollatorForSeq2Seq, DataCollatorWithFlattening, Trainer, TrainerCallback,
-                              TrainingArguments)
+    from transformers import (
+        DataCollatorForSeq2Seq,
+        DataCollatorWithFlattening,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
 
     loaded = load_for_training(config, resolve_model(config.model))  # same peft model setup and seed
     loaded.model.get_base_model().set_attn_implementation("sdpa")  # stock transformers attention
@@ -144,8 +151,9 @@ def bench_hf(config: RunConfig, warmup: int, tuned: bool) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         arguments = TrainingArguments(
-            output_dir=tmp, per_device_train_batch_size=config.train.batch_size, max_steps=config.train.max_steps,
-            learning_rate=config.train.lr, lr_scheduler_type=config.train.schedule, warmup_steps=0,
+            output_dir=tmp, per_device_train_batch_size=config.train.batch_size,
+            max_steps=config.train.max_steps, learning_rate=config.train.lr,
+            lr_scheduler_type=config.train.schedule, warmup_steps=0,
             weight_decay=0.0, max_grad_norm=config.train.max_grad_norm, seed=config.train.seed,
             logging_steps=1, save_strategy="no", report_to=[], use_cpu=loaded.device == "cpu",
             dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=True)
@@ -158,9 +166,11 @@ def bench_hf(config: RunConfig, warmup: int, tuned: bool) -> dict:
     base = loaded.model.get_base_model()
     embedding, head = base.get_input_embeddings().weight, base.get_output_embeddings().weight
     # The output layer does matmul work even when it shares its weight with the input embedding.
-    n = sum(p.numel() for p in base.parameters()) - embedding.numel() + (head.numel() if head is embedding else 0)
+    n = (sum(p.numel() for p in base.parameters()) - embedding.numel()
+         + (head.numel() if head is embedding else 0))
     return {"tokens_per_s": rate, "warmup_s": warm_s, "final_train_loss": losses[-1] if losses else None,
-            "eval_loss": eval_loss(loaded.model, data.eval, config.train.batch_size, loaded.device), "params": n}
+            "eval_loss": eval_loss(loaded.model, data.eval, config.train.batch_size, loaded.device),
+            "params": n}
 
 
 def mfu(tokens_per_s: float, n: int) -> float | None:
@@ -211,12 +221,14 @@ def main() -> None:
         "tuned_hf_tokens_per_s": round(tuned["tokens_per_s"], 1),
         "speedup_vs_stock": round(ours["tokens_per_s"] / stock["tokens_per_s"], 3),
         "speedup_vs_tuned": round(ours["tokens_per_s"] / tuned["tokens_per_s"], 3),
-        "mfu": mfu(ours["tokens_per_s"], stock["params"]), "stock_hf_mfu": mfu(stock["tokens_per_s"], stock["params"]),
-        "eval_loss": ours["eval_loss"], "stock_hf_eval_loss": stock["eval_loss"], "tuned_hf_eval_loss": tuned["eval_loss"],
+        "mfu": mfu(ours["tokens_per_s"], stock["params"]),
+        "stock_hf_mfu": mfu(stock["tokens_per_s"], stock["params"]),
+        "eval_loss": ours["eval_loss"], "stock_hf_eval_loss": stock["eval_loss"],
+        "tuned_hf_eval_loss": tuned["eval_loss"],
         "warmup_s": {"ours": round(ours["warmup_s"], 2), "stock": round(stock["warmup_s"], 2),
                      "tuned": round(tuned["warmup_s"], 2)},
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
-                     "python": platform.python_version()},
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                     "peft": peft.__version__, "python": platform.python_version()},
     }
     print(json.dumps(result))
 

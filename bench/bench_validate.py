@@ -61,7 +61,8 @@ def main() -> None:
         after = peak_rss_mb()
     report = result.report
     assert report.rows == args.rows and report.problem_count == bad, (report.rows, report.problem_count, bad)
-    print(json.dumps({"rows": args.rows, "file_mb": round(size_mb, 1), "bad_rows": bad, "seconds": round(seconds, 1),
+    print(json.dumps({"rows": args.rows, "file_mb": round(size_mb, 1), "bad_rows": bad,
+                      "seconds": round(seconds, 1),
                       "rows_per_s": round(args.rows / seconds), "peak_rss_mb_before": round(before),
                       "peak_rss_mb_after": round(after), "tokens_total": report.tokens.get("total")}))
 

@@ -80,7 +80,8 @@ def kill_fault(model: str, phase: str, target: str) -> Outcome:
     from nbfinetune.ownership import our_pid
 
     outcome = Outcome(f"kill {target} at {phase}")
-    run = api.finetune(model=model, steps=6, eval_every=EVERY, save_every=EVERY, eval_samples=2, display=False)
+    run = api.finetune(model=model, steps=6, eval_every=EVERY, save_every=EVERY, eval_samples=2,
+                       display=False)
     try:
         def reached() -> bool:
             events = run.events()
@@ -146,15 +147,16 @@ def disk_faults(model: str, home: Path) -> list[Outcome]:
                   OSError(errno.ENOSPC, "No space left on device")):
         outcome = Outcome(f"ENOSPC during a checkpoint ({type(error).__name__})")
         run_dir = Path(tempfile.mkdtemp(dir=home))
-        config = RunConfig.from_dict({"model": model, "train": {"max_steps": 6, "save_every": 2, "batch_size": 8},
+        config = RunConfig.from_dict({"model": model,
+                                      "train": {"max_steps": 6, "save_every": 2, "batch_size": 8},
                                       "eval": {"samples": 0}})
         real_save = torch.save
 
-        def full(obj, path, *args, _error=error, **kwargs):
+        def full(obj, path, *args, _error=error, _real_save=real_save, **kwargs):
             if "step-4" in str(path):
                 Path(path).write_bytes(b"PK" * 64)
                 raise _error
-            return real_save(obj, path, *args, **kwargs)
+            return _real_save(obj, path, *args, **kwargs)
 
         torch.save = full
         try:
@@ -170,9 +172,13 @@ def disk_faults(model: str, home: Path) -> list[Outcome]:
         if latest_checkpoint(run_dir) is None or latest_checkpoint(run_dir).name != "step-2":
             outcome.recoverable, outcome.note = False, "a partial checkpoint is the latest"
         else:
-            steps = []
-            _guarded(outcome, train, config, lambda t, **p: steps.append(p.get("step")) if t == "step" else None,
-                     lambda: False, run_dir)
+            steps: list[int | None] = []
+
+            def record(kind, *, _steps=steps, **payload):
+                if kind == "step":
+                    _steps.append(payload.get("step"))
+
+            _guarded(outcome, train, config, record, lambda: False, run_dir)
             outcome.recoverable = steps == [3, 4, 5, 6]
         outcomes.append(outcome)
 
@@ -186,7 +192,7 @@ def disk_faults(model: str, home: Path) -> list[Outcome]:
     writer.close()
     before = read_events(store.events_path(run_id)).events
     with open(store.events_path(run_id), "a") as handle:
-        handle.write('{"v":1,"type":"step","run_id":"%s","seq":4,"ti' % run_id)
+        handle.write(f'{{"v":1,"type":"step","run_id":"{run_id}","seq":4,"ti')
     writer = _guarded(outcome, EventWriter, store.events_path(run_id), run_id)
     if writer is not None:
         writer.emit("failed", error="X", message="after the disk filled")
@@ -200,7 +206,8 @@ def disk_faults(model: str, home: Path) -> list[Outcome]:
     broken = store.create(RunConfig())
     (store.path(broken) / "config.json").write_text("")
     listing = _guarded(outcome, store.list) or []
-    outcome.recoverable = any(s.run_id == broken and s.status == "damaged" for s in listing) and len(listing) == 2
+    outcome.recoverable = (any(s.run_id == broken and s.status == "damaged" for s in listing)
+                           and len(listing) == 2)
     outcomes.append(outcome)
     return outcomes
 
@@ -242,15 +249,18 @@ def corruption_faults(home: Path) -> list[Outcome]:
         result = _guarded(outcome, read_events, path)
         if result is not None:
             outcome.events_lost = len(intact - {e.to_json() for e in result.events})
-        _guarded(outcome, lambda: repr(api.attach(run_id, display=False, store=store)))
+        # Each check runs at once: the loop variables are bound as defaults only to say so.
+        _guarded(outcome, lambda run_id=run_id: repr(api.attach(run_id, display=False, store=store)))
         summary = _guarded(outcome, store.summary, run_id)
         _guarded(outcome, page_events, path, 0, 5)
-        _guarded(outcome, lambda: json.dumps(summary.to_dict(), allow_nan=False) if summary else None)
+        _guarded(outcome,
+                 lambda summary=summary: json.dumps(summary.to_dict(), allow_nan=False) if summary else None)
         writer = _guarded(outcome, EventWriter, path, run_id)  # a resume's writer continues the stream
         if writer is not None:
             writer.emit("log", level="info", message="resumed")
             writer.close()
-            outcome.recoverable = _guarded(outcome, lambda: read_events(path).events[-1].type == "log") or False
+            last_is_log = _guarded(outcome, lambda path=path: read_events(path).events[-1].type == "log")
+            outcome.recoverable = last_is_log or False
         outcomes.append(outcome)
     listing = Outcome("listing with every corruption at once")
     listing.recoverable = len(_guarded(listing, store.list) or []) == len(CORRUPTIONS)
@@ -323,7 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     report = {"faults_injected": len(outcomes), "runs_recoverable": sum(o.recoverable for o in outcomes),
               "runs_unrecoverable": sum(not o.recoverable for o in outcomes),
               "events_lost": sum(o.events_lost for o in outcomes),
-              "tracebacks": sum(len(o.tracebacks) for o in outcomes), "seconds": round(time.monotonic() - start, 1)}
+              "tracebacks": sum(len(o.tracebacks) for o in outcomes),
+              "seconds": round(time.monotonic() - start, 1)}
     print(json.dumps(report))
     return 0 if report["runs_unrecoverable"] == report["events_lost"] == report["tracebacks"] == 0 else 1
 

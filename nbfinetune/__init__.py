@@ -16,17 +16,36 @@ import types
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["RunConfig", "Run", "attach", "compare", "delete", "economics", "endpoint", "evaluate", "finetune", "judge",
-           "preflight", "runs", "serve", "sweep", "try_rewards",
+__all__ = ["RunConfig", "Run", "attach", "compare", "delete", "economics", "endpoint", "evaluate", "finetune",
+           "judge", "launcher", "preflight", "runs", "serve", "sweep", "try_rewards",
            "load_ipython_extension"]
 
 if TYPE_CHECKING:
-    from .api import Run, attach, compare, delete, endpoint, finetune, preflight, runs, serve, sweep, try_rewards
+    from .api import (
+        Run,
+        attach,
+        compare,
+        delete,
+        endpoint,
+        finetune,
+        preflight,
+        runs,
+        serve,
+        try_rewards,
+    )
     from .config import RunConfig
-    from .evals import economics, evaluate, judge
 
-_LAZY = {"Run": "api", "attach": "api", "compare": "api", "delete": "api", "finetune": "api", "preflight": "api", "runs": "api", "sweep": "api", "RunConfig": "config",
-         "evaluate": "evals", "judge": "evals", "economics": "evals", "endpoint": "api", "serve": "api", "try_rewards": "api"}
+    # From the submodules: `evals.economics` (and the others) name both a module and its function.
+    from .evals.economics import economics
+    from .evals.evaluate import evaluate
+    from .evals.judge import judge
+    from .sweep import sweep
+    from .widgets.launcher import launcher
+
+_LAZY = {"Run": "api", "attach": "api", "compare": "api", "delete": "api", "finetune": "api",
+         "preflight": "api", "runs": "api", "sweep": "sweep", "RunConfig": "config",
+         "launcher": "widgets.launcher", "evaluate": "evals", "judge": "evals", "economics": "evals",
+         "endpoint": "api", "serve": "api", "try_rewards": "api"}
 
 
 def __getattr__(name: str) -> Any:
@@ -38,20 +57,22 @@ def __getattr__(name: str) -> Any:
 
 
 class _Package(types.ModuleType):
-    """`nbfinetune.runs` is both the submodule and the `runs()` function: importing the submodule sets the
-    package attribute, which would otherwise shadow the function (`nbft.runs()` → "module is not callable")."""
+    """`nbfinetune.runs` and `nbfinetune.sweep` are both a submodule and a function: importing the submodule
+    sets the package attribute, which would otherwise shadow the function (`nbft.runs()` → "module is not
+    callable")."""
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name == "runs" and isinstance(value, types.ModuleType):
-            value.__class__ = _CallableRuns
+        if name in ("runs", "sweep") and isinstance(value, types.ModuleType):
+            value.__class__ = _CallableModule
         super().__setattr__(name, value)
 
 
-class _CallableRuns(types.ModuleType):
+class _CallableModule(types.ModuleType):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        from .api import runs
+        import importlib
 
-        return runs(*args, **kwargs)
+        name = self.__name__.rpartition(".")[2]
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __package__), name)(*args, **kwargs)
 
 
 sys.modules[__name__].__class__ = _Package

@@ -10,57 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from .backends.base import Backend, get_backend
-from .config import RunConfig, absolute_paths
+from .config import RunConfig
 from .events import Event
+from .runs import RunIsRunning as RunIsRunning  # re-exported: api.RunIsRunning
 from .runs import RunStore, RunSummary
-
-TRAIN_FLAGS = {"steps": "train.max_steps", "max_steps": "train.max_steps", "epochs": "train.epochs",
-               "lr": "train.lr", "batch_size": "train.batch_size", "grad_accum": "train.grad_accum",
-               "seed": "train.seed", "r": "lora.r", "alpha": "lora.alpha", "dropout": "lora.dropout",
-               "target_modules": "lora.target_modules", "max_seq_len": "data.max_seq_len",
-               "columns": "data.columns", "on_bad_rows": "data.on_bad_rows", "train_on": "data.train_on",
-               "eval_data": "data.eval_path", "format": "data.format", "eval_every": "eval.every",
-               "eval_samples": "eval.samples", "metrics": "eval.metrics", "save_every": "train.save_every",
-               "precision": "train.precision", "quantization": "train.quantization",
-               "schedule": "train.schedule", "warmup_steps": "train.warmup_steps",
-               "data": "data.path", "model": "model", "backend": "backend", "name": "name", "gpu": "gpu",
-               "budget_usd": "budget_usd", "budget": "budget_usd", "processes": "train.processes",
-               "early_stopping": "eval.early_stopping", "early_stopping_metric": "eval.early_stopping_metric",
-               "method": "train.method", "dpo_beta": "train.dpo_beta",
-               "generations": "train.grpo_generations"}
-
-
-def build_config(config: RunConfig | dict[str, Any] | str | None = None, **settings: Any) -> RunConfig:
-    """A RunConfig from a base (object, nested dict or YAML text) plus flat keyword settings."""
-    if isinstance(config, RunConfig):
-        base = config
-    elif isinstance(config, dict):
-        base = RunConfig.from_dict(config)
-    elif isinstance(config, str):
-        base = RunConfig.from_yaml(config)
-    else:
-        base = RunConfig()
-    overrides: dict[str, Any] = {}
-    auto_gpu = settings.get("gpu") == "auto"  # the memory planner picks it (nbfinetune.planner)
-    for key, value in settings.items():
-        if value is None or (key == "gpu" and auto_gpu):
-            continue
-        if key == "rewards":  # 'module:function' references and notebook functions (sent by value)
-            from .rewards import split_rewards
-
-            references, packed = split_rewards(list(value) if isinstance(value, (list, tuple)) else [value])
-            overrides["train.rewards"], overrides["train.reward_code"] = references or None, packed or None
-            continue
-        dotted = TRAIN_FLAGS.get(key, key)
-        overrides[dotted] = value
-    if "train.epochs" in overrides and "train.max_steps" not in overrides:
-        overrides["train.max_steps"] = None
-    built = absolute_paths(base.with_overrides(overrides) if overrides else base)
-    if auto_gpu:
-        from .planner import apply_choice, choose_gpu
-
-        built = apply_choice(built, choose_gpu(built.model, built))
-    return built
+from .settings import build_config as build_config  # re-exported: finetune's keywords are build_config's
 
 
 class Run:
@@ -123,15 +77,15 @@ class Run:
         show = progress if progress is not None else dashboard is None
         deadline = None if timeout is None else time.monotonic() + timeout
         bar = None
-        for event in self.store.follow(
+        for state in self.store.watch(
                 self.id, should_stop=lambda: deadline is not None and time.monotonic() > deadline,
                 worker_alive=lambda: self.backend.is_alive(self.id, self.store)):
-            if show and event.type == "started":
-                bar = tqdm(total=event["total_steps"], initial=event.get("resumed_step", 0),
-                           desc=f"run {self.id}", unit="step")
-            elif bar is not None and event.type == "step":
-                bar.n = event["step"]
-                bar.set_postfix(loss=f"{event['loss']:.4f}", refresh=False)
+            if show and bar is None and state.status == "running":
+                bar = tqdm(total=state.total_steps, initial=state.step, desc=f"run {self.id}", unit="step")
+            if bar is not None:
+                bar.n = state.step
+                if state.last_loss is not None:
+                    bar.set_postfix(loss=f"{state.last_loss:.4f}", refresh=False)
                 bar.refresh()
         if bar is not None:
             bar.close()
@@ -365,25 +319,6 @@ def summary_html(summary: RunSummary) -> str:
     return f"<table class='nbft-summary'>{rows}</table>"
 
 
-def launcher(**settings: Any) -> Any:
-    """The launcher widget: data pre-flight, settings, estimate, Launch (which turns into the dashboard)."""
-    from .widgets.launcher import Launcher
-
-    return Launcher(build_config(**settings) if settings else None)
-
-
-def sweep(grid: dict[str, list[Any]], metric: str = "eval_loss", samples: int | None = None,
-          **settings: Any) -> Any:
-    """Launch one run per combination of `grid` (or `samples` random ones) and return the Sweep: live
-    overlay (display it), `.wait()`, `.results()` DataFrame, `.best()` run by `metric`.
-
-    sweep({"lr": [1e-4, 3e-4], "r": [8, 16]}, data="train.jsonl", steps=200, backend="modal", gpu="A10")
-    """
-    from .sweep import Sweep
-
-    return Sweep(grid, metric=metric, samples=samples, **settings)
-
-
 def compare(run_ids: list[str | Run], store: RunStore | None = None) -> Any:
     """Overlay several runs' curves in one figure, with a DataFrame (`.table`) of settings and final
     metrics."""
@@ -469,24 +404,15 @@ def runs(store: RunStore | None = None) -> RunList:
     return RunList((store or RunStore()).list())
 
 
-class RunIsRunning(RuntimeError):
-    """Deleting a run whose worker is still alive would pull its files from under it."""
-
-
 def delete(run_id: str | Run, store: RunStore | None = None) -> Path:
     """Delete a run and everything in its directory; returns the path removed. A running run must be
     cancelled first (RunIsRunning)."""
     run = run_id if isinstance(run_id, Run) else Run(run_id, store or RunStore())
-    status = run.status
-    alive = run.backend.is_alive(run.id, run.store)
-    if alive is True or (alive is None and status == "running"):
-        raise RunIsRunning(f"run {run.id} is {status}: cancel it first (%finetune cancel {run.id}), "
-                           "then delete it")
     path = run.path
+    run.store.delete(run.id, alive=run.backend.is_alive(run.id, run.store))  # RunIsRunning while it runs
     dashboard = _DASHBOARDS.pop(run.id, None)
     if dashboard is not None:
         dashboard.close()
-    run.store.delete(run.id)
     return path
 
 

@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from .config import FORMATS, SAMPLE_DATA, ConfigError, default_model
+from .settings import CLI, add_flags, flag_settings
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -17,36 +18,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="run a fine-tune headless on the local backend and wait for it")
-    train.add_argument("--model", default=None, help=f"hub id or local path (default: {default_model()})")
-    train.add_argument("--data", default=SAMPLE_DATA,
-                       help="jsonl/json/csv/parquet file, hub id, or sample:people")
-    train.add_argument("--eval-data", dest="eval_data")
+    # The same flags as `%finetune`, from the settings table (--max-steps stays as an alias of --steps).
+    add_flags(train, CLI, defaults={"data": SAMPLE_DATA}, notes={"model": f"default: {default_model()}"})
     train.add_argument("--config", help="YAML file with settings; flags override it")
-    train.add_argument("--format", choices=FORMATS)
-    # The same flags as `%finetune` (--max-steps stays as an alias of --steps).
-    train.add_argument("--steps", "--max-steps", dest="steps", type=int)
-    train.add_argument("--epochs", type=float)
-    train.add_argument("--lr", type=float)
-    train.add_argument("--r", type=int)
-    train.add_argument("--alpha", type=float)
-    train.add_argument("--batch-size", dest="batch_size", type=int)
-    train.add_argument("--grad-accum", dest="grad_accum", type=int)
-    train.add_argument("--max-seq-len", dest="max_seq_len", type=int)
-    train.add_argument("--eval-every", dest="eval_every", type=int)
-    train.add_argument("--eval-samples", dest="eval_samples", type=int,
-                       help="prompts answered by generation at each evaluation (default 24); "
-                            "0: eval loss only")
-    train.add_argument("--early-stopping", dest="early_stopping", type=int)
-    train.add_argument("--early-stopping-metric", dest="early_stopping_metric")
-    train.add_argument("--save-every", dest="save_every", type=int)
-    train.add_argument("--seed", type=int)
-    train.add_argument("--name")
-    train.add_argument("--quantization", choices=("nf4",),
-                       help="nf4: QLoRA, the base model in 4-bit (bitsandbytes)")
-    train.add_argument("--method", choices=("sft", "dpo", "grpo"),
-                       help="sft (default); dpo: preference pairs; grpo: prompts + --reward")
-    train.add_argument("--reward", dest="rewards", action="append",
-                       help="GRPO reward 'module:function' (repeatable)")
     train.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
     runs = sub.add_parser("runs", help="list runs")
@@ -106,21 +80,18 @@ def _train(args: argparse.Namespace) -> int:
     from . import api
 
     base = open(args.config, encoding="utf-8").read() if args.config else None
-    settings = {k: getattr(args, k) for k in ("model", "data", "eval_data", "format", "steps", "epochs", "lr",
-                                              "r", "alpha", "batch_size", "grad_accum", "max_seq_len",
-                                              "eval_every", "eval_samples", "early_stopping",
-                                              "early_stopping_metric", "save_every", "seed", "name",
-                                              "quantization", "method", "rewards")}
+    settings = {s.name: getattr(args, s.name) for s in flag_settings(CLI)}
     run = api.finetune(base, display=False, backend="local", **settings)
     if not args.json:
         print(f"run {run.id} started: {run.path}", flush=True)
     summary = run.wait(progress=not args.json)
-    events = run.events()
-    losses = [e["loss"] for e in events if e.type == "step"]
+    state = run.store.state(run.id)
+    # A finished run's losses as its trainer reported them; a run that ended otherwise: as far as it got.
+    kept = state.finished
+    first = kept.first_loss if kept and kept.first_loss is not None else state.first_loss
+    last = kept.last_loss if kept and kept.last_loss is not None else state.last_loss
     result: dict[str, Any] = {"run_id": run.id, "status": summary.status,
-                              "adapter_path": summary.adapter_path,
-                              "first_loss": losses[0] if losses else None,
-                              "last_loss": losses[-1] if losses else None,
+                              "adapter_path": summary.adapter_path, "first_loss": first, "last_loss": last,
                               "eval_loss": summary.eval_loss, "metrics": summary.metrics,
                               "base_metrics": summary.base_metrics, "error": summary.error}
     if args.json:

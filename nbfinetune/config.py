@@ -11,11 +11,14 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 SAMPLE_DATA = "sample:people"
 FORMATS = ("auto", "chat", "sharegpt", "instruction", "prompt_completion", "text")
+# Data files by suffix -> how they are read (data/sources.py); also what makes a name a local path.
+DATA_FILE_KINDS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv",
+                   ".parquet": "parquet"}
 SCHEDULES = ("linear", "cosine", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 BACKENDS = ("local", "modal")
@@ -186,7 +189,8 @@ def load_yaml(text: str) -> Any:
 
 def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
     if not isinstance(values, dict):
-        raise ConfigError(f"'{prefix.rstrip('.') or 'config'}' must be a mapping, got {type(values).__name__}")
+        name = prefix.rstrip(".") or "config"
+        raise ConfigError(f"'{name}' must be a mapping, got {type(values).__name__}")
     known = {f.name: f for f in dataclasses.fields(cls)}
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
@@ -227,7 +231,8 @@ def _problems(config: RunConfig) -> list[str]:
     def choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
         check(value in allowed, f"{name} must be one of {', '.join(allowed)}, got {value!r}")
 
-    check(isinstance(config.model, str) and config.model.strip() != "", "model must be a hub id or a local path")
+    check(isinstance(config.model, str) and config.model.strip() != "",
+          "model must be a hub id or a local path")
     check(isinstance(config.data.path, str) and config.data.path.strip() != "",
           "data.path must be a file, a directory, a hub id or 'sample:people'")
     choice("data.format", config.data.format, FORMATS)
@@ -236,7 +241,8 @@ def _problems(config: RunConfig) -> list[str]:
     columns = config.data.columns
     check(columns is None or (isinstance(columns, dict) and all(isinstance(k, str) and isinstance(v, str)
                                                                 for k, v in columns.items())),
-          "data.columns must map our field names to yours, e.g. {'prompt': 'question', 'completion': 'answer'}")
+          "data.columns must map our field names to yours, "
+          "e.g. {'prompt': 'question', 'completion': 'answer'}")
     number("data.eval_fraction", config.data.eval_fraction, 0.0, 0.5)
     positive_int("data.max_seq_len", config.data.max_seq_len)
     positive_int("lora.r", config.lora.r)
@@ -244,8 +250,10 @@ def _problems(config: RunConfig) -> list[str]:
     number("lora.dropout", config.lora.dropout, 0.0, 1.0, high_open=True)  # 1.0 would drop every input
     targets = config.lora.target_modules
     check((isinstance(targets, str) and targets.strip() != "")
-          or (isinstance(targets, list) and targets and all(isinstance(t, str) and t.strip() for t in targets)),
-          "lora.target_modules must be 'all-linear' or a list of module names such as ['q_proj', 'v_proj']")
+          or (isinstance(targets, list) and bool(targets)
+              and all(isinstance(t, str) and t.strip() for t in targets)),
+          "lora.target_modules must be 'all-linear' or a list of module names "
+          "such as ['q_proj', 'v_proj']")
     t = config.train
     positive_int("train.max_steps", t.max_steps, allow_none=True)
     if t.epochs is not None:
@@ -253,35 +261,41 @@ def _problems(config: RunConfig) -> list[str]:
     check(t.max_steps is not None or t.epochs is not None, "set train.max_steps or train.epochs")
     positive_int("train.batch_size", t.batch_size)
     check(not isinstance(t.batch_size, int) or t.batch_size <= MAX_BATCH_SIZE,
-          f"train.batch_size must be at most {MAX_BATCH_SIZE} (use grad_accum for larger batches), got {t.batch_size!r}")
+          f"train.batch_size must be at most {MAX_BATCH_SIZE} (use grad_accum for larger batches), "
+          f"got {t.batch_size!r}")
     positive_int("train.grad_accum", t.grad_accum)
     number("train.lr", t.lr, 0.0, 1.0, low_open=True)
     choice("train.schedule", t.schedule, SCHEDULES)
-    check(isinstance(t.warmup_steps, int) and t.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {t.warmup_steps!r}")
+    check(isinstance(t.warmup_steps, int) and t.warmup_steps >= 0,
+          f"train.warmup_steps must be >= 0, got {t.warmup_steps!r}")
     number("train.weight_decay", t.weight_decay, 0.0)
     number("train.max_grad_norm", t.max_grad_norm, 0.0)
     check(isinstance(t.seed, int) and not isinstance(t.seed, bool) and 0 <= t.seed < 2**32,
           f"train.seed must be an integer from 0 to 2**32 - 1, got {t.seed!r}")
     choice("train.precision", t.precision, PRECISIONS)
-    check(t.quantization in (None, "nf4"), f"train.quantization must be 'nf4' or None, got {t.quantization!r}")
+    check(t.quantization in (None, "nf4"),
+          f"train.quantization must be 'nf4' or None, got {t.quantization!r}")
     positive_int("train.save_every", t.save_every, allow_none=True)
     choice("train.batch_layout", t.batch_layout, ("auto", "shared", "packed", "padded"))
     positive_int("train.processes", t.processes)
     choice("train.method", t.method, METHODS)
     number("train.dpo_beta", t.dpo_beta, 0.0, low_open=True)
     check(t.rewards is None or (isinstance(t.rewards, list) and all(
-        isinstance(r, str) and r.count(":") == 1 and all(part.strip() for part in r.split(":")) for r in t.rewards)),
+        isinstance(r, str) and r.count(":") == 1 and all(part.strip() for part in r.split(":"))
+        for r in t.rewards)),
         f"train.rewards must be a list of 'module:function' references, got {t.rewards!r}")
     check(t.reward_code is None or (isinstance(t.reward_code, dict) and all(
         isinstance(k, str) and isinstance(v, str) for k, v in t.reward_code.items())),
-        "train.reward_code must map reward names to serialized functions (pass the functions as rewards=[...])")
+        "train.reward_code must map reward names to serialized functions "
+        "(pass the functions as rewards=[...])")
     if t.method == "grpo":
         check(bool(t.rewards) or bool(t.reward_code),
-              "train.method 'grpo' needs at least one reward: rewards=['module:function'] or a notebook function")
+              "train.method 'grpo' needs at least one reward: rewards=['module:function'] "
+              "or a notebook function")
         positive_int("train.grpo_generations", t.grpo_generations)
         check(not isinstance(t.grpo_generations, int) or t.grpo_generations >= 2,
-              f"train.grpo_generations must be at least 2 (advantages compare completions of one prompt), got "
-              f"{t.grpo_generations!r}")
+              "train.grpo_generations must be at least 2 (advantages compare completions of one prompt), "
+              f"got {t.grpo_generations!r}")
         positive_int("train.grpo_max_new_tokens", t.grpo_max_new_tokens)
         number("train.grpo_temperature", t.grpo_temperature, 0.0, low_open=True)
         number("train.grpo_beta", t.grpo_beta, 0.0)
@@ -296,7 +310,8 @@ def _problems(config: RunConfig) -> list[str]:
     positive_int("eval.early_stopping", e.early_stopping, allow_none=True)
     number("eval.early_stopping_min_delta", e.early_stopping_min_delta, 0.0)
     if e.early_stopping is not None:
-        check(e.every is not None, "eval.early_stopping needs eval.every: it counts evaluations without improvement")
+        check(e.every is not None,
+              "eval.early_stopping needs eval.every: it counts evaluations without improvement")
         check(isinstance(e.early_stopping_metric, str) and bool(e.early_stopping_metric),
               "eval.early_stopping_metric must be 'eval_loss' or a metric name such as 'json_match'")
         if e.early_stopping_metric != "eval_loss":
@@ -304,7 +319,8 @@ def _problems(config: RunConfig) -> list[str]:
                   f"eval.early_stopping_metric {e.early_stopping_metric!r} is a generation metric: it needs "
                   "eval.generate and eval.samples > 0 (or use 'eval_loss')")
             check(e.metrics is None or e.early_stopping_metric in e.metrics,
-                  f"eval.early_stopping_metric {e.early_stopping_metric!r} is not among eval.metrics {e.metrics}")
+                  f"eval.early_stopping_metric {e.early_stopping_metric!r} "
+                  f"is not among eval.metrics {e.metrics}")
     metrics = config.eval.metrics
     from .core.metrics import BUILTIN  # stdlib only
 
@@ -316,19 +332,23 @@ def _problems(config: RunConfig) -> list[str]:
                                    and function.replace("_", "").isalnum())
 
     check(metrics is None or (isinstance(metrics, list) and all(known_metric(m) for m in metrics)),
-          f"eval.metrics must be a list of metric names ({', '.join(BUILTIN)}) or 'module:function' references, "
-          f"got {metrics!r}")
+          f"eval.metrics must be a list of metric names ({', '.join(BUILTIN)}) "
+          f"or 'module:function' references, got {metrics!r}")
     check(e.early_stopping_metric == "eval_loss" or known_metric(e.early_stopping_metric),
-          f"eval.early_stopping_metric must be 'eval_loss' or a metric ({', '.join(BUILTIN)}, 'module:function'), "
-          f"got {e.early_stopping_metric!r}")
+          "eval.early_stopping_metric must be 'eval_loss' or a metric "
+          f"({', '.join(BUILTIN)}, 'module:function'), got {e.early_stopping_metric!r}")
     check(config.name is None or (isinstance(config.name, str) and len(config.name) <= 200),
-          f"name must be text (at most 200 characters), got "
-          + (f"{len(config.name)} characters" if isinstance(config.name, str) else type(config.name).__name__))
+          "name must be text (at most 200 characters), got "
+          + (f"{len(config.name)} characters" if isinstance(config.name, str)
+             else type(config.name).__name__))
     choice("backend", config.backend, BACKENDS)
     from .pricing import UnknownGPU, parse_gpu
 
     try:
-        parse_gpu(config.gpu) if isinstance(config.gpu, str) else out.append("gpu must be text like 'H100' or 'H100:2'")
+        if isinstance(config.gpu, str):
+            parse_gpu(config.gpu)
+        else:
+            out.append("gpu must be text like 'H100' or 'H100:2'")
     except UnknownGPU as exc:
         out.append(str(exc))
     if config.budget_usd is not None:
@@ -336,7 +356,7 @@ def _problems(config: RunConfig) -> list[str]:
     return out
 
 
-_DATA_SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".parquet")
+_DATA_SUFFIXES = tuple(DATA_FILE_KINDS)
 
 
 def absolute_paths(config: RunConfig, cwd: str | None = None) -> RunConfig:
@@ -361,11 +381,18 @@ def is_local_path(path: str, base: str, dir_only: bool = False) -> bool:
     spelled like a path (./x, ../x, /x, ~/x, or a data file's suffix)."""
     expanded = os.path.join(base, os.path.expanduser(path))
     exists = os.path.isdir(expanded) if dir_only else os.path.exists(expanded)
-    return exists or path.startswith((".", "/", "~")) or (not dir_only and path.lower().endswith(_DATA_SUFFIXES))
+    return (exists or path.startswith((".", "/", "~"))
+            or (not dir_only and path.lower().endswith(_DATA_SUFFIXES)))
 
 
+# A str stays a str (data.path), None stays None (an unset data.eval_path).
+@overload
+def _absolute_data(path: str, base: str) -> str: ...
+@overload
+def _absolute_data(path: str | None, base: str) -> str | None: ...
 def _absolute_data(path: str | None, base: str) -> str | None:
-    if not isinstance(path, str) or not path.strip() or path.startswith("sample:") or not is_local_path(path, base):
+    if (not isinstance(path, str) or not path.strip() or path.startswith("sample:")
+            or not is_local_path(path, base)):
         return path
     return _absolute(path, base)
 

@@ -7,6 +7,7 @@ Stdlib only, so any process (worker, kernel, server extension) can read and writ
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -125,3 +126,71 @@ def redact(text: str) -> str:
     for pattern in _SECRET_PATTERNS:
         text = pattern.sub("[redacted]", text)
     return text
+
+
+# --- reading payloads: events are data from disk, and views (the sidebar's toFixed, JSON without NaN)
+# need real numbers, so a value of the wrong type or a non-finite number reads as missing.
+def as_number(value: Any) -> float | None:
+    """A finite number, or None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def as_count(value: Any) -> int | None:
+    number = as_number(value)
+    return int(number) if number is not None and number == int(number) else None
+
+
+def as_scores(value: Any) -> dict[str, float]:
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): v for k, v in ((k, as_number(v)) for k, v in value.items()) if v is not None}
+
+
+def as_text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+@dataclass
+class FinishedSummary:
+    """The `summary` a `finished` event carries: what the trainer reports about the run it ended."""
+
+    first_loss: float | None = None
+    last_loss: float | None = None
+    # The kept adapter's evaluation: with early stopping, best_step's, else the final one's.
+    eval_loss: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    base_metrics: dict[str, float] = field(default_factory=dict)
+    steps: int | None = None
+    train_time_s: float | None = None
+    # With early stopping: the evaluated step whose adapter the run kept, and whether it stopped early.
+    best_step: int | None = None
+    stopped_early: bool = False
+
+    @classmethod
+    def from_dict(cls, value: Any) -> FinishedSummary:
+        """Lenient: a missing or malformed summary (an older version, a damaged file) reads as empty."""
+        value = value if isinstance(value, dict) else {}
+        return cls(first_loss=as_number(value.get("first_loss")), last_loss=as_number(value.get("last_loss")),
+                   eval_loss=as_number(value.get("eval_loss")), metrics=as_scores(value.get("metrics")),
+                   base_metrics=as_scores(value.get("base_metrics")), steps=as_count(value.get("steps")),
+                   train_time_s=as_number(value.get("train_time_s")),
+                   best_step=as_count(value.get("best_step")),
+                   stopped_early=value.get("stopped_early") is True)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"first_loss": self.first_loss, "last_loss": self.last_loss,
+                               "eval_loss": self.eval_loss, "metrics": self.metrics,
+                               "base_metrics": self.base_metrics, "steps": self.steps,
+                               "train_time_s": self.train_time_s}
+        if self.best_step is not None or self.stopped_early:  # only runs with early stopping report these
+            out |= {"best_step": self.best_step, "stopped_early": self.stopped_early}
+        return out
+
+    def describe(self) -> str:
+        """One line on which adapter the run kept; '' when it is simply the last one."""
+        if self.best_step is None:
+            return ""  # the status badge already says "finished"
+        how = f"stopped early at step {self.steps}" if self.stopped_early else "finished"
+        return f"{how}; the adapter is the best evaluated one, from step {self.best_step}"

@@ -29,7 +29,8 @@ def malformed_files(folder: Path) -> dict[str, tuple[Path, int]]:
                          + "\n").encode(), 0)
     put("bom.jsonl", ("\ufeff" + GOOD_LINE + "\n").encode("utf-8"), 0)
     put("late.jsonl", ("{oops\n" * 250 + GOOD_LINE + "\n").encode(), 0)
-    put("latin1.jsonl", (GOOD_LINE + "\n" + '{"prompt": "caf\xe9", "completion": "ok"}\n').encode("latin-1"), 0)
+    latin1 = GOOD_LINE + "\n" + '{"prompt": "caf\xe9", "completion": "ok"}\n'
+    put("latin1.jsonl", latin1.encode("latin-1"), 0)
     put("empty.csv", b"", 2)
     put("random.csv", os.urandom(3000), 2)
     put("quote.csv", b'prompt,completion\nhi,there\n"unbalanced,ok\nyo,fine\n', 0)
@@ -70,7 +71,8 @@ def mutations(rows: list[str], folder: Path, count: int, seed: int = 0) -> list[
 
 
 def _many_turns(line: str, times: int) -> str:
-    """The row's conversation repeated `times` times (a row an earlier damage left unreadable stays as it is)."""
+    """The row's conversation repeated `times` times (a row an earlier damage left unreadable stays as it
+    is)."""
     try:
         return json.dumps({"messages": json.loads(line)["messages"] * times})
     except (ValueError, TypeError, KeyError):

@@ -51,7 +51,8 @@ def _model_dir(model: str) -> str | None:
         raise ConfigError(f"model {model!r}: cannot read config.json ({exc.__class__.__name__}: {exc}); "
                           "a model directory needs the config.json that save_pretrained writes") from None
     if not isinstance(values, dict) or "model_type" not in values:
-        raise ConfigError(f"model {model!r}: config.json has no 'model_type'; is this a transformers model directory?")
+        raise ConfigError(f"model {model!r}: config.json has no 'model_type'; is this a transformers model "
+                          "directory?")
     return path
 
 
@@ -92,8 +93,8 @@ def _check_targets(targets: str | list[str], modules: set[str] | None) -> None:
     leaves = sorted({m.rsplit(".", 1)[-1] for m in modules if not m.rsplit(".", 1)[-1].isdigit()})
     missing = [t for t in targets if not any(m == t or m.endswith("." + t) for m in modules)]
     if missing:
-        raise ConfigError(f"lora.target_modules: {', '.join(map(repr, missing))} not in the model; its modules "
-                          f"include {', '.join(leaves[:20])}")
+        raise ConfigError(f"lora.target_modules: {', '.join(map(repr, missing))} not in the model; its "
+                          f"modules include {', '.join(leaves[:20])}")
 
 
 def _check_data(path: str, fmt: str, columns: dict[str, str] | None) -> str | None:

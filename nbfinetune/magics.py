@@ -5,14 +5,15 @@
     run = %finetune --data sample:people --steps 40      # launch; live dashboard in the cell
     %%finetune --steps 100                                # the cell body is a YAML config
     %finetune check [DATA]                                # pre-flight view of a dataset
-    %finetune compare RUN RUN ...                         # curves overlaid + a table of settings and metrics
+    %finetune compare RUN RUN ...                         # overlaid curves, a table of settings and metrics
     %finetune runs | attach [RUN] | cancel [RUN] [--hard] | resume [RUN] | export [RUN] [--out DIR]
     %finetune delete RUN [--yes]                          # remove a run's directory (not while it runs)
     %finetune chat [RUN] [message]
     server = %finetune serve [RUN ...] [--backend local|modal] [--port P]   # an OpenAI-compatible API
     %chat What is 2 + 2?                                  # ask the latest run's adapter, streamed
     %%chat --run RUN                                      # the cell body is the (multi-line) message
-    %chat --endpoint URL --model M [--key-env VAR] [--run RUN] message   # any OpenAI-compatible API, or beside a run
+    %chat --endpoint URL --model M [--key-env VAR] [--run RUN] message
+                                                          # any OpenAI-compatible API, or beside a run
 """
 
 from __future__ import annotations
@@ -20,56 +21,31 @@ from __future__ import annotations
 import argparse
 import re
 import shlex
-from typing import Any
+from typing import Any, NoReturn
 
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
+from IPython.core.magic import Magics, line_cell_magic, magics_class
 from traitlets import Unicode
 
 from . import api
-from .config import ConfigError, default_model, SAMPLE_DATA
+from .config import SAMPLE_DATA, ConfigError, default_model
+from .settings import MAGIC, add_flags, flag_settings
 
 SUBCOMMANDS = ("runs", "compare", "check", "attach", "cancel", "resume", "export", "chat", "delete", "serve")
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, no SystemExit, no traceback wall
+    def error(self, message: str) -> NoReturn:  # one line, no SystemExit, no traceback wall
         raise UsageError(f"{self.prog}: {message}")
 
 
 def train_parser() -> _Parser:
     parser = _Parser(prog="%finetune", add_help=False,
-                     description="Launch a LoRA fine-tune. Subcommands: check [DATA], runs, attach [RUN], cancel [RUN] [--hard], "
-                                 "resume [RUN], export [RUN] [--out DIR], chat [RUN] [message], delete RUN [--yes].")
+                     description="Launch a LoRA fine-tune. Subcommands: check [DATA], runs, attach [RUN], "
+                                 "cancel [RUN] [--hard], resume [RUN], export [RUN] [--out DIR], "
+                                 "chat [RUN] [message], delete RUN [--yes].")
+    add_flags(parser, MAGIC, notes={"model": "default: %%config FinetuneMagics.default_model"})
     add = parser.add_argument
-    add("--model", help="hub id or local path (default: %%config FinetuneMagics.default_model)")
-    add("--data", help="jsonl/json/csv/parquet file, hub dataset id, or sample:people")
-    add("--eval-data", dest="eval_data")
-    add("--format", choices=("auto", "chat", "sharegpt", "instruction", "prompt_completion", "text"))
-    add("--backend", choices=("local", "modal"))
-    add("--gpu", help="Modal GPU type: T4, L4, A10, L40S, A100-40GB, A100-80GB, H100, H200, B200; ':N' for N GPUs; "
-                      "'auto': the cheapest that fits the run's memory plan")
-    add("--budget", type=float, help="Modal: cancel the run when its GPU cost reaches this many USD")
-    add("--steps", type=int)
-    add("--epochs", type=float)
-    add("--lr", type=float)
-    add("--r", type=int)
-    add("--alpha", type=float)
-    add("--batch-size", dest="batch_size", type=int)
-    add("--grad-accum", dest="grad_accum", type=int)
-    add("--max-seq-len", dest="max_seq_len", type=int)
-    add("--eval-every", dest="eval_every", type=int)
-    add("--eval-samples", dest="eval_samples", type=int)
-    add("--early-stopping", dest="early_stopping", type=int,
-        help="stop after N evaluations without improvement (needs --eval-every); keeps the best adapter")
-    add("--early-stopping-metric", dest="early_stopping_metric", help="eval_loss (default) or e.g. json_match")
-    add("--save-every", dest="save_every", type=int)
-    add("--seed", type=int)
-    add("--quantization", choices=("nf4",), help="nf4: QLoRA, the base model in 4-bit (bitsandbytes)")
-    add("--method", choices=("sft", "dpo", "grpo"),
-        help="sft (default); dpo: preference pairs prompt/chosen/rejected; grpo: prompts + --reward")
-    add("--reward", dest="rewards", action="append", help="GRPO reward 'module:function' (repeatable)")
-    add("--name")
     add("--no-dashboard", dest="dashboard", action="store_false")
     add("--background", action="store_true",
         help="in a terminal (no widgets), return at once instead of showing progress until the run ends")
@@ -96,7 +72,9 @@ class FinetuneMagics(Magics):
         if cell is not None and cell.strip():
             return self._handle_train(words, yaml_config=cell)
         if not words:
-            return api.launcher(model=self.default_model, data=self.default_data)
+            from .widgets.launcher import launcher
+
+            return launcher(model=self.default_model, data=self.default_data)
         if words[0] in ("-h", "--help", "help"):
             print(train_parser().format_help())
             return None
@@ -115,15 +93,16 @@ class FinetuneMagics(Magics):
         parser.add_argument("--max-tokens", dest="max_new_tokens", type=int, default=256)
         parser.add_argument("--temperature", type=float, default=0.0)
         parser.add_argument("--system")
-        parser.add_argument("--endpoint", help="an OpenAI-compatible base URL: alone, chat with it; with --run, "
-                                               "it answers beside the run")
+        parser.add_argument("--endpoint", help="an OpenAI-compatible base URL: alone, chat with it; "
+                                               "with --run, it answers beside the run")
         parser.add_argument("--model", help="the endpoint's model name")
         parser.add_argument("--key-env", dest="key_env", default="OPENAI_API_KEY",
                             help="environment variable holding the endpoint's API key")
         parser.add_argument("message", nargs="*")
         args = parser.parse_args(_split(line))
         message = cell.strip() if cell and cell.strip() else (" ".join(args.message) or None)
-        sampling = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "system": args.system}
+        sampling = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
+                    "system": args.system}
         endpoints = []
         if args.endpoint:
             if not args.model:
@@ -141,8 +120,8 @@ class FinetuneMagics(Magics):
         if args.help:
             print(train_parser().format_help())
             return None
-        settings = {k: v for k, v in vars(args).items()
-                    if k not in ("dashboard", "help", "background") and v is not None}
+        settings = {s.name: getattr(args, s.name) for s in flag_settings(MAGIC)
+                    if getattr(args, s.name) is not None}
         base = _yaml_settings(yaml_config) if yaml_config is not None else {}
         # The magic's defaults fill what neither the YAML cell nor the flags set.
         base.setdefault("model", self.default_model)
@@ -164,7 +143,8 @@ class FinetuneMagics(Magics):
     def _handle_compare(self, words: list[str]) -> Any:
         if len(words) < 1:
             raise UsageError("%finetune compare RUN [RUN ...]")
-        return _guard(lambda: api.compare(words))
+        run_ids: list[str | api.Run] = list(words)  # api.compare takes ids or Runs
+        return _guard(lambda: api.compare(run_ids))
 
     def _handle_runs(self, words: list[str]) -> api.RunList:
         return api.runs()
@@ -232,7 +212,8 @@ class FinetuneMagics(Magics):
 
 # `%chat Who are you?`: IPython reads a trailing `?` as a help request ("Object `you` not found"). A chat
 # line is a message, so it is turned into the magic call before the help transformer sees it.
-_CHAT_LINE = re.compile(r"^(?P<indent>[ \t]*)(?:(?P<target>[\w.]+)[ \t]*=[ \t]*)?%(?P<magic>chat|finetune[ \t]+chat)"
+_CHAT_LINE = re.compile(r"^(?P<indent>[ \t]*)(?:(?P<target>[\w.]+)[ \t]*=[ \t]*)?"
+                        r"%(?P<magic>chat|finetune[ \t]+chat)"
                         r"(?P<args>[ \t]+.*\?)[ \t]*$")  # `%chat?` alone stays a help request
 
 
@@ -301,5 +282,6 @@ def _guard(action: Any) -> Any:
 
     try:
         return action()
-    except (ConfigError, DataError, RunNotFound, LookupError, FileNotFoundError, ValueError, RuntimeError) as exc:
+    except (ConfigError, DataError, RunNotFound, LookupError, FileNotFoundError, ValueError,
+            RuntimeError) as exc:
         raise UsageError(str(exc)) from None

@@ -37,7 +37,8 @@ def take_lock(run_dir: Path, wait_s: float = 2.0) -> int:
         except BlockingIOError:
             if time.monotonic() >= deadline:
                 os.close(fd)
-                raise RunLocked(f"run {run_dir.name} is still running (a worker process holds {run_dir / LOCK_FILE})")
+                raise RunLocked(f"run {run_dir.name} is still running (a worker process holds "
+                                f"{run_dir / LOCK_FILE})") from None
             time.sleep(0.05)
 
 
@@ -118,3 +119,15 @@ def die_with_parent(parent_pid: int) -> None:
         return  # not Linux: the writer lock still keeps a second writer out
     if os.getppid() != parent_pid:
         os._exit(1)
+
+
+def worker_alive(run_dir: Path) -> bool | None:
+    """Whether a worker of the run lives: its writer lock is held. Runs of earlier versions (no lock file):
+    the recorded pid, only if it is still the same process. None when no worker was recorded (e.g. a
+    Modal run: only its backend knows)."""
+    held = lock_held(run_dir)
+    if held is not None:
+        return held
+    if not (run_dir / "worker.pid").is_file():
+        return None
+    return our_pid(run_dir / "worker.pid") is not None

@@ -2,7 +2,8 @@
 loaded), and the cheapest Modal GPU it fits on — decided before any GPU second is billed.
 
     weights        parameters × bytes of their dtype; NF4: 4 bits + block scales for the decoder's linear
-                   weights, the rest (embeddings, norms, head) in fp32 (peft's prepare_model_for_kbit_training)
+                   weights, the rest (embeddings, norms, head) in fp32
+                   (peft's prepare_model_for_kbit_training)
     LoRA + AdamW   LoRA parameters × 16 bytes (fp32 weight, gradient, two moments)
     activations    saved for backward, per token per layer; with gradient checkpointing only each layer's
                    input plus one layer's worth being recomputed
@@ -34,7 +35,8 @@ PER_SCORE_CPU = 2.0
 # Memory held per byte of saved tensors: glibc's heap keeps freed backward temporaries (measured on CPU,
 # bench/measure_memory.py); PyTorch's CUDA caching allocator rounds blocks and fragments less.
 ALLOCATOR = {"cpu": 1.57, "cuda": 1.2}
-CHUNK_ELEMENTS = 32 * 1024 * 1024  # core.logits.CHUNK_ELEMENTS (duplicated: this module must not import torch)
+# core.logits.CHUNK_ELEMENTS (duplicated: this module must not import torch)
+CHUNK_ELEMENTS = 32 * 1024 * 1024
 RUNTIME_BYTES = {"cuda": 1.0 * GIB, "cpu": 0.39 * GIB}  # CPU: python + torch + transformers, measured
 
 
@@ -70,8 +72,8 @@ class ModelShape:
             intermediate, expert_params = dense, 3 * hidden * dense
         tied = config.get("tie_word_embeddings", text.get("tie_word_embeddings", False))
         return cls(vocab=text["vocab_size"], hidden=hidden, layers=text["num_hidden_layers"], heads=heads,
-                   kv_heads=text.get("num_key_value_heads") or heads, head_dim=head_dim, intermediate=intermediate,
-                   expert_params=expert_params, tied=bool(tied))
+                   kv_heads=text.get("num_key_value_heads") or heads, head_dim=head_dim,
+                   intermediate=intermediate, expert_params=expert_params, tied=bool(tied))
 
     @property
     def attention_params(self) -> int:
@@ -91,7 +93,8 @@ class ModelShape:
         return self.linear_params + self.embedding_params + self.layers * 2 * self.hidden + self.hidden
 
     def lora_params(self, r: int) -> int:
-        """all-linear LoRA: r × (in + out) per adapted linear layer (dense MLPs; MoE experts are not adapted)."""
+        """all-linear LoRA: r × (in + out) per adapted linear layer (dense MLPs; MoE experts are not
+        adapted)."""
         h, d = self.hidden, self.head_dim
         attention = r * ((h + self.heads * d) * 2 + (h + self.kv_heads * d) * 2)
         mlp = r * 3 * (h + self.intermediate) if self.expert_params == 3 * h * self.intermediate else 0
@@ -151,7 +154,8 @@ def plan_memory(model: str | dict[str, Any] | ModelShape, config: RunConfig, dev
     element = 2 if half else 4
     if t.quantization:
         # 4 bits per weight, an 8-bit scale per 64-weight block plus its fp32 scale per 256 blocks.
-        weights = shape.linear_params * (0.5 + 1 / 64 + 4 / (64 * 256)) + (shape.params - shape.linear_params) * 4
+        weights = (shape.linear_params * (0.5 + 1 / 64 + 4 / (64 * 256))
+                   + (shape.params - shape.linear_params) * 4)
     else:
         weights = shape.params * element
     lora = shape.lora_params(config.lora.r) * 16
@@ -193,8 +197,9 @@ def choose_gpu(model: str | dict[str, Any] | ModelShape, config: RunConfig) -> G
                 return GpuChoice(gpu, estimate, memory, by_price)
     largest = max(table["memory_gib"].values())
     hint = "" if config.train.quantization else "; try quantization='nf4' (QLoRA),"
-    raise DoesNotFit(f"the run needs {plan_memory(shape, config, 'cuda', True)} even with gradient checkpointing; "
-                     f"the largest GPU has {largest} GiB{hint} a smaller batch_size or max_seq_len")
+    raise DoesNotFit(f"the run needs {plan_memory(shape, config, 'cuda', True)} even with gradient "
+                     f"checkpointing; the largest GPU has {largest} GiB{hint} a smaller batch_size or "
+                     "max_seq_len")
 
 
 def apply_choice(config: RunConfig, choice: GpuChoice) -> RunConfig:

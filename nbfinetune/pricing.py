@@ -30,7 +30,8 @@ def parse_gpu(spec: str) -> tuple[str, int]:
     name = ALIASES.get(name.upper(), name.upper())
     known = price_table()["per_gpu_second"]
     if name not in known:
-        raise UnknownGPU(f"unknown GPU type {spec!r}; Modal offers {', '.join(known)} (append ':N' for N GPUs)")
+        raise UnknownGPU(f"unknown GPU type {spec!r}; Modal offers {', '.join(known)} "
+                         "(append ':N' for N GPUs)")
     try:
         n = int(count) if count else 1
     except ValueError:

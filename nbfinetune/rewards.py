@@ -66,8 +66,9 @@ def load_rewards(references: list[str] | None, packed: dict[str, str] | None) ->
         try:
             function = getattr(importlib.import_module(module), attribute)
         except (ImportError, AttributeError) as exc:
-            raise ValueError(f"reward {reference!r} cannot be imported here ({exc}); make the module importable "
-                             "(PYTHONPATH, an installed package) or pass the function itself") from None
+            raise ValueError(f"reward {reference!r} cannot be imported here ({exc}); make the module "
+                             "importable (PYTHONPATH, an installed package) or pass the function "
+                             "itself") from None
         out.append((attribute, function))
     for name, blob in (packed or {}).items():
         import cloudpickle
@@ -75,13 +76,15 @@ def load_rewards(references: list[str] | None, packed: dict[str, str] | None) ->
         try:
             function = cloudpickle.loads(base64.b64decode(blob))
         except Exception as exc:  # noqa: BLE001 — any unpickling failure is the same user problem
-            raise ValueError(f"reward {name!r} (sent by value) cannot be loaded here: {type(exc).__name__}: {exc}"
-                             " (same Python version needed; or use a 'module:function' reference)") from None
+            raise ValueError(f"reward {name!r} (sent by value) cannot be loaded here: "
+                             f"{type(exc).__name__}: {exc} (same Python version needed; or use a "
+                             "'module:function' reference)") from None
         out.append((name, function))
     return out
 
 
-def score(rewards: list[tuple[str, Reward]], prompt: str, completion: str, row: dict[str, Any]) -> dict[str, float]:
+def score(rewards: list[tuple[str, Reward]], prompt: str, completion: str,
+          row: dict[str, Any]) -> dict[str, float]:
     """Every reward's score of one completion; a reward that raises or returns a non-number scores 0."""
     fields = {k: v for k, v in row.items() if k not in ("prompt", "completion")}
     out = {}
@@ -120,5 +123,6 @@ def people_json(prompt: str, completion: str, answer: str | None = None, **row: 
     except ValueError:
         expected = {}
     if isinstance(expected, dict):
-        total += sum(0.2 for key in ("name", "age", "city") if key in expected and value.get(key) == expected[key])
+        total += sum(0.2 for key in ("name", "age", "city")
+                     if key in expected and value.get(key) == expected[key])
     return round(total * scale, 4)

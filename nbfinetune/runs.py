@@ -1,14 +1,14 @@
 """RunStore: one directory per run, an append-only events.jsonl that is the single source of truth.
 
-runs/<run_id>/{config.json, events.jsonl, worker.pid, worker.log, adapter/, checkpoints/}
-Stdlib only: the server extension and the notebook read runs without importing torch.
+runs/<run_id>/{config.json, events.jsonl, rate.json, writer.lock, worker.log, adapter/, checkpoints/}
+Its events are read by EventTail (tail.py) and folded by RunState (run_state.py); the names of both are
+re-exported here. Stdlib only: the server extension and the notebook read runs without importing torch.
 """
 
 from __future__ import annotations
 
 import bisect
 import json
-import math
 import os
 import re
 import secrets
@@ -22,7 +22,15 @@ from pathlib import Path
 from typing import Any
 
 from .config import RunConfig, nbfinetune_home
-from .events import Event, EventError, redact
+from .events import Event, as_number, redact
+from .run_state import ENDED, LIVE, SPARK_POINTS, LiveState, RunState, RunSummary, summarize
+from .tail import EVENTS_FILE, EventTail, ReadResult, events_file, last_event, read_events
+
+# The runs layer's names, where they live (run_state.py: the fold; tail.py: the reader; here: the store).
+__all__ = ["ENDED", "EVENTS_FILE", "LIVE", "RUNS_DIR", "SPARK_POINTS", "EventPage", "EventTail",
+           "EventWriter", "LiveState", "ReadResult", "RunDamaged", "RunIsRunning", "RunNotFound", "RunState",
+           "RunStore", "RunSummary", "events_file", "last_event", "new_run_id", "page_events", "read_events",
+           "summarize", "validate_run_id", "worker_alive"]
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -62,12 +70,14 @@ class EventWriter:
             # A line cut short (a crash or a full disk mid-write): start a fresh line so the next event is
             # not glued onto it and lost, and say what happened in the stream itself.
             self._file.write("\n")
-            self.emit("log", level="warning", message=f"the previous writer left a torn last line ({torn} bytes, "
-                                                      "e.g. a full disk or a kill mid-write); it is kept as it was")
+            self.emit("log", level="warning",
+                      message=f"the previous writer left a torn last line ({torn} bytes, e.g. a full disk "
+                              "or a kill mid-write); it is kept as it was")
 
     def emit(self, type: str, **payload: Any) -> Event:
         with self._lock:
-            event = Event(type=type, run_id=self.run_id, seq=self._next_seq, time=time.time(), payload=payload)
+            event = Event(type=type, run_id=self.run_id, seq=self._next_seq, time=time.time(),
+                          payload=payload)
             line = event.to_json()
             safe = redact(line)
             if safe != line:  # a credential in a path or message: what is stored and passed on is redacted
@@ -102,43 +112,8 @@ def _torn_tail(path: Path) -> int:
 
 
 def _last_seq(path: Path) -> int:
-    last = 0
-    for event in read_events(path).events:
-        last = event.seq
-    return last
-
-
-@dataclass
-class ReadResult:
-    events: list[Event]
-    # (line number, reason) for lines that are not valid events — e.g. a line torn by a crash.
-    problems: list[tuple[int, str]] = field(default_factory=list)
-    # Byte offset just past the last complete line: where a follower resumes reading.
-    offset: int = 0
-
-
-def read_events(path: str | os.PathLike[str], offset: int = 0, first_line: int = 1) -> ReadResult:
-    """Read complete lines from offset; a torn or corrupt line is reported, never fatal."""
-    result = ReadResult(events=[], offset=offset)
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(offset)
-            data = handle.read()
-    except FileNotFoundError:
-        return result
-    if b"\n" not in data:
-        return result  # nothing complete yet: a writer may be mid-line
-    complete, _, _partial = data.rpartition(b"\n")
-    line_no = first_line
-    for raw in complete.split(b"\n"):
-        if raw.strip():
-            try:
-                result.events.append(Event.from_json(raw.decode("utf-8")))
-            except (EventError, UnicodeDecodeError) as exc:
-                result.problems.append((line_no, str(exc)))
-        line_no += 1
-    result.offset = offset + len(complete) + 1
-    return result
+    last = last_event(path)
+    return last.seq if last is not None else 0
 
 
 @dataclass
@@ -152,37 +127,24 @@ _SEQ = re.compile(rb'"seq":\s*(\d+)')
 
 
 class _OffsetIndex:
-    """Byte offset and line number of each event line by seq, extended as the file grows: a page of
-    events is then read from its first line onwards, in time proportional to the page."""
+    """Byte offset and line number of each event line by seq, extended from an EventTail as the file
+    grows: a page of events is then read from its first line onwards, in time proportional to the page."""
 
-    def __init__(self) -> None:
+    def __init__(self, path: Path) -> None:
+        self.tail = EventTail(path)
         self.seqs: array[int] = array("q")
         self.offsets: array[int] = array("q")
         self.lines: array[int] = array("q")
-        self.end, self.next_line = 0, 1
 
-    def extend(self, path: Path) -> None:
-        with open(path, "rb") as handle:
-            handle.seek(self.end)
-            while chunk := handle.read(1 << 20):
-                complete = chunk[: chunk.rfind(b"\n") + 1]
-                if not complete:
-                    if len(chunk) < 1 << 20:
-                        break  # a line still being written
-                    complete = chunk + handle.readline()  # a line longer than the chunk
-                    if not complete.endswith(b"\n"):
-                        break
-                position = 0
-                for raw in complete.splitlines(keepends=True):
-                    found = _SEQ.search(raw)
-                    if found:
-                        self.seqs.append(int(found.group(1)))
-                        self.offsets.append(self.end + position)
-                        self.lines.append(self.next_line)
-                    position += len(raw)
-                    self.next_line += 1
-                self.end += len(complete)
-                handle.seek(self.end)
+    def extend(self) -> bool:
+        """Index the lines appended since; False when the file was replaced (then index a new one)."""
+        for offset, number, raw in self.tail.lines():
+            found = _SEQ.search(raw)  # no JSON parsing: indexing stays cheap for long runs
+            if found:
+                self.seqs.append(int(found.group(1)))
+                self.offsets.append(offset)
+                self.lines.append(number)
+        return not self.tail.restarted
 
 
 _indexes: dict[Path, _OffsetIndex] = {}
@@ -191,176 +153,70 @@ _indexes: dict[Path, _OffsetIndex] = {}
 def page_events(path: Path, since: int, limit: int) -> EventPage:
     """Events with seq > since, at most limit of them, read from an offset index (see _OffsetIndex)."""
     index = _indexes.get(path)
-    try:
-        if index is None or path.stat().st_size < index.end:  # new, or replaced (e.g. re-mirrored)
-            index = _indexes[path] = _OffsetIndex()
-        index.extend(path)
-    except FileNotFoundError:
-        return EventPage([], False)
+    if index is None or not index.extend():  # new, or replaced (e.g. re-mirrored)
+        index = _indexes[path] = _OffsetIndex(path)
+        index.extend()
     start = bisect.bisect_right(index.seqs, since)
     if start >= len(index.seqs):
         return EventPage([], False)
     page = EventPage([], False)
-    line = index.lines[start]
-    with open(path, "rb") as handle:
-        handle.seek(index.offsets[start])
-        position = index.offsets[start]
-        while position < index.end:
-            raw = handle.readline()
-            position += len(raw)
-            if raw.strip():
-                try:
-                    event = Event.from_json(raw.decode("utf-8"))
-                except (EventError, UnicodeDecodeError) as exc:
-                    page.problems.append((line, str(exc)))
-                else:
-                    if event.seq > since:
-                        if len(page.events) == limit:
-                            page.more = True
-                            break
-                        page.events.append(event)
-            line += 1
+    # A tail from the page's first line, read only as far as the page goes.
+    reader = EventTail(path, index.offsets[start], index.lines[start])
+    for offset, number, raw in reader.lines():
+        if offset >= index.tail.offset:
+            break  # past what the index has seen: the next page
+        event = reader.parse(number, raw)
+        if event is not None and event.seq > since:
+            if len(page.events) == limit:
+                page.more = True
+                break
+            page.events.append(event)
+    page.problems = reader.problems
     return page
 
 
-@dataclass
-class RunSummary:
-    run_id: str
-    status: str
-    name: str | None = None
-    model: str | None = None
-    data: str | None = None
-    backend: str | None = None
-    step: int = 0
-    total_steps: int | None = None
-    last_loss: float | None = None
-    eval_loss: float | None = None
-    metrics: dict[str, float] = field(default_factory=dict)
-    base_metrics: dict[str, float] = field(default_factory=dict)
-    adapter_path: str | None = None
-    # With early stopping: the step whose adapter the run kept (eval_loss and metrics are that step's).
-    best_step: int | None = None
-    error: str | None = None
-    started: float | None = None
-    ended: float | None = None
-    # GPU spend so far in USD; None where nothing is billed (local runs).
-    cost_usd: float | None = None
-    # Train loss downsampled to at most SPARK_POINTS values, for sparklines in run lists.
-    loss_trace: list[float] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-    def __repr__(self) -> str:  # short: the loss trace is for sparklines, not for reading
-        from .api import describe
-
-        return f"<RunSummary {self.name or self.run_id}: {describe(self)}>"
-
-    def _repr_html_(self) -> str:
-        from .api import summary_html
-
-        return summary_html(self)
+# The runs root inside NBFINETUNE_HOME: spelled here only.
+RUNS_DIR = "runs"
+# Written at launch by backends that bill by time: {"usd_per_hour": x}, so every reader computes cost.
+RATE_FILE = "rate.json"
 
 
-SPARK_POINTS = 40
-
-
-def _downsample(values: list[float], points: int = SPARK_POINTS) -> list[float]:
-    if len(values) <= points:
-        return values
-    stride = len(values) / points
-    return [values[min(len(values) - 1, int(i * stride))] for i in range(points - 1)] + [values[-1]]
-
-
-def _number(value: Any) -> float | None:
-    """A finite number, or None: events are data from disk, and views (the sidebar's toFixed, JSON without
-    NaN) need real numbers."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    return float(value)
-
-
-def _count(value: Any) -> int | None:
-    number = _number(value)
-    return int(number) if number is not None and number == int(number) else None
-
-
-def _scores(value: Any) -> dict[str, float]:
-    if not isinstance(value, dict):
-        return {}
-    return {str(k): v for k, v in ((k, _number(v)) for k, v in value.items()) if v is not None}
-
-
-def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
-
-
-def summarize(run_id: str, config: dict[str, Any], events: list[Event], worker_alive: bool | None) -> RunSummary:
-    data = config.get("data")
-    summary = RunSummary(run_id=run_id, status="pending", name=_text(config.get("name")),
-                         model=_text(config.get("model")),
-                         data=_text(data.get("path")) if isinstance(data, dict) else None,
-                         backend=_text(config.get("backend")))
-    losses: list[float] = []
-    for event in events:
-        summary.started = summary.started or event.time
-        if event.type == "started":  # also a resume: what an earlier end reported no longer holds
-            summary.status, summary.error, summary.ended = "running", None, None
-            summary.total_steps = _count(event.get("total_steps"))
-        elif event.type == "step":
-            summary.step = _count(event["step"]) or summary.step
-            loss = _number(event["loss"])
-            if loss is not None:
-                summary.last_loss = loss
-                losses.append(loss)
-        elif event.type == "eval":
-            summary.eval_loss = _number(event.get("eval_loss")) if "eval_loss" in event.payload else summary.eval_loss
-            summary.metrics = _scores(event.get("metrics")) or summary.metrics
-            summary.base_metrics = _scores(event.get("base_metrics")) or summary.base_metrics
-        elif event.terminal:
-            summary.status = event.type
-            summary.ended = event.time
-            summary.adapter_path = _text(event.get("adapter_path"))
-            kept = event.get("summary")
-            kept = kept if isinstance(kept, dict) else {}
-            if event.type == "finished" and _count(kept.get("best_step")) is not None:
-                summary.best_step = _count(kept["best_step"])
-                summary.eval_loss = _number(kept.get("eval_loss")) if "eval_loss" in kept else summary.eval_loss
-                summary.metrics = _scores(kept.get("metrics")) or summary.metrics
-            if event.type == "failed":
-                summary.error = f"{event['error']}: {event['message']}"
-    summary.loss_trace = _downsample(losses)
-    if config.get("backend") == "modal" and summary.started is not None:
-        from .pricing import UnknownGPU, cost_so_far
-
-        try:  # GPU-seconds × price, from the first event to the end (or now, while running)
-            summary.cost_usd = cost_so_far(config.get("gpu", "A10"), (summary.ended or time.time()) - summary.started)
-        except UnknownGPU:
-            pass
-    if not (events and events[-1].terminal) and worker_alive is False and summary.status in ("pending", "running"):
-        summary.status = "lost"
-    return summary
+class RunIsRunning(RuntimeError):
+    """Deleting a run whose worker is still alive would pull its files from under it."""
 
 
 class RunStore:
     def __init__(self, home: str | os.PathLike[str] | None = None) -> None:
-        self.root = Path(home or nbfinetune_home()) / "runs"
+        self.root = Path(home or nbfinetune_home()) / RUNS_DIR
 
     def path(self, run_id: str) -> Path:
         return self.root / validate_run_id(run_id)
 
     def events_path(self, run_id: str) -> Path:
-        return self.path(run_id) / "events.jsonl"
+        return events_file(self.path(run_id))
 
-    def create(self, config: RunConfig, run_id: str | None = None) -> str:
+    def create(self, config: RunConfig, run_id: str | None = None, usd_per_hour: float | None = None) -> str:
         run_id = validate_run_id(run_id or new_run_id())
         directory = self.path(run_id)
         directory.mkdir(parents=True, exist_ok=False)
         # Secrets (a token inside a model path, say) never reach the disk; see LocalBackend for how the
         # worker still gets the real value.
         (directory / "config.json").write_text(redact(config.to_json()), encoding="utf-8")
-        (directory / "events.jsonl").touch()
+        events_file(directory).touch()
+        if usd_per_hour is not None:
+            self.record_rate(run_id, usd_per_hour)
         return run_id
+
+    def record_rate(self, run_id: str, usd_per_hour: float) -> None:
+        """What the run costs per hour while it runs (the backend's price, fixed at launch)."""
+        (self.path(run_id) / RATE_FILE).write_text(json.dumps({"usd_per_hour": usd_per_hour}))
+
+    def rate(self, run_id: str) -> float | None:
+        try:
+            recorded = json.loads((self.path(run_id) / RATE_FILE).read_text(encoding="utf-8"))
+        except (FileNotFoundError, ValueError):
+            return None
+        return as_number(recorded.get("usd_per_hour")) if isinstance(recorded, dict) else None
 
     def exists(self, run_id: str) -> bool:
         return (self.path(run_id) / "config.json").is_file()
@@ -376,7 +232,8 @@ class RunStore:
         try:
             config = json.loads(path.read_text(encoding="utf-8"))
         except (ValueError, OSError) as exc:  # ValueError: not JSON, or not UTF-8
-            raise RunDamaged(f"config.json is unreadable ({'empty' if not path.stat().st_size else exc})") from None
+            why = "empty" if not path.stat().st_size else exc
+            raise RunDamaged(f"config.json is unreadable ({why})") from None
         if not isinstance(config, dict):
             raise RunDamaged(f"config.json holds a {type(config).__name__}, not a JSON object")
         return config
@@ -393,12 +250,25 @@ class RunStore:
         return ids[-1] if ids else None
 
     def events(self, run_id: str, since_seq: int = 0) -> ReadResult:
-        result = read_events(self.require(run_id) / "events.jsonl")
+        result = read_events(events_file(self.require(run_id)))
         result.events = [e for e in result.events if e.seq > since_seq]
         return result
 
     def events_page(self, run_id: str, since_seq: int, limit: int) -> EventPage:
-        return page_events(self.require(run_id) / "events.jsonl", since_seq, limit)
+        return page_events(events_file(self.require(run_id)), since_seq, limit)
+
+    def state(self, run_id: str) -> RunState:
+        """The run's events folded now (views that need more than the summary: the CLI, a report)."""
+        config = self.config(run_id)
+        live = LiveState(events_file(self.require(run_id)),
+                         lambda: RunState.of_run(run_id, config, self.rate(run_id)))
+        live.update()
+        return live.state
+
+    def worker_alive(self, run_id: str) -> bool | None:
+        """Liveness as the store sees it without a backend: the run's writer lock (see ownership.py);
+        None when unknown (e.g. a Modal run: its backend knows)."""
+        return worker_alive(self.path(run_id))
 
     def follow(self, run_id: str, since_seq: int = 0, poll_s: float = 0.2,
                should_stop: Callable[[], bool] = lambda: False,
@@ -408,28 +278,40 @@ class RunStore:
         A run has ended when its last event is terminal and its worker is not running (a resumed run
         continues after an earlier `cancelled`), or when the worker is gone. Ends early on should_stop().
         """
-        path = self.require(run_id) / "events.jsonl"
-        offset, line, last = 0, 1, None
+        for events, _state in self._follow(run_id, since_seq, poll_s, should_stop, worker_alive):
+            yield from events
+
+    def watch(self, run_id: str, poll_s: float = 0.2, should_stop: Callable[[], bool] = lambda: False,
+              worker_alive: Callable[[], bool | None] | None = None) -> Iterator[RunState]:
+        """The run's state each time new events came, until the run has ended (as `follow`)."""
+        for _events, state in self._follow(run_id, 0, poll_s, should_stop, worker_alive):
+            yield state
+
+    def _follow(self, run_id: str, since_seq: int, poll_s: float, should_stop: Callable[[], bool],
+                worker_alive: Callable[[], bool | None] | None) -> Iterator[tuple[list[Event], RunState]]:
+        live = LiveState(events_file(self.require(run_id)))
+        yielded = since_seq
 
         def alive() -> bool | None:
             return worker_alive() if worker_alive is not None else None
 
+        def new(events: list[Event]) -> Iterator[tuple[list[Event], RunState]]:
+            nonlocal yielded
+            # After a replaced file (re-mirrored) is read again: only what was not yielded yet.
+            after = yielded if live.tail.restarted else since_seq
+            fresh = [event for event in events if event.seq > after]
+            yielded = max([yielded, *(event.seq for event in fresh)])
+            if fresh:
+                yield fresh, live.state
+
         while True:
-            chunk = read_events(path, offset, first_line=line)
-            line += len(chunk.events) + len(chunk.problems)
-            offset = chunk.offset
-            for event in chunk.events:
-                if event.seq > since_seq:
-                    yield event
-                last = event
-            if last is not None and last.terminal and not alive():
+            events = live.update()
+            yield from new(events)
+            if (live.state.last_terminal or not events) and live.state.settled(alive()):
+                # One last read: the worker may have written its final line just before exiting.
+                yield from new(live.update())
                 return
             if should_stop():
-                return
-            if not chunk.events and alive() is False:
-                # One last read: the worker may have written its final line just before exiting.
-                tail = read_events(path, offset, first_line=line)
-                yield from (e for e in tail.events if e.seq > since_seq)
                 return
             time.sleep(poll_s)
 
@@ -445,57 +327,52 @@ class RunStore:
 
     def _summary(self, run_id: str) -> RunSummary:
         config = self.config(run_id)
-        alive = pid_alive(self.path(run_id))
-        events_file = self.events_path(run_id)
+        alive = self.worker_alive(run_id)
+        path = self.events_path(run_id)
         try:
-            stat = events_file.stat()
+            stat = path.stat()
             key = (stat.st_size, stat.st_mtime_ns, alive)
         except FileNotFoundError:
             key = None
-        cached = _summary_cache.get(events_file)
+        cached = _summary_cache.get(path)
         # Run lists are polled every few seconds; an unchanged file (every ended run) is not parsed again.
-        if cached is not None and key is not None and cached[0] == key and config.get("backend") != "modal":
+        if cached is not None and key is not None and cached[0] == key:
             return cached[1]
-        summary = summarize(run_id, config, _events_so_far(events_file, keep=alive is not False), alive)
-        if key is not None:
-            _summary_cache[events_file] = (key, summary)
+        rate = self.rate(run_id)
+        live = _live_states.pop(path, None) or LiveState(path, lambda: RunState.of_run(run_id, config, rate))
+        live.update()
+        live.state.usd_per_hour = rate
+        summary = live.state.summary(alive)
+        if alive is not False:  # ended runs are summarized once and cached; their state need not stay
+            _live_states[path] = live
+        # A billed run's cost grows while it runs, with or without new events: not cached until it ends.
+        if key is not None and (summary.cost_usd is None or summary.ended is not None):
+            _summary_cache[path] = (key, summary)
         return summary
 
     def list(self) -> list[RunSummary]:
         return [self.summary(run_id) for run_id in self.ids()]
 
-    def delete(self, run_id: str) -> None:
-        shutil.rmtree(self.require(run_id))
+    def delete(self, run_id: str, alive: bool | None = None) -> None:
+        """Remove the run's directory; refused (RunIsRunning) while it runs. alive: the backend's answer
+        where the caller has one, else the store's (the writer lock)."""
+        path = self.require(run_id)
+        alive = self.worker_alive(run_id) if alive is None else alive
+        status = self.summary(run_id).status
+        if alive is True or (alive is None and status == "running"):
+            raise RunIsRunning(f"run {run_id} is {status}: cancel it first (%finetune cancel {run_id}), then "
+                               "delete it")
+        shutil.rmtree(path)
 
 
 _summary_cache: dict[Path, tuple[tuple[int, int, bool | None], RunSummary]] = {}
-# Live runs' events parsed so far (offset, next line number, events): each poll parses only what was
-# appended since, so listing a 100k-step run costs the same at step 100k as at step 10.
-_live_events: dict[Path, tuple[int, int, list[Event]]] = {}
+# Live runs' states folded so far: each poll folds only what was appended since, so listing a 100k-step
+# run costs the same at step 100k as at step 10.
+_live_states: dict[Path, LiveState] = {}
 
 
-def _events_so_far(path: Path, keep: bool) -> list[Event]:
-    offset, line, events = _live_events.pop(path, (0, 1, []))
-    try:
-        if path.stat().st_size < offset:  # replaced (e.g. re-mirrored): start over
-            offset, line, events = 0, 1, []
-    except FileNotFoundError:
-        return []
-    chunk = read_events(path, offset, first_line=line)
-    events = events + chunk.events
-    if keep:  # ended runs are summarized once and cached above; their events need not stay in memory
-        _live_events[path] = (chunk.offset, line + len(chunk.events) + len(chunk.problems), events)
-    return events
+def worker_alive(run_dir: Path) -> bool | None:
+    """True while a worker of the run lives, False once gone, None when unknown (see ownership.py)."""
+    from .ownership import worker_alive as alive
 
-
-def pid_alive(run_dir: Path) -> bool | None:
-    """Whether the run's worker lives: its writer lock is held (see ownership.py). Runs of earlier versions
-    (no lock file): the recorded pid, only if it is still the same process. None when no worker was recorded."""
-    from .ownership import lock_held, our_pid
-
-    held = lock_held(run_dir)
-    if held is not None:
-        return held
-    if not (run_dir / "worker.pid").is_file():
-        return None
-    return our_pid(run_dir / "worker.pid") is not None
+    return alive(run_dir)

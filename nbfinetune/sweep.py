@@ -13,12 +13,13 @@ import random
 import threading
 import time
 from collections import deque
-from typing import Any
+from typing import Any, cast
 
-from .api import Run, build_config
+from .api import Run
 from .backends.base import get_backend
 from .config import RunConfig
-from .runs import RunStore
+from .runs import LIVE, LiveState, RunState, RunStore
+from .settings import build_config
 
 REDRAW_INTERVAL_S = 0.2
 
@@ -27,13 +28,23 @@ def grid_points(grid: dict[str, list[Any]], samples: int | None = None,
                 seed: int = 0) -> list[dict[str, Any]]:
     """Every combination of the grid's values, or `samples` of them drawn without replacement."""
     if not grid or any(not isinstance(v, (list, tuple)) or not v for v in grid.values()):
-        raise ValueError("grid must map setting names to non-empty lists, "
-                         "e.g. {'lr': [1e-4, 3e-4], 'r': [8, 16]}")
+        raise ValueError("grid must map setting names to non-empty lists, e.g. "
+                         "{'lr': [1e-4, 3e-4], 'r': [8, 16]}")
     keys = list(grid)
     points = [dict(zip(keys, values, strict=True)) for values in itertools.product(*(grid[k] for k in keys))]
     if samples is not None and samples < len(points):
         points = random.Random(seed).sample(points, samples)
     return points
+
+
+def sweep(grid: dict[str, list[Any]], metric: str = "eval_loss", samples: int | None = None,
+          **settings: Any) -> Sweep:
+    """Launch one run per combination of `grid` (or `samples` random ones) and return the Sweep: live
+    overlay (display it), `.wait()`, `.results()` DataFrame, `.best()` run by `metric`.
+
+    sweep({"lr": [1e-4, 3e-4], "r": [8, 16]}, data="train.jsonl", steps=200, backend="modal", gpu="A10")
+    """
+    return Sweep(grid, metric=metric, samples=samples, **settings)
 
 
 class Sweep:
@@ -54,6 +65,7 @@ class Sweep:
         self.runs: list[Run] = []
         self._done = threading.Event()
         self._figure: Any = None
+        self._states: dict[str, LiveState] = {}  # per run: its events folded as they come, curves included
         limit = self.backend.max_concurrent_runs
         if limit is None:  # the backend fans out (Modal): every run starts now
             for config in self.configs:
@@ -120,18 +132,32 @@ class Sweep:
             threading.Thread(target=self._follow, daemon=True, name="nbfinetune-sweep-view").start()
         return self._figure
 
-    def _redraw(self) -> None:
+    def _redraw(self) -> list[RunState]:
+        """Fold what each run appended since the last redraw (each file is read incrementally) and
+        redraw the runs that changed; returns every run's state."""
+        from .widgets.charts import Curves
         from .widgets.compare import draw_run
 
+        states = []
         with self._figure.batch_update():
-            # Runs launched in turn: fewer runs than points until the last has started.
             for index, (run, point) in enumerate(zip(list(self.runs), self.points, strict=False)):
-                draw_run(self._figure, index, run, ", ".join(f"{k}={v}" for k, v in point.items()))
+                live = self._states.get(run.id)
+                first = live is None
+                if live is None:
+                    live = self._states[run.id] = LiveState(self.store.events_path(run.id),
+                                                            lambda: RunState(curves=Curves()))
+                if live.update() or first:
+                    label = ", ".join(f"{k}={v}" for k, v in point.items())
+                    draw_run(self._figure, index, cast(Curves, live.state.curves), label)
+                states.append(live.state)
+        return states
 
     def _follow(self) -> None:
         while True:
-            self._redraw()
-            if self._done.is_set() and all(r.status not in ("pending", "running") for r in self.runs):
+            runs, states = list(self.runs), self._redraw()
+            if self._done.is_set() and len(states) == len(runs) and all(
+                    state.status_given(self.store.worker_alive(run.id)) not in LIVE
+                    for run, state in zip(runs, states, strict=True)):
                 self._redraw()
                 return
             time.sleep(REDRAW_INTERVAL_S)

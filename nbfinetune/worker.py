@@ -19,7 +19,7 @@ import threading
 from pathlib import Path
 
 from . import failures
-from .runs import EventWriter, read_events
+from .runs import EventTail, EventWriter, events_file
 
 CANCEL_MARKER = "cancel-requested"
 HARD_CANCEL_MARKER = "kill-requested"
@@ -45,7 +45,7 @@ def run_child(run_dir: Path) -> int:
 
         train(config, lambda *_a, **_k: None, stop.is_set, run_dir)
         return 0
-    writer = EventWriter(run_dir / "events.jsonl", run_dir.name)
+    writer = EventWriter(events_file(run_dir), run_dir.name)
     try:
         from .core.trainer import train
 
@@ -90,7 +90,8 @@ def supervise(run_dir: Path, lock_fd: int | None = None) -> int:
     signal.signal(signal.SIGINT, forward)
     me = os.getpid()
     # A resumed run's stream already ends in a terminal event: only one written after this point counts.
-    before = len(read_events(run_dir / "events.jsonl").events)
+    tail = EventTail(events_file(run_dir))
+    tail.read()
     # The trainer holds the run's lock too (pass_fds) and dies with us (PR_SET_PDEATHSIG).
     child = subprocess.Popen(child_command(run_dir, processes), stdout=sys.stdout, stderr=sys.stderr,
                              pass_fds=(lock_fd,), preexec_fn=lambda: die_with_parent(me))
@@ -101,10 +102,10 @@ def supervise(run_dir: Path, lock_fd: int | None = None) -> int:
     elif (run_dir / CANCEL_MARKER).exists():
         child.send_signal(signal.SIGTERM)
     code = child.wait()
-    events = read_events(run_dir / "events.jsonl").events[before:]
+    events = tail.read()
     if events and events[-1].terminal:
         return code
-    writer = EventWriter(run_dir / "events.jsonl", run_dir.name)
+    writer = EventWriter(events_file(run_dir), run_dir.name)
     try:
         if (run_dir / HARD_CANCEL_MARKER).exists() or (run_dir / CANCEL_MARKER).exists():
             writer.emit("cancelled", hard=True, message="the training process was killed on request; "

@@ -291,6 +291,11 @@ PREFERENCE_AND_RL = [
 
 
 def write(path: str, cells: list) -> None:
+    # Ids from the notebook's name and the cell's place: regenerating an unchanged notebook changes no byte
+    # (nbformat's random ids made every run of this script rewrite every cell).
+    stem = path.rsplit("/", 1)[-1].removesuffix(".ipynb")
+    for number, cell in enumerate(cells):
+        cell.id = f"{stem}-{number}"
     notebook = new_notebook(cells=cells, metadata={"kernelspec": KERNELSPEC, "language_info": {"name": "python"}})
     nbformat.validate(notebook)
     nbformat.write(notebook, path)

@@ -8,7 +8,8 @@ from nbfinetune.config import RunConfig
 from nbfinetune.events import Event
 from nbfinetune.runs import EventWriter, RunStore
 from nbfinetune.widgets.charts import Curves
-from nbfinetune.widgets.dashboard import Dashboard, RunView
+from nbfinetune.run_state import RunState
+from nbfinetune.widgets.dashboard import Dashboard
 
 
 class FakeBackend:
@@ -154,16 +155,19 @@ def test_follow_thread_stops_at_the_terminal_event(tmp_path):
 
 
 def test_run_view_and_curves_handle_resumed_steps():
-    view = RunView()
+    view = RunState(curves=Curves())
     for seq, step in enumerate([1, 2, 3, 2, 3, 4], start=1):
-        view.add(Event("step", "r", seq, 0.0, {"step": step, "epoch": 0, "loss": float(step), "lr": 0.1}))
+        view.apply(Event("step", "r", seq, 0.0, {"step": step, "epoch": 0, "loss": float(step), "lr": 0.1}))
     assert view.curves.steps == [1, 2, 3, 4] and view.step == 4
     assert Curves.from_events([]).steps == []
 
 
 def test_modal_runs_show_gpu_cost(tmp_path):
     store = RunStore(tmp_path)
-    run_id = store.create(RunConfig(backend="modal", gpu="H100"))
+    from nbfinetune.backends.modal_backend import ModalBackend
+
+    config = RunConfig(backend="modal", gpu="H100")  # the rate is recorded at launch, as the backend does
+    run_id = store.create(config, usd_per_hour=ModalBackend(client=object()).usd_per_hour(config))
     writer = EventWriter(store.events_path(run_id), run_id)
     writer.emit("started", model="m", device="cuda", total_steps=3)
     writer.emit("finished", adapter_path="/runs/x/adapter")

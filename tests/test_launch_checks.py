@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from IPython.core.error import UsageError
 
+import nbfinetune as nbft
 from nbfinetune import api
 from nbfinetune.runs import RunStore
 
@@ -78,7 +79,7 @@ def test_validate_says_so_for_empty_data_and_a_wrong_format_once(files):
 
 def test_sweep_refuses_before_its_first_run(home, files, tiny_model):
     with pytest.raises(ValueError, match="the data is empty"):
-        api.sweep({"lr": [1e-3, 2e-3]}, model=tiny_model, data=str(files / "empty.jsonl"), steps=1)
+        nbft.sweep({"lr": [1e-3, 2e-3]}, model=tiny_model, data=str(files / "empty.jsonl"), steps=1)
     assert _no_runs()
 
 

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+import nbfinetune as nbft
 from nbfinetune import api
 from nbfinetune.backends.modal_backend import ModalBackend, RealModalClient
 
@@ -175,7 +176,7 @@ def test_a_full_partition_with_nobody_draining_never_blocks_training(modal_fake,
 
 
 def test_a_sweep_of_four_runs(modal_fake, tiny_model):
-    sweep = api.sweep({"lr": [1e-4, 2e-4], "r": [2, 4]}, model=tiny_model, backend="modal", gpu="L4", steps=2,
+    sweep = nbft.sweep({"lr": [1e-4, 2e-4], "r": [2, 4]}, model=tiny_model, backend="modal", gpu="L4", steps=2,
                       eval_samples=0)
     assert len(modal_fake.calls) == 4  # all spawned before any was waited on
     table = sweep.wait(timeout=300)

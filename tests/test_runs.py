@@ -116,13 +116,13 @@ def test_live_summary_parses_only_new_events_and_survives_a_replaced_file(tmp_pa
         writer.emit("step", step=step, epoch=0.1, loss=1.0 / step, lr=1e-3)
     assert store.summary(run_id).step == 3
     parsed = []
-    real_read = runs.read_events
-    monkeypatch.setattr(runs, "read_events", lambda *a, **k: parsed.append(r := real_read(*a, **k)) or r)
+    real_read = runs.EventTail.read
+    monkeypatch.setattr(runs.EventTail, "read", lambda self: parsed.append(r := real_read(self)) or r)
     for step in range(4, 6):
         writer.emit("step", step=step, epoch=0.2, loss=1.0 / step, lr=1e-3)
     summary = store.summary(run_id)
     assert summary.step == 5 and summary.last_loss == pytest.approx(0.2)
-    assert [len(r.events) for r in parsed] == [2]  # only the two appended lines were parsed
+    assert [len(r) for r in parsed] == [2]  # only the two appended lines were parsed
     writer.close()
     # A file replaced by a shorter one (re-mirrored run) is read again from the start.
     other = EventWriter(store.events_path(run_id).with_suffix(".new"), run_id)
@@ -136,7 +136,7 @@ def test_live_summary_parses_only_new_events_and_survives_a_replaced_file(tmp_pa
 
 def test_summary_of_an_early_stopped_run_reports_the_kept_adapters_scores():
     from nbfinetune.api import describe
-    from nbfinetune.widgets.dashboard import _finished_message
+    from nbfinetune.events import FinishedSummary
 
     kept = {"steps": 6, "best_step": 2, "stopped_early": True, "eval_loss": 0.5, "metrics": {"json_match": 0.75}}
     events = [Event("started", "r", 1, 0.0, {"model": "m", "device": "cpu", "total_steps": 12}),
@@ -146,7 +146,7 @@ def test_summary_of_an_early_stopped_run_reports_the_kept_adapters_scores():
     summary = summarize("r", {}, events, worker_alive=False)
     assert (summary.best_step, summary.eval_loss, summary.metrics) == (2, 0.5, {"json_match": 0.75})
     assert "best evaluated step 2" in describe(summary)
-    assert _finished_message(kept) == "stopped early at step 6; the adapter is the best evaluated one, from step 2"
+    assert FinishedSummary.from_dict(kept).describe() == "stopped early at step 6; the adapter is the best evaluated one, from step 2"
 
 
 def test_redact_removes_tokens(monkeypatch):

@@ -131,6 +131,22 @@ def test_one_batch_answers_different_adapters_per_row(server, store, tiny_model)
     assert ["".join(text) for _, text in pending] == [_answer(client, m).message.content for m in models]
 
 
+def test_run_ids_that_differ_only_in_punctuation_keep_their_own_adapters(client, store, tiny_model, tmp_path):
+    """`a-b` and `a.b` clean to the same internal adapter name; each must still answer with its own adapter."""
+    first, second = (api.Run(run_id, store).adapter_path for run_id in store.ids())
+    lookalikes = RunStore(tmp_path)
+    for run_id, adapter in (("same-name", first), ("same.name", second)):
+        lookalikes.create(tiny_config(tiny_model), run_id=run_id)
+        writer = EventWriter(lookalikes.events_path(run_id), run_id)
+        writer.emit("started", model=tiny_model, device="cpu", total_steps=1)
+        writer.emit("finished", adapter_path=adapter)
+        writer.close()
+    with api.serve(["same-name", "same.name"], store=lookalikes, quiet=True) as server:
+        lookalike = openai.OpenAI(base_url=server.base_url, api_key=server.api_key, max_retries=0)
+        answers = [_answer(lookalike, m).message.content for m in ("same-name", "same.name")]
+    assert answers == [_answer(client, m).message.content for m in store.ids()]
+
+
 def test_stop_strings_cut_the_answer(client, store):
     run_id = store.ids()[0]
     full = _answer(client, run_id).message.content

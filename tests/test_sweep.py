@@ -2,7 +2,7 @@
 
 import pytest
 
-from nbfinetune import api
+import nbfinetune as nbft
 from nbfinetune.sweep import grid_points
 
 from tests.test_modal import fake  # noqa: F401 — the fake Modal client fixture
@@ -18,7 +18,7 @@ def test_grid_points():
 
 
 def test_local_sweep_runs_in_turn_and_picks_the_best(home, tiny_model):
-    sweep = api.sweep({"lr": [1e-4, 5e-2]}, model=tiny_model, steps=6, eval_samples=0)
+    sweep = nbft.sweep({"lr": [1e-4, 5e-2]}, model=tiny_model, steps=6, eval_samples=0)
     table = sweep.wait(timeout=300)
     assert list(table["status"]) == ["finished", "finished"] and list(table["swept lr"]) == [1e-4, 5e-2]
     first, second = sweep.runs
@@ -29,7 +29,7 @@ def test_local_sweep_runs_in_turn_and_picks_the_best(home, tiny_model):
 
 
 def test_modal_sweep_fans_out_at_once(fake, home, tiny_model):  # noqa: F811
-    sweep = api.sweep({"r": [2, 4], "lr": [1e-3]}, metric="json_match", model=tiny_model, backend="modal",
+    sweep = nbft.sweep({"r": [2, 4], "lr": [1e-3]}, metric="json_match", model=tiny_model, backend="modal",
                       gpu="L4", steps=4, eval_samples=2)
     assert len(fake.spawned) == 2  # both launched before either was waited on
     table = sweep.wait(timeout=300)

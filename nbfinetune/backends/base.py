@@ -40,6 +40,10 @@ class Backend(Protocol):
     def is_alive(self, run_id: str, store: RunStore) -> bool | None:
         """Whether the run's worker is still running; None when unknown."""
 
+    def usd_per_hour(self, config: RunConfig) -> float | None:
+        """What a run with this config costs per hour while it runs; None where nothing is billed.
+        Recorded in the run directory at launch (RunStore.record_rate): views compute cost from it."""
+
     # --- what differs between backends: shared code asks these, never which backend it has -------
     max_concurrent_runs: int | None
     """How many runs of a sweep train at once; None: all of them, the platform fans out (and caps)."""

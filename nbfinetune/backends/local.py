@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import RunConfig
 from ..events import redact
-from ..ownership import RunLocked, signal_ours, take_lock, write_pid
-from ..runs import EventWriter, RunStore, pid_alive, read_events
+from ..ownership import RunLocked, signal_ours, take_lock, worker_alive, write_pid
+from ..runs import EventWriter, RunStore, events_file, last_event
 from ..worker import CANCEL_MARKER, CHILD_PID, CONFIG_ENV, HARD_CANCEL_MARKER
 
 if TYPE_CHECKING:
@@ -30,7 +30,7 @@ class LocalBackend:
     name = "local"
 
     def launch(self, config: RunConfig, store: RunStore) -> str:
-        run_id = store.create(config)
+        run_id = store.create(config, usd_per_hour=self.usd_per_hour(config))
         if redact(config.to_json()) != config.to_json():
             # config.json is stored redacted: the worker gets the real settings through its environment.
             _secret_configs[run_id] = config.to_json()
@@ -40,26 +40,26 @@ class LocalBackend:
     def resume(self, run_id: str, store: RunStore) -> None:
         """Start the worker again on an existing run: it continues from the latest checkpoint."""
         run_dir = store.require(run_id)
-        events = read_events(run_dir / "events.jsonl").events
+        last = last_event(events_file(run_dir))
         # After `cancelled` the worker still saves and exits: wait for that rather than refuse.
-        wait_s = EXIT_GRACE_S if events and events[-1].terminal else 2.0
+        wait_s = EXIT_GRACE_S if last is not None and last.terminal else 2.0
         try:
             lock = take_lock(run_dir, wait_s)
         except RunLocked:
             raise RuntimeError(f"run {run_id} is still running; cancel it first") from None
-        if run_id not in _secret_configs and REDACTED in (run_dir / "config.json").read_text(
-                encoding="utf-8"):
+        stored = (run_dir / "config.json").read_text(encoding="utf-8")
+        if run_id not in _secret_configs and REDACTED in stored:
             os.close(lock)
             raise RuntimeError(f"run {run_id}'s settings held a secret (e.g. a token in the model path), "
                                "which is never stored on disk, and this kernel no longer has it: launch a "
                                "new run instead")
         for marker in (CANCEL_MARKER, HARD_CANCEL_MARKER):
             (run_dir / marker).unlink(missing_ok=True)
-        if events and not events[-1].terminal:  # `lost`: we hold the lock, so we may write what happened
-            writer = EventWriter(run_dir / "events.jsonl", run_id)
-            writer.emit("log", level="warning", message="the previous worker stopped without a final event "
-                        "(its processes were killed, or the machine restarted); resuming from the latest "
-                        "checkpoint")
+        if last is not None and not last.terminal:  # `lost`: we hold the lock, so may write what happened
+            writer = EventWriter(events_file(run_dir), run_id)
+            writer.emit("log", level="warning",
+                        message="the previous worker stopped without a final event (its processes were "
+                                "killed, or the machine restarted); resuming from the latest checkpoint")
             writer.close()
         self._start(run_id, store, lock)
 
@@ -75,7 +75,8 @@ class LocalBackend:
                 process = subprocess.Popen([sys.executable, "-m", "nbfinetune.worker", str(run_dir),
                                             "--lock-fd", str(lock)], pass_fds=(lock,),
                                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                           env=env, start_new_session=True, cwd=run_dir)
+                                           env=env,
+                                           start_new_session=True, cwd=run_dir)
         finally:
             os.close(lock)
         write_pid(run_dir / "worker.pid", process.pid)
@@ -98,10 +99,15 @@ class LocalBackend:
                 signal_ours(run_dir / "worker.pid", signal.SIGTERM)
 
     def is_alive(self, run_id: str, store: RunStore) -> bool | None:
+        """The run's writer lock is held (or, for runs of earlier versions, its recorded worker process is
+        still the same process): see ownership.py."""
         process = _children.get(run_id)
         if process is not None:
             process.poll()  # reap
-        return pid_alive(store.path(run_id))
+        return worker_alive(store.path(run_id))
+
+    def usd_per_hour(self, config: RunConfig) -> float | None:
+        return None  # your own machine: nothing is billed by the hour
 
     # --- what differs between backends -----------------------------------------------------------
     # Runs here take turns: two at once would only fight over the same cores (or the one GPU).

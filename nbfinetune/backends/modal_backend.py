@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..config import RunConfig
 from ..events import Event
-from ..pricing import parse_gpu
-from ..runs import RunStore, read_events
+from ..pricing import UnknownGPU, cost_so_far, parse_gpu
+from ..runs import EVENTS_FILE, EventTail, RunStore, last_event
 
 if TYPE_CHECKING:
     from .base import RunLike
@@ -94,7 +94,7 @@ class ModalBackend:
         parse_gpu(config.gpu)  # unknown GPU types fail here, before anything is created
         self._ensure_deployed()
         remote = self.remote_config(config)
-        run_id = store.create(config)
+        run_id = store.create(config, usd_per_hour=self.usd_per_hour(config))
         self._spawn(run_id, store, remote, config.gpu)
         return run_id
 
@@ -104,8 +104,7 @@ class ModalBackend:
         path = store.events_path(run_id)
         # The local copy holds everything the Volume has plus any terminal event this client recorded
         # for a container that died: the resumed container continues seq after it.
-        last = max((e.seq for e in read_events(path).events), default=0)
-        self._replay_history(run_id, path, last)
+        self._replay_history(run_id, path, _last_seq(path))
         if path.exists():
             self.client.write_history(run_id, path.read_bytes())
         self._spawn(run_id, store, self.remote_config(config), config.gpu)
@@ -145,6 +144,13 @@ class ModalBackend:
             meta = json.loads(meta_path.read_text())
             meta_path.write_text(json.dumps({**meta, "hard_cancel": True}))
         self.client.cancel(self._call_id(run_id, store), run_id, hard)
+
+    def usd_per_hour(self, config: RunConfig) -> float | None:
+        """The GPUs' price (Modal bills GPU-seconds)."""
+        try:
+            return cost_so_far(config.gpu, 3600.0)
+        except UnknownGPU:
+            return None
 
     def is_alive(self, run_id: str, store: RunStore) -> bool | None:
         mirror = self._mirrors.get(run_id)
@@ -195,6 +201,10 @@ class ModalBackend:
     def _start_mirror(self, run_id: str, store: RunStore) -> None:
         if run_id in self._mirrors and self._mirrors[run_id].is_alive():
             return
+        if store.rate(run_id) is None:  # a run launched by an earlier version: its views show cost too
+            rate = self.usd_per_hour(RunConfig.from_dict(store.config(run_id)))
+            if rate is not None:
+                store.record_rate(run_id, rate)
         thread = threading.Thread(target=self._mirror, args=(run_id, store), daemon=True,
                                   name=f"nbfinetune-modal-{run_id}")
         self._mirrors[run_id] = thread
@@ -217,8 +227,7 @@ class ModalBackend:
 
     def _mirror_locked(self, run_id: str, store: RunStore) -> None:
         path = store.events_path(run_id)
-        last = max((e.seq for e in read_events(path).events), default=0)
-        last = self._replay_history(run_id, path, last)
+        last = self._replay_history(run_id, path, _last_seq(path))
         failures = 0
         budget = RunConfig.from_dict(store.config(run_id)).budget_usd
         while True:
@@ -248,8 +257,8 @@ class ModalBackend:
     def _record_end(self, run_id: str, store: RunStore, path: Path) -> None:
         """The call is over but the stream has no terminal event (killed, crashed, out of memory, error at
         container start, timeout, retries exhausted): record one with Modal's reason and the log tail."""
-        events = read_events(path).events
-        if events and events[-1].terminal:
+        last = last_event(path)
+        if last is not None and last.terminal:
             return
         from ..failures import from_reason
         from ..runs import EventWriter
@@ -264,8 +273,8 @@ class ModalBackend:
         try:
             if status.startswith("cancelled") or self._meta(run_id, store).get("hard_cancel"):
                 writer.emit("cancelled", hard=True,
-                            message=f"the Modal container was stopped on request ({reason}); "
-                                    "events and checkpoints committed so far are kept")
+                            message=f"the Modal container was stopped on request ({reason}); events and "
+                                    "checkpoints committed so far are kept")
             else:
                 from_reason("ModalCallFailed", reason, tail).report(writer.emit)
         finally:
@@ -319,6 +328,11 @@ class ModalBackend:
         self.client.upload(local, remote)
         print("done", flush=True)
         return REMOTE_RUNS_ROOT + remote
+
+
+def _last_seq(path: Path) -> int:
+    """The highest seq in the local copy: the mirror appends only what comes after it."""
+    return max((e.seq for e in EventTail(path).read()), default=0)
 
 
 def _append(path: Path, events: list[Event]) -> None:
@@ -404,8 +418,7 @@ class RealModalClient:
         deployed = modal.Dict.from_name(self.app.META_DICT, create_if_missing=True).get("version")
         if deployed != __version__:
             raise ModalAppOutdated("the nbfinetune app deployed to Modal is version "
-                                   f"{deployed or 'unknown'}, "
-                                   f"this kernel has {__version__}")
+                                   f"{deployed or 'unknown'}, this kernel has {__version__}")
 
     def deploy(self) -> None:
         deploy()
@@ -421,7 +434,7 @@ class RealModalClient:
         import io
 
         with self._volume().batch_upload(force=True) as batch:
-            batch.put_file(io.BytesIO(data), f"/{run_id}/events.jsonl")
+            batch.put_file(io.BytesIO(data), f"/{run_id}/{EVENTS_FILE}")
 
     def _volume(self) -> Any:
         import modal
@@ -453,7 +466,7 @@ class RealModalClient:
 
     def read_history(self, run_id: str) -> bytes | None:
         try:
-            return b"".join(self._volume().read_file(f"{run_id}/events.jsonl"))
+            return b"".join(self._volume().read_file(f"{run_id}/{EVENTS_FILE}"))
         except FileNotFoundError:
             return None
 

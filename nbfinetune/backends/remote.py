@@ -19,7 +19,7 @@ from typing import Any
 from .. import failures
 from ..config import RunConfig
 from ..events import Event
-from ..runs import EventWriter, validate_run_id
+from ..runs import EventTail, EventWriter, events_file, validate_run_id
 
 FLUSH_S = 2.0
 CANCEL_CHECK_S = 5.0
@@ -127,7 +127,7 @@ def remote_train(config: dict[str, Any], run_id: str, runs_root: str, publish: P
 def _train_one(run_config: RunConfig, run_id: str, run_dir: Path, publish: Publish,
                commit: Callable[[], None], cancelled: Callable[[], bool],
                require_cuda: bool) -> dict[str, Any]:
-    writer = EventWriter(run_dir / "events.jsonl", run_id)
+    writer = EventWriter(events_file(run_dir), run_id)
     relay = _Relay(publish, commit)
 
     def emit(type: str, **payload: Any) -> None:
@@ -166,18 +166,16 @@ def _train_in_processes(run_dir: Path, processes: int, publish: Publish,
     import signal
     import subprocess
 
-    from ..runs import read_events
     from ..worker import child_command
 
     with open(run_dir / CONTAINER_LOG, "a", encoding="utf-8") as log:
         process = subprocess.Popen(child_command(run_dir, processes), stdout=log, stderr=subprocess.STDOUT)
     relay = _Relay(publish, commit)
-    offset, last, cancel_sent = 0, None, False
+    tail = EventTail(events_file(run_dir))
+    last, cancel_sent = None, False
     while True:
         exited = process.poll() is not None
-        chunk = read_events(run_dir / "events.jsonl", offset)
-        offset = chunk.offset
-        for event in chunk.events:
+        for event in tail.read():
             last = event
             relay(event)
         if exited:
@@ -187,7 +185,7 @@ def _train_in_processes(run_dir: Path, processes: int, publish: Publish,
             cancel_sent = True
         time.sleep(1.0)
     if last is None or not last.terminal:  # a rank crashed or was killed before rank 0 could report
-        writer = EventWriter(run_dir / "events.jsonl", run_dir.name)
+        writer = EventWriter(events_file(run_dir), run_dir.name)
         last = failures.from_exit(process.returncode, run_dir / CONTAINER_LOG).report(writer.emit)
         writer.close()
         relay(last)

@@ -49,20 +49,21 @@ def segments(prefix: int, lengths: Sequence[int], device: str) -> Segments:
     return Segments(prefix, queries, keys, real)
 
 
-def segmented_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, dropout: float = 0.0,
-                        scaling: float | None = None, nbft_segments: Segments | None = None, **kwargs: Any):
+def segmented_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any,
+                        dropout: float = 0.0, scaling: float | None = None,
+                        nbft_segments: Segments | None = None, **kwargs: Any):
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     if nbft_segments is None:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      **kwargs)
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                      scaling=scaling, **kwargs)
     import torch
     import torch.nn.functional as F
     from torch.nn.attention.bias import causal_lower_right
 
     if kwargs.get("sliding_window") or kwargs.get("softcap"):
-        raise ValueError("the shared-prefix batch layout does not support sliding-window or soft-capped attention; "
-                         "use train.batch_layout='padded'")
+        raise ValueError("the shared-prefix batch layout does not support sliding-window or soft-capped "
+                         "attention; use train.batch_layout='padded'")
     seg = nbft_segments
     groups = getattr(module, "num_key_value_groups", 1)
     if groups > 1:
@@ -80,7 +81,8 @@ def segmented_attention(module: Any, query: Any, key: Any, value: Any, attention
     parts = [rest]
     if seg.prefix:
         pre = F.scaled_dot_product_attention(query[:, :, :seg.prefix], key[:, :, :seg.prefix],
-                                             value[:, :, :seg.prefix], dropout_p=p, is_causal=True, scale=scaling)
+                                             value[:, :, :seg.prefix], dropout_p=p, is_causal=True,
+                                             scale=scaling)
         parts.insert(0, pre[0].transpose(0, 1))
     return torch.cat(parts, dim=0)[None].contiguous(), None
 

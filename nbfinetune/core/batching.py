@@ -39,7 +39,8 @@ class Batch:
 # Token mixers that are not attention: conv (LFM2), SSM (Mamba, Jamba, Granite-4-H, Falcon-H1), linear
 # attention / gated delta rule (Qwen3-Next). They run along the whole row, so one row must hold one example.
 ATTENTION_LAYER_TYPES = {"full_attention", "sliding_attention", "chunked_attention", "attention"}
-_RECURRENT_MODULES = ("Mamba", "ShortConv", "Mixer", "SSM", "DeltaNet", "LinearAttention", "Rwkv", "Recurrent")
+_RECURRENT_MODULES = ("Mamba", "ShortConv", "Mixer", "SSM", "DeltaNet", "LinearAttention", "Rwkv",
+                      "Recurrent")
 
 
 def pick_layout(requested: str, model: Any) -> str:
@@ -104,7 +105,8 @@ def collate(examples: Sequence[Rendered], device: str, layout: str = "padded", p
         targets = list(examples[0].targets[:p]) + [t for e in examples for t in e.targets[p:]]
         # An all-ones mask, so transformers builds no T×T mask for what looks like packed positions.
         return Batch(torch.tensor([ids], device=device), torch.tensor([positions], device=device),
-                     torch.ones(1, len(ids), dtype=torch.long, device=device), torch.tensor([targets], device=device),
+                     torch.ones(1, len(ids), dtype=torch.long, device=device),
+                     torch.tensor([targets], device=device),
                      tokens, trained, segments(p, [len(e.input_ids) - p for e in examples], device))
     if layout == "packed":
         ids = [t for e in examples for t in e.input_ids]
@@ -113,11 +115,11 @@ def collate(examples: Sequence[Rendered], device: str, layout: str = "padded", p
         return Batch(torch.tensor([ids], device=device), torch.tensor([positions], device=device), None,
                      torch.tensor([targets], device=device), tokens, trained)
     width = max(len(e.input_ids) for e in examples)
-    ids = [e.input_ids + [pad_id] * (width - len(e.input_ids)) for e in examples]
+    id_rows = [e.input_ids + [pad_id] * (width - len(e.input_ids)) for e in examples]
     mask = [[1] * len(e.input_ids) + [0] * (width - len(e.input_ids)) for e in examples]
-    targets = [e.targets + [IGNORE] * (width - len(e.targets)) for e in examples]
-    return Batch(torch.tensor(ids, device=device), None, torch.tensor(mask, device=device),
-                 torch.tensor(targets, device=device), tokens, trained)
+    target_rows = [e.targets + [IGNORE] * (width - len(e.targets)) for e in examples]
+    return Batch(torch.tensor(id_rows, device=device), None, torch.tensor(mask, device=device),
+                 torch.tensor(target_rows, device=device), tokens, trained)
 
 
 @dataclass
@@ -131,7 +133,8 @@ class DataPosition:
 class EpochSampler:
     """Seeded shuffle per epoch; yields lists of `batch_size` examples, crossing epoch boundaries."""
 
-    def __init__(self, examples: Sequence[Rendered], batch_size: int, seed: int, position: DataPosition | None = None):
+    def __init__(self, examples: Sequence[Rendered], batch_size: int, seed: int,
+                 position: DataPosition | None = None):
         self.examples = examples
         self.batch_size = batch_size
         self.seed = seed

@@ -23,7 +23,8 @@ from .batching import DataPosition
 STATE_FILE = "trainer_state.pt"
 HISTORY_FILE = "history.json"
 ADAPTER_FILE = "adapter_model.safetensors"
-# Which training step an adapter directory holds: lets a cancel keep a better adapter (see trainer._stop).
+# Which training step an adapter directory holds: lets a cancel keep a better adapter
+# (see trainer.Recipe.cancel).
 ADAPTER_META = "nbfinetune.json"
 
 
@@ -45,7 +46,8 @@ def save_adapter(model: Any, tokenizer: Any, directory: Path, step: int | None =
 
 
 def adapter_step(directory: Path) -> int | None:
-    """The training step a saved adapter holds; None when unknown (no adapter, or saved by an older version)."""
+    """The training step a saved adapter holds; None when unknown (no adapter, or saved by an older
+    version)."""
     try:
         return int(json.loads((directory / ADAPTER_META).read_text(encoding="utf-8"))["step"])
     except (OSError, ValueError, KeyError, TypeError):
@@ -91,8 +93,8 @@ def _write_atomically(directory: Path, write: Callable[[Path], None]) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         if _is_disk_full(exc, directory):
             raise NoSpaceLeft(errno.ENOSPC, f"no space left on device while saving {directory} "
-                              f"({_free_mb(directory.parent)} MB free there); free some space, then resume the run "
-                              "from its last complete checkpoint") from exc
+                              f"({_free_mb(directory.parent)} MB free there); free some space, then resume "
+                              "the run from its last complete checkpoint") from exc
         raise
     return directory
 
@@ -203,7 +205,8 @@ def read_checkpoint(directory: Path) -> CheckpointData:
         raise ValueError(reason)
     try:
         state = torch.load(directory / STATE_FILE, weights_only=False)
-        if not isinstance(state, dict) or not {"optimizer", "scheduler", "step", "position", "rng"} <= set(state):
+        needed = {"optimizer", "scheduler", "step", "position", "rng"}
+        if not isinstance(state, dict) or not needed <= set(state):
             raise ValueError("incomplete contents")
     except Exception as exc:  # noqa: BLE001 — any failure to unpickle means the file is damaged
         raise ValueError(f"{STATE_FILE} is unreadable ({type(exc).__name__}: {exc})") from None
@@ -218,7 +221,8 @@ def read_checkpoint(directory: Path) -> CheckpointData:
     return CheckpointData(directory, state, history if isinstance(history, dict) else {}, weights)
 
 
-def apply_checkpoint(loaded: CheckpointData, model: Any, optimizer: Any, scheduler: Any) -> tuple[int, DataPosition]:
+def apply_checkpoint(loaded: CheckpointData, model: Any, optimizer: Any, scheduler: Any
+                     ) -> tuple[int, DataPosition]:
     from peft import set_peft_model_state_dict
 
     set_peft_model_state_dict(model, loaded.weights)

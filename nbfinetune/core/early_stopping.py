@@ -36,7 +36,8 @@ class EarlyStopping:
         """Record an evaluation; True when it is the best so far."""
         value = self.value(payload)
         if value is None:
-            raise ValueError(f"early stopping metric {self.metric!r} is not computed by this run's evaluation")
+            raise ValueError(f"early stopping metric {self.metric!r} is not computed by this run's "
+                             "evaluation")
         lower_is_better = self.metric == "eval_loss"
         improved = self.best_value is None or (value < self.best_value - self.min_delta if lower_is_better
                                                else value > self.best_value + self.min_delta)

@@ -29,8 +29,8 @@ def summed_loss(model: Any, batch: Batch) -> Any:
 
     decoder, head = causal_lm_parts(model)
     extra = {"nbft_segments": batch.segments} if batch.segments is not None else {}
-    hidden = decoder(input_ids=batch.input_ids, position_ids=batch.position_ids, attention_mask=batch.attention_mask,
-                     use_cache=False, **extra).last_hidden_state
+    hidden = decoder(input_ids=batch.input_ids, position_ids=batch.position_ids,
+                     attention_mask=batch.attention_mask, use_cache=False, **extra).last_hidden_state
     keep = batch.targets != -100
     return summed_cross_entropy(hidden[keep], head, batch.targets[keep], processing_for(model))
 
@@ -66,14 +66,16 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[list[dict[str, str]]]
     model.eval()
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
-    adapter_off = model.disable_adapter() if (not use_adapter and hasattr(model, "disable_adapter")) else contextlib.nullcontext()
+    adapter_off = (model.disable_adapter() if (not use_adapter and hasattr(model, "disable_adapter"))
+                   else contextlib.nullcontext())
     try:
         with torch.no_grad(), adapter_off:
             for start in range(0, len(texts), batch_size):
                 encoded = tokenizer(texts[start: start + batch_size], return_tensors="pt", padding=True,
                                     add_special_tokens=False).to(device)
                 generated = model.generate(**encoded, max_new_tokens=max_new_tokens, do_sample=False,
-                                           eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+                                           eos_token_id=tokenizer.eos_token_id,
+                                           pad_token_id=tokenizer.pad_token_id)
                 new = generated[:, encoded["input_ids"].shape[1]:]
                 outputs.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
     finally:
@@ -86,12 +88,13 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[list[dict[str, str]]]
 class GenerationEval:
     metrics: dict[str, float]
     predictions: list[str]
-    samples: list[dict[str, str]] = field(default_factory=list)
+    samples: list[dict[str, str | float]] = field(default_factory=list)  # "score" is a number, or ""
 
 
 def evaluate_generation(model: Any, tokenizer: Any, cases: Sequence[tuple[list[dict[str, str]], str]],
-                        metric_names: Sequence[str], max_new_tokens: int, device: str, use_adapter: bool = True,
-                        base_predictions: Sequence[str] | None = None, n_samples: int = 5) -> GenerationEval:
+                        metric_names: Sequence[str], max_new_tokens: int, device: str,
+                        use_adapter: bool = True, base_predictions: Sequence[str] | None = None,
+                        n_samples: int = 5) -> GenerationEval:
     prompts = [prompt for prompt, _ in cases]
     references = [reference for _, reference in cases]
     predictions = generate(model, tokenizer, prompts, max_new_tokens, device, use_adapter=use_adapter)
@@ -99,7 +102,7 @@ def evaluate_generation(model: Any, tokenizer: Any, cases: Sequence[tuple[list[d
     # Without metrics (free-form answers) no case scores better than another: show the first ones.
     case_score = [sum(values[i] for values in table.values()) / len(table) if table else 1.0
                   for i in range(len(cases))]
-    samples = []
+    samples: list[dict[str, str | float]] = []
     for index, why in pick_samples(case_score, n_samples):
         samples.append({"prompt": prompts[index][-1]["content"] if prompts[index] else "",
                         "reference": references[index],
@@ -113,7 +116,8 @@ def pick_samples(case_score: Sequence[float], n: int, worst: int = 2) -> list[tu
     """The same first cases at every evaluation (to watch them change), then the lowest-scoring of the
     rest that are not perfect (to see where the model fails), as H2O LLM Studio shows its worst samples."""
     fixed = list(range(min(n - worst, len(case_score))))
-    rest = sorted((i for i in range(len(fixed), len(case_score)) if case_score[i] < 1.0), key=lambda i: case_score[i])
+    rest = sorted((i for i in range(len(fixed), len(case_score)) if case_score[i] < 1.0),
+                  key=lambda i: case_score[i])
     picked = [(i, "fixed") for i in fixed] + [(i, "lowest score") for i in rest[:worst]]
     # Nothing failing: fill with the next cases so the table keeps its size.
     shown = {i for i, _ in picked}

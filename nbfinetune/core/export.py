@@ -40,14 +40,15 @@ def export_merged(model_path: str, adapter_path: str, out_dir: str | Path, atol:
     merged = merge_shards(Path(model_path), out_dir, deltas, dequantized, device)
     unused = set(deltas) - merged
     if unused:
-        raise ExportMismatch(f"adapter weights for {len(unused)} modules have no weight in the base checkpoint "
-                             f"(e.g. {sorted(unused)[0]}); {out_dir} should not be used")
+        raise ExportMismatch(f"adapter weights for {len(unused)} modules have no weight in the base "
+                             f"checkpoint (e.g. {sorted(unused)[0]}); {out_dir} should not be used")
     _copy_model_files(Path(model_path), out_dir)
     tokenizer.save_pretrained(out_dir)  # carries the exact chat template used in training
     difference, tolerance = _verify(model_path, adapter_path, out_dir, tokenizer, quantization, device, atol)
     if difference > tolerance:
-        raise ExportMismatch(f"merged model differs from base+adapter by {difference:.2e} (> {tolerance:.1e}); "
-                             f"not trustworthy — {out_dir} was written but should not be used")
+        raise ExportMismatch(f"merged model differs from base+adapter by {difference:.2e} "
+                             f"(> {tolerance:.1e}); not trustworthy — {out_dir} was written but should not "
+                             "be used")
     return {"path": str(out_dir), "max_logit_difference": difference}
 
 
@@ -128,7 +129,9 @@ def _dequantized_weights(model_path: str, quantization: str, device: str) -> dic
     for name, module in model.named_modules():
         if isinstance(module, Linear4bit):
             weight = module.weight
-            out[name + ".weight"] = bnb_functional.dequantize_4bit(weight.data, weight.quant_state).cpu()
+            # A bitsandbytes Params4bit, which torch's stubs know only as a Tensor.
+            quant_state = weight.quant_state  # type: ignore[attr-defined]
+            out[name + ".weight"] = bnb_functional.dequantize_4bit(weight.data, quant_state).cpu()
     return out
 
 
@@ -146,17 +149,22 @@ def _verify(model_path: str, adapter_path: str, out_dir: Path, tokenizer: Any, q
 
     prompt = render_prompt(tokenizer, [{"role": "user", "content": "Say hello."}])
     ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"].to(device)
+    # Any: transformers types `.to` as an unbound wrapper, so a str device reads as a wrong `self`.
+    base: Any
+    reloaded: Any
     with quiet_loading(), torch.no_grad():
         if quantization:
             base = load_base_model(model_path, "bf16", device, quantization)
         else:
             base = AutoModelForCausalLM.from_pretrained(model_path, dtype="auto",
-                                                        attn_implementation=attention_for(model_path)).to(device)
+                                                        attn_implementation=attention_for(model_path))
+            base = base.to(device)
         expected = PeftModel.from_pretrained(base, adapter_path).eval()(ids).logits.float()
         del base
         gc.collect()
         reloaded = AutoModelForCausalLM.from_pretrained(out_dir, dtype="auto",
-                                                        attn_implementation=attention_for(str(out_dir))).to(device)
+                                                        attn_implementation=attention_for(str(out_dir)))
+        reloaded = reloaded.to(device)
         actual = reloaded.eval()(ids).logits.float()
         half = next(reloaded.parameters()).dtype != torch.float32
     difference = float((actual - expected).abs().max())

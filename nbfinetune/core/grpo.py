@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import RunConfig
+from ..data.preference import checked_rows, prompt_of
 from ..data.prepare import DataError, DataReport, PreparedData, Problem, _split, token_stats
 from ..data.render import IGNORE, Rendered, render_prompt
-from ..data.preference import checked_rows, prompt_of
 from ..rewards import load_rewards, score
 from .distributed import Group
 from .methods import StepResult
@@ -56,8 +56,9 @@ def prepare_prompts(settings: Any, tokenizer: Any, seed: int = 42) -> PreparedDa
                                                     prompt_of):
             ids = tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"]
             if len(ids) >= settings.max_seq_len:
-                report.add(Problem(row.number, f"the prompt is {len(ids)} tokens, max_seq_len is "
-                                               f"{settings.max_seq_len}: no room for a completion", split, row.file))
+                reason = (f"the prompt is {len(ids)} tokens, max_seq_len is {settings.max_seq_len}: "
+                          "no room for a completion")
+                report.add(Problem(row.number, reason, split, row.file))
                 continue
             items.append(PromptItem(row.number, messages, ids, fields))
         return items
@@ -68,18 +69,21 @@ def prepare_prompts(settings: Any, tokenizer: Any, seed: int = 42) -> PreparedDa
         train, evaluation = _split(train, settings.eval_fraction, seed)
     errors = report.errors
     if getattr(settings, "on_bad_rows", "skip") == "strict" and errors:
-        raise DataError(f"{len(errors)} bad row(s) and on_bad_rows='strict' — " + "; ".join(map(str, errors[:5])))
+        raise DataError(f"{len(errors)} bad row(s) and on_bad_rows='strict' — "
+                        + "; ".join(map(str, errors[:5])))
     if not train:
         raise DataError(f"no usable prompt rows in {train_source}" + (
             f" — {'; '.join(map(str, errors[:5]))}" if errors else ""))
     report.valid = len(train) + len(evaluation)
     report.tokens = token_stats([len(p.ids) for p in train])
-    cases = [(p.messages, str(p.fields["answer"])) for p in evaluation if isinstance(p.fields.get("answer"), str)]
+    cases = [(p.messages, str(p.fields["answer"])) for p in evaluation
+             if isinstance(p.fields.get("answer"), str)]
     return PreparedData(train=train, eval=evaluation, eval_cases=cases, report=report)  # type: ignore[arg-type]
 
 
-def sample(model: Any, tokenizer: Any, prompts: Sequence[list[int]], n: int, max_new_tokens: int, temperature: float,
-           device: str, use_adapter: bool = True, greedy: bool = False) -> list[list[int]]:
+def sample(model: Any, tokenizer: Any, prompts: Sequence[list[int]], n: int, max_new_tokens: int,
+           temperature: float, device: str, use_adapter: bool = True,
+           greedy: bool = False) -> list[list[int]]:
     """n completions per prompt (token ids up to and including the first end-of-sequence), in one batched,
     left-padded `generate` call with the KV cache."""
     import contextlib
@@ -96,10 +100,11 @@ def sample(model: Any, tokenizer: Any, prompts: Sequence[list[int]], n: int, max
     adapter = contextlib.nullcontext() if use_adapter else model.disable_adapter()
     try:
         with torch.no_grad(), adapter:
-            options = {"do_sample": False} if greedy else {"do_sample": True, "temperature": temperature, "top_k": 0,
-                                                           "top_p": 1.0}
+            options = {"do_sample": False} if greedy else {"do_sample": True, "temperature": temperature,
+                                                           "top_k": 0, "top_p": 1.0}
             out = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=pad, use_cache=True, **options)
+                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=pad, use_cache=True,
+                                 **options)
     finally:
         model.train(was_training)
     completions = []
@@ -130,7 +135,8 @@ def grpo_token_loss(logps: Any, old_logps: Any, ref_logps: Any, advantages: Any,
 
 
 def token_logps(model: Any, rendered: Sequence[Rendered], device: str, pad_id: int) -> tuple[Any, Any]:
-    """(log-probabilities of every trained token, their row index), the output layer on those positions only."""
+    """(log-probabilities of every trained token, their row index); the output layer runs on those positions
+    only."""
     import torch
 
     from .batching import collate
@@ -139,10 +145,12 @@ def token_logps(model: Any, rendered: Sequence[Rendered], device: str, pad_id: i
 
     batch = collate(rendered, device, "padded", pad_id)
     decoder, head = causal_lm_parts(model)
-    hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).last_hidden_state
+    hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                     use_cache=False).last_hidden_state
     keep = batch.targets != IGNORE
     logits = processing_for(model)(head(hidden[keep])).float()
-    return -torch.nn.functional.cross_entropy(logits, batch.targets[keep], reduction="none"), keep.nonzero()[:, 0]
+    logps = -torch.nn.functional.cross_entropy(logits, batch.targets[keep], reduction="none")
+    return logps, keep.nonzero()[:, 0]
 
 
 class GRPO:
@@ -193,8 +201,10 @@ class GRPO:
                 per_token, kl = grpo_token_loss(logps, logps.detach(), ref, advantages[rows], t.grpo_beta,
                                                 t.grpo_epsilon)
                 lengths = torch.bincount(rows, minlength=len(rendered)).clamp(min=1)
-                # The mean over each completion's tokens, then over completions (the GRPO paper's normalization).
-                per_sequence = torch.zeros(len(rendered), device=per_token.device).index_add(0, rows, per_token)
+                # The mean over each completion's tokens, then over completions (the GRPO paper's
+                # normalization).
+                per_sequence = torch.zeros(len(rendered), device=per_token.device).index_add(0, rows,
+                                                                                              per_token)
                 loss = (per_sequence / lengths).sum() / count
             mixed.backward(loss)
             loss_sum += float(loss.detach())
@@ -222,7 +232,8 @@ class GRPO:
             return {"eval_loss": None}
         scores: list[dict[str, float]] = []
         for start in range(0, len(items), self.config.train.batch_size):
-            scores.extend(self._rollouts(items[start: start + self.config.train.batch_size], 1, greedy=True)[2])
+            batch = items[start: start + self.config.train.batch_size]
+            scores.extend(self._rollouts(batch, 1, greedy=True)[2])
         names = [name for name, _ in self.rewards]
         return {"eval_loss": None, "eval_reward": sum(sum(s.values()) for s in scores) / len(scores),
                 "eval_rewards": {n: sum(s[n] for s in scores) / len(scores) for n in names}}

@@ -13,7 +13,6 @@ at most one chunk's logits exist at a time. Small batches take one chunk without
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,8 +72,8 @@ def check_output_path(model: Any, decoder: Any, head: Any) -> None:
     tolerance = relative * max(1.0, float(own.float().abs().max()))
     if ours.shape != own.shape or float((ours.float() - own.float()).abs().max()) > tolerance:
         raise UnknownLogitProcessing(
-            f"{type(model).__name__}: its output layer processes logits in a way nbfinetune does not know, so the "
-            "training loss would be wrong; please report the model id")
+            f"{type(model).__name__}: its output layer processes logits in a way nbfinetune does not know, "
+            "so the training loss would be wrong; please report the model id")
 
 
 def summed_cross_entropy(hidden: Any, head: Any, targets: Any, processing: LogitProcessing,
@@ -96,7 +95,7 @@ def summed_cross_entropy(hidden: Any, head: Any, targets: Any, processing: Logit
     if hidden.shape[0] <= rows:
         return chunk_loss(hidden, targets)
     total = hidden.new_zeros((), dtype=torch.float32)
-    for h, t in zip(hidden.split(rows), targets.split(rows)):
+    for h, t in zip(hidden.split(rows), targets.split(rows), strict=True):
         total = total + checkpoint(chunk_loss, h, t, use_reentrant=False)
     return total
 

@@ -1,8 +1,9 @@
-"""Training methods: what a method owns in the shared loop — its data and its step's loss.
+"""Training methods: what a method owns in the shared recipe — its data and its step's loss.
 
-The loop (core/trainer.py) keeps events, checkpoints, cancel, early stopping, resume and distributed
-sums; a method prepares the data, takes one optimizer step's forward/backward over its micro-batches,
-and computes its eval loss and extra eval figures.
+The recipe (core/trainer.py) keeps events, checkpoints, cancel, early stopping, resume and distributed
+sums; a method prepares the data, takes one optimizer step's forward/backward over its micro-batches
+(the recipe's `step` calls it), and computes its eval loss and extra eval figures. SFT and DPO are here,
+GRPO in core/grpo.py.
 
 DPO's loss is the sigmoid loss of Rafailov et al. (TRL's default `loss_type="sigmoid"`). TRL 1.16 keeps that
 loss inside `DPOTrainer._compute_loss`, a trainer method over its own batch dict, so it cannot be called
@@ -20,6 +21,7 @@ from ..data.prepare import PreparedData
 from .batching import collate, pick_layout
 from .distributed import Group
 from .evaluate import causal_lm_parts, eval_loss, summed_loss
+from .precision import MixedPrecision
 from .setup import Loaded
 
 
@@ -32,11 +34,15 @@ class StepResult:
 
 
 class Method(Protocol):
+    """What plugs into the recipe. `step` gets one optimizer step's micro-batches (this rank's share of
+    each), runs forward and backward under `mixed` and leaves the gradients; the recipe sums them over
+    ranks and steps the optimizer."""
+
     name: str
 
     def prepare(self, config: RunConfig, tokenizer: Any) -> PreparedData: ...
 
-    def step(self, micro: list[list[Any]], mixed: Any) -> StepResult: ...
+    def step(self, micro: list[list[Any]], mixed: MixedPrecision) -> StepResult: ...
 
     def evaluate(self, examples: Sequence[Any]) -> dict[str, Any]: ...
 
@@ -68,9 +74,10 @@ class SFT:
 
         return prepare(config.data, tokenizer, seed=config.train.seed)
 
-    def step(self, micro: list[list[Any]], mixed: Any) -> StepResult:
+    def step(self, micro: list[list[Any]], mixed: MixedPrecision) -> StepResult:
         loaded = self.loaded
-        batches = [collate(m, loaded.device, self.layout, loaded.tokenizer.pad_token_id, self.share) for m in micro]
+        pad = loaded.tokenizer.pad_token_id
+        batches = [collate(m, loaded.device, self.layout, pad, self.share) for m in micro]
         # Normalize by the whole batch's trained tokens (all ranks), so N processes take the step one would.
         trained = int(self.group.sum(sum(b.trained_tokens for b in batches)))
         loss_sum = 0.0
@@ -96,12 +103,14 @@ def sequence_logps(model: Any, rendered: Sequence[Any], device: str, pad_id: int
 
     batch = collate(rendered, device, "padded", pad_id)
     decoder, head = causal_lm_parts(model)
-    hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).last_hidden_state
+    hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                     use_cache=False).last_hidden_state
     keep = batch.targets != -100
     logits = processing_for(model)(head(hidden[keep])).float()
     token_logps = -torch.nn.functional.cross_entropy(logits, batch.targets[keep], reduction="none")
     rows = keep.nonzero()[:, 0]
-    return torch.zeros(len(rendered), device=token_logps.device, dtype=token_logps.dtype).index_add(0, rows, token_logps)
+    sums = torch.zeros(len(rendered), device=token_logps.device, dtype=token_logps.dtype)
+    return sums.index_add(0, rows, token_logps)
 
 
 def dpo_loss(policy_chosen: Any, policy_rejected: Any, ref_chosen: Any, ref_rejected: Any, beta: float
@@ -141,7 +150,7 @@ class DPO:
         n = len(pairs)
         return dpo_loss(policy[:n], policy[n:], reference[:n], reference[n:], self.beta)
 
-    def step(self, micro: list[list[Any]], mixed: Any) -> StepResult:
+    def step(self, micro: list[list[Any]], mixed: MixedPrecision) -> StepResult:
         model = self.loaded.model
         count = self.group.sum(sum(len(m) for m in micro))
         loss_sum, sums = 0.0, {"chosen_reward": 0.0, "rejected_reward": 0.0, "reward_margin": 0.0,
@@ -162,23 +171,24 @@ class DPO:
     def evaluate(self, examples: Sequence[Any]) -> dict[str, Any]:
         import torch
 
-        from .precision import MixedPrecision
-
         if not examples:
             return {"eval_loss": None}
         model, loaded = self.loaded.model, self.loaded
         was_training = model.training
         model.eval()
-        total, sums = 0.0, {"chosen_reward": 0.0, "rejected_reward": 0.0, "reward_margin": 0.0, "reward_accuracy": 0.0}
+        total, sums = 0.0, {"chosen_reward": 0.0, "rejected_reward": 0.0, "reward_margin": 0.0,
+                            "reward_accuracy": 0.0}
         try:
             with torch.no_grad(), MixedPrecision.for_run(loaded.precision, loaded.device).autocast(model):
-                for start in range(0, len(examples), self.config.train.batch_size):
-                    losses, chosen, rejected = self._pairs(examples[start: start + self.config.train.batch_size])
+                size = self.config.train.batch_size
+                for start in range(0, len(examples), size):
+                    losses, chosen, rejected = self._pairs(examples[start: start + size])
                     total += float(losses.sum())
                     _add(sums, chosen, rejected)
         finally:
             model.train(was_training)
-        return {"eval_loss": total / len(examples)} | {f"eval_{k}": v / len(examples) for k, v in sums.items()}
+        figures = {f"eval_{k}": v / len(examples) for k, v in sums.items()}
+        return {"eval_loss": total / len(examples)} | figures
 
 
 def _add(sums: dict[str, float], chosen: Any, rejected: Any) -> None:

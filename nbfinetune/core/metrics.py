@@ -76,9 +76,11 @@ def default_metrics(references: Sequence[str]) -> list[str]:
     return []
 
 
-def score_each(names: Sequence[str], predictions: Sequence[str], references: Sequence[str]) -> dict[str, list[float]]:
+def score_each(names: Sequence[str], predictions: Sequence[str],
+               references: Sequence[str]) -> dict[str, list[float]]:
     """Every metric's value on every case."""
-    return {name: [float(resolve_metric(name)(p, r)) for p, r in zip(predictions, references)] for name in names}
+    return {name: [float(resolve_metric(name)(p, r)) for p, r in zip(predictions, references, strict=True)]
+            for name in names}
 
 
 def averages(table: dict[str, list[float]]) -> dict[str, float]:

@@ -32,7 +32,8 @@ def resolve_model(model_id: str) -> str:
     if os.path.isdir(expanded):
         return expanded
     if expanded.startswith((".", "/", "~")) or model_id.count("/") > 1:
-        raise ModelNotFoundError(f"model {model_id!r}: no such local directory, and it is not a hub id (org/name)")
+        raise ModelNotFoundError(f"model {model_id!r}: no such local directory, and it is not a hub id "
+                                 "(org/name)")
     tried.append(f"local path: no directory {expanded!r}")
 
     from huggingface_hub import snapshot_download

@@ -105,8 +105,8 @@ def quantization_config(quantization: str | None, precision: str) -> Any:
     from transformers import BitsAndBytesConfig
 
     compute = torch_dtype(precision if precision in ("bf16", "fp16") else "bf16")
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quantization, bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=compute)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quantization,
+                              bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute)
 
 
 def _device_index(device: str) -> Any:
@@ -119,6 +119,9 @@ def _device_index(device: str) -> Any:
 def load_base_model(model_path: str, precision: str, device: str, quantization: str | None = None) -> Any:
     from transformers import AutoModelForCausalLM
 
+    # Any: transformers types `.to` as an unbound wrapper (a str device reads as a wrong `self`), and the
+    # loaded modules' own attributes as Tensor | Module.
+    model: Any
     if quantization is not None:
         # Non-quantized parts (embeddings, norms, head) in the compute dtype; bitsandbytes places the
         # 4-bit weights on the device while loading (a quantized model cannot be moved afterwards).

@@ -1,12 +1,16 @@
-"""`nbft.try_rewards`: completions sampled from the base model, scored by every reward, before any training."""
+"""`nbft.try_rewards`: completions sampled from the base model, scored by every reward, before any
+training."""
 
 from __future__ import annotations
 
 import html
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ..config import RunConfig
+
+if TYPE_CHECKING:
+    from .grpo import PromptItem
 
 
 @dataclass
@@ -15,13 +19,16 @@ class RewardTrial:
     rewards: list[str]
 
     def means(self) -> dict[str, float]:
-        return {name: sum(r[name] for r in self.rows) / max(1, len(self.rows)) for name in [*self.rewards, "total"]}
+        return {name: sum(r[name] for r in self.rows) / max(1, len(self.rows))
+                for name in [*self.rewards, "total"]}
 
     def _repr_html_(self) -> str:
         head = "".join(f"<th>{html.escape(h)}</th>" for h in ["prompt", "completion", *self.rewards, "total"])
         body = "".join(
-            "<tr>" + f"<td>{html.escape(r['prompt'][-120:])}</td><td><pre>{html.escape(r['completion'])}</pre></td>"
-            + "".join(f"<td>{r[name]:.3g}</td>" for name in [*self.rewards, "total"]) + "</tr>" for r in self.rows)
+            "<tr>" + f"<td>{html.escape(r['prompt'][-120:])}</td>"
+            + f"<td><pre>{html.escape(r['completion'])}</pre></td>"
+            + "".join(f"<td>{r[name]:.3g}</td>" for name in [*self.rewards, "total"]) + "</tr>"
+            for r in self.rows)
         means = ", ".join(f"{k} {v:.3g}" for k, v in self.means().items())
         return f"<p>mean: {html.escape(means)}</p><table><tr>{head}</tr>{body}</table>"
 
@@ -46,7 +53,8 @@ def reward_trial(config: RunConfig, prompts: int, n: int, max_new_tokens: int, t
     device = str(next(model.parameters()).device)
     rewards = load_rewards(config.train.rewards, config.train.reward_code)
     torch.manual_seed(seed)
-    items = data.train[:prompts]
+    # PreparedData is typed for SFT's Rendered rows; prepare_prompts fills it with PromptItems.
+    items = cast("list[PromptItem]", data.train[:prompts])
     completions = sample(model, tokenizer, [p.ids for p in items], n, max_new_tokens, temperature, device)
     rows = []
     for index, ids in enumerate(completions):

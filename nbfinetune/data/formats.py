@@ -10,8 +10,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-CHAT, SHAREGPT, INSTRUCTION, PROMPT_COMPLETION, TEXT = "chat", "sharegpt", "instruction", "prompt_completion", "text"
-KNOWN_FORMATS = (CHAT, SHAREGPT, INSTRUCTION, PROMPT_COMPLETION, TEXT)
+from ..config import FORMATS
+
+# The format names are spelled once, in config.FORMATS ("auto" and these, in this order).
+KNOWN_FORMATS = tuple(f for f in FORMATS if f != "auto")
+CHAT, SHAREGPT, INSTRUCTION, PROMPT_COMPLETION, TEXT = KNOWN_FORMATS
 ROLES = ("system", "user", "assistant", "tool")
 _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                    "chatgpt": "assistant", "bing": "assistant", "bard": "assistant", "model": "assistant",
@@ -139,11 +142,12 @@ def _content(value: Any, where: str) -> str:
                 other.append(part["type"])
             else:
                 found = sorted(part) if isinstance(part, dict) else type(part).__name__
-                raise RowProblem(f"{where}: content parts must be objects like {{'type': 'text', 'text': ...}} "
-                                 f"(or 'value': ... as LLaMA-Factory writes them); found {found}")
+                raise RowProblem(f"{where}: content parts must be objects like "
+                                 f"{{'type': 'text', 'text': ...}} (or 'value': ... as LLaMA-Factory writes "
+                                 f"them); found {found}")
         if other and not texts:
-            raise RowProblem(f"{where}: only {', '.join(sorted(set(other)))} content parts; text parts are what "
-                             "can be trained (supported: type 'text' with 'text' or 'value')")
+            raise RowProblem(f"{where}: only {', '.join(sorted(set(other)))} content parts; text parts are "
+                             "what can be trained (supported: type 'text' with 'text' or 'value')")
         return "".join(texts)
     raise RowProblem(f"{where}: content must be text or a list of text parts, got {type(value).__name__}")
 
@@ -152,8 +156,8 @@ def _unicode(text: str, where: str) -> None:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        raise RowProblem(f"{where}: text that is not valid Unicode (a lone surrogate such as \\ud800, or bytes "
-                         "that are not UTF-8)") from None
+        raise RowProblem(f"{where}: text that is not valid Unicode (a lone surrogate such as \\ud800, or "
+                         "bytes that are not UTF-8)") from None
 
 
 @dataclass(frozen=True)

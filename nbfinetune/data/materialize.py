@@ -24,7 +24,8 @@ def materialize(data: Any, eval_data: Any = None) -> tuple[Any, Any]:
         splits = dict(data)
         if "train" not in splits:
             raise ValueError(f"the DatasetDict has no 'train' split (splits: {', '.join(splits)})")
-        eval_data = eval_data if eval_data is not None else next((splits[s] for s in EVAL_SPLITS if s in splits), None)
+        if eval_data is None:
+            eval_data = next((splits[s] for s in EVAL_SPLITS if s in splits), None)
         data = splits["train"]
     return _as_path(data), (None if eval_data is None else _as_path(eval_data))
 
@@ -48,8 +49,8 @@ def _as_path(data: Any) -> Any:
         return None if data is None else str(data)
     records = _records(data)
     if records is None:
-        raise ValueError(f"data must be a path, a hub id, a pandas DataFrame, a datasets.Dataset or a list of "
-                         f"dicts, got {type(data).__name__}")
+        raise ValueError(f"data must be a path, a hub id, a pandas DataFrame, a datasets.Dataset or a list "
+                         f"of dicts, got {type(data).__name__}")
     text = "".join(json.dumps(r, default=str, ensure_ascii=False) + "\n" for r in records)
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
     path = Path(nbfinetune_home()) / "datasets" / f"{digest}.jsonl"

@@ -3,7 +3,8 @@
 Accepted shapes (those TRL and LLaMA-Factory document):
 - explicit prompt: {"prompt": str | messages, "chosen": str | message | messages, "rejected": ...}
 - implicit prompt: {"chosen": messages, "rejected": messages}, the shared leading turns are the prompt
-- alpaca style: {"instruction", "input"?, "chosen", "rejected"}; ShareGPT: {"conversations", "chosen", "rejected"}
+- alpaca style: {"instruction", "input"?, "chosen", "rejected"}
+- ShareGPT: {"conversations", "chosen", "rejected"}
 Messages may be {"role", "content"} or ShareGPT's {"from", "value"}.
 """
 
@@ -22,13 +23,18 @@ ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assi
          "model": "assistant", "bot": "assistant"}
 
 
+# (row number, prompt messages, chosen answer, rejected answer, file) of a usable preference row
+PairRow = tuple[int, list[dict[str, str]], str, str, str | None]
+
+
 class PreferenceProblem(ValueError):
     """One row is not a usable preference pair; the message says which field and why."""
 
 
 @dataclass
 class PreferencePair:
-    """A prompt with a preferred and a dispreferred answer, rendered; `prompt` keeps the messages for evaluation."""
+    """A prompt with a preferred and a dispreferred answer, rendered; `prompt` keeps the messages for
+    evaluation."""
 
     row: int
     chosen: Rendered
@@ -57,8 +63,8 @@ def normalize_pair(record: Any) -> tuple[list[dict[str, str]], str, str]:
     rejected = _answer(record["rejected"], "rejected")
     if prompt is None:  # implicit prompt: the leading turns both lists share
         if not (isinstance(chosen, list) and isinstance(rejected, list)):
-            raise PreferenceProblem("no prompt: give 'prompt' (or 'instruction'/'conversations'), or chosen and "
-                                    "rejected as message lists that share the leading turns")
+            raise PreferenceProblem("no prompt: give 'prompt' (or 'instruction'/'conversations'), or chosen "
+                                    "and rejected as message lists that share the leading turns")
         shared = 0
         while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
             shared += 1
@@ -104,7 +110,8 @@ def _single_answer(value: str | list[dict[str, str]], name: str) -> str:
         text = value[0]["content"]
     else:
         roles = [m["role"] for m in value]
-        raise PreferenceProblem(f"field '{name}' must end the conversation with one assistant answer, got roles {roles}")
+        raise PreferenceProblem(f"field '{name}' must end the conversation with one assistant answer, "
+                                f"got roles {roles}")
     if not text.strip():
         raise PreferenceProblem(f"field '{name}' is empty")
     return text
@@ -129,8 +136,9 @@ def _messages(value: Any, name: str) -> list[dict[str, str]]:
 
 
 def prompt_of(record: Any) -> tuple[list[dict[str, str]], dict[str, Any]]:
-    """(prompt messages, other fields) of a prompts-dataset row: {"prompt": str | messages, ...}, or a chat row
-    whose last assistant turn becomes the field `answer` (so SFT data can be reused with a checking reward)."""
+    """(prompt messages, other fields) of a prompts-dataset row: {"prompt": str | messages, ...}, or a
+    chat row whose last assistant turn becomes the field `answer` (so SFT data can be reused with a
+    checking reward)."""
     if not isinstance(record, dict):
         raise PreferenceProblem(f"expected a JSON object, got {type(record).__name__}")
     rest = {k: v for k, v in record.items() if k not in ("prompt", "messages")}
@@ -173,16 +181,16 @@ def checked_rows(source: str, split: str, columns: dict[str, str] | None, report
 
 
 def load_pairs(source: str, split: str, columns: dict[str, str] | None, report: DataReport
-               ) -> list[tuple[int, list[dict[str, str]], str, str, str | None]]:
-    out = [(row.number, prompt, chosen, rejected, row.file)
-           for row, (prompt, chosen, rejected) in checked_rows(source, split, columns, report, normalize_pair)]
+               ) -> list[PairRow]:
+    pairs = checked_rows(source, split, columns, report, normalize_pair)
+    out = [(row.number, prompt, chosen, rejected, row.file) for row, (prompt, chosen, rejected) in pairs]
     if report.rows == 0:
         raise DataError(f"{source}: no rows — the data is empty")
     return out
 
 
-def _render_pairs(tokenizer: Any, rows: list[tuple[int, list[dict[str, str]], str, str, str | None]], settings: Any,
-                  report: DataReport, split: str) -> list[PreferencePair]:
+def _render_pairs(tokenizer: Any, rows: list[PairRow], settings: Any, report: DataReport,
+                  split: str) -> list[PreferencePair]:
     examples = [Example(messages=tuple(prompt + [{"role": "assistant", "content": answer}]))
                 for _, prompt, chosen, rejected, _ in rows for answer in (chosen, rejected)]
     numbers = [row for row, *_ in rows for _ in (0, 1)]
@@ -196,8 +204,8 @@ def _render_pairs(tokenizer: Any, rows: list[tuple[int, list[dict[str, str]], st
         if chosen is None or rejected is None:
             continue
         if not chosen.trained_tokens or not rejected.trained_tokens:
-            report.add(Problem(row, f"the prompt fills max_seq_len={settings.max_seq_len}: no answer token is left",
-                               split, file))
+            report.add(Problem(row, f"the prompt fills max_seq_len={settings.max_seq_len}: no answer token "
+                                    "is left", split, file))
             continue
         report.truncated += chosen.truncated or rejected.truncated
         out.append(PreferencePair(row, chosen, rejected, prompt, chosen_text))
@@ -218,7 +226,8 @@ def prepare_preferences(settings: Any, tokenizer: Any, seed: int = 42) -> Prepar
     evaluation = _render_pairs(tokenizer, eval_rows, settings, report, "eval")
     errors = report.errors
     if getattr(settings, "on_bad_rows", "skip") == "strict" and errors:
-        raise DataError(f"{len(errors)} bad row(s) and on_bad_rows='strict' — " + "; ".join(map(str, errors[:5])))
+        raise DataError(f"{len(errors)} bad row(s) and on_bad_rows='strict' — "
+                        + "; ".join(map(str, errors[:5])))
     if not train:
         first = "; ".join(map(str, errors[:5]))
         raise DataError(f"no usable preference rows in {train_source}" + (f" — {first}" if first else ""))
@@ -248,9 +257,12 @@ def people_preferences(split: str = "train", seed: int = 0) -> list[dict[str, st
             wrong = dict(value, age=value["age"] + rng.choice([-11, -3, 2, 7, 13]))
             rejected = json.dumps(wrong)
         elif kind == 1:
-            rejected = json.dumps({k: v for k, v in value.items() if k != rng.choice(["name", "age", "city"])})
+            # A key is drawn per field, so zero, one or more fields go missing.
+            rejected = json.dumps({k: v for k, v in value.items()
+                                   if k != rng.choice(["name", "age", "city"])})
         elif kind == 2:
-            rejected = f"Sure! Here is the information: {value['name']} is {value['age']} and lives in {value['city']}."
+            rejected = (f"Sure! Here is the information: {value['name']} is {value['age']} and lives in "
+                        f"{value['city']}.")
         else:
             rejected = answer.rstrip("}").replace('"', "'")
         rows.append({"prompt": prompt, "chosen": answer, "rejected": rejected})
@@ -277,5 +289,7 @@ def check_head(path: str, method: str, columns: dict[str, str] | None, peek: int
                 problems.append(f"row {row.number}: {problem}")
     except DataSourceError as exc:
         raise DataError(str(exc)) from None
-    what = "preference rows (prompt/chosen/rejected)" if method == "dpo" else "prompt rows ('prompt' or chat 'messages')"
-    raise DataError(f"{source}: no usable {what} in the first rows — " + ("; ".join(problems[:5]) or "the data is empty"))
+    what = ("preference rows (prompt/chosen/rejected)" if method == "dpo"
+            else "prompt rows ('prompt' or chat 'messages')")
+    raise DataError(f"{source}: no usable {what} in the first rows — "
+                    + ("; ".join(problems[:5]) or "the data is empty"))

@@ -8,17 +8,25 @@ import random
 import statistics
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-from .formats import (FORMAT_FIELDS, Example, RowProblem, apply_columns, detect_format, normalize,
-                      split_for_generation)
+from .formats import (
+    FORMAT_FIELDS,
+    Example,
+    RowProblem,
+    apply_columns,
+    detect_format,
+    normalize,
+    split_for_generation,
+)
 from .render import Rendered, render_many
 from .sources import DataSourceError, Row, iter_rows, resolve
 
+_Item = TypeVar("_Item")
 MAX_LISTED_PROBLEMS = 1000  # the report keeps the first ones; problem_count has them all
 DETECT_ROWS = 200
-TOOLS_DROPPED = ("this row and others have 'tools' (function schemas): they are not given to the chat template, "
-                 "so they are dropped; the model trains on the messages' text only")
+TOOLS_DROPPED = ("this row and others have 'tools' (function schemas): they are not given to the chat "
+                 "template, so they are dropped; the model trains on the messages' text only")
 
 
 @dataclass
@@ -77,7 +85,7 @@ class DataError(ValueError):
     """No usable training data (or bad rows under the strict policy); the message lists the first problems."""
 
 
-def iter_examples(source: str, fmt: str = "auto", columns: dict[str, str] | None = None
+def iter_examples(source: str, fmt: str | None = "auto", columns: dict[str, str] | None = None
                   ) -> tuple[str | None, Iterator[tuple[Row, Example | None, str | None]]]:
     """(format, stream of (row, example or None, problem message or None)); reads the source once, lazily."""
     try:
@@ -95,7 +103,8 @@ def iter_examples(source: str, fmt: str = "auto", columns: dict[str, str] | None
     if not head:
         raise DataError(f"{source}: no rows — the data is empty")
     records = [apply_columns(r.record, columns) for r in head if r.error is None]
-    if fmt != "auto":
+    # None (no row was an object) needs no fields: the check would pass.
+    if fmt is not None and fmt != "auto":
         _check_fields_fit(source, fmt, records)
     if fmt == "auto":
         detected = detect_format(records)
@@ -148,8 +157,9 @@ def _check_fields_fit(source: str, fmt: str, records: list[Any]) -> None:
                     f"{', '.join(fields)}{looks}")
 
 
-def load_examples(source: str, fmt: str = "auto", split: str = "train", columns: dict[str, str] | None = None
-                  ) -> tuple[str, list[tuple[int, Example, str | None]], DataReport]:
+def load_examples(source: str, fmt: str | None = "auto", split: str = "train",
+                  columns: dict[str, str] | None = None
+                  ) -> tuple[str | None, list[tuple[int, Example, str | None]], DataReport]:
     fmt, stream = iter_examples(source, fmt, columns)
     report = DataReport(format=fmt)
     examples: list[tuple[int, Example, str | None]] = []
@@ -182,7 +192,8 @@ def prepare(settings: Any, tokenizer: Any, seed: int = 42) -> PreparedData:
     if getattr(settings, "on_bad_rows", "skip") == "strict" and errors:
         raise DataError(f"{len(errors)} bad row(s) and on_bad_rows='strict' — " + _first(errors))
     if not train:
-        raise DataError(f"no usable training rows in {train_source}" + (f" — {_first(errors)}" if errors else ""))
+        raise DataError(f"no usable training rows in {train_source}"
+                        + (f" — {_first(errors)}" if errors else ""))
     report.valid = len(train) + len(evaluation)
     report.tokens = token_stats([len(r.input_ids) for r in train])
     cases = [case for _, example, _ in eval_examples if (case := split_for_generation(example))]
@@ -190,7 +201,8 @@ def prepare(settings: Any, tokenizer: Any, seed: int = 42) -> PreparedData:
 
 
 def _first(problems: list[Problem], n: int = 5) -> str:
-    return "; ".join(str(p) for p in problems[:n]) + (f"; and {len(problems) - n} more" if len(problems) > n else "")
+    more = f"; and {len(problems) - n} more" if len(problems) > n else ""
+    return "; ".join(str(p) for p in problems[:n]) + more
 
 
 def token_stats(lengths: list[int]) -> dict[str, float]:
@@ -202,7 +214,8 @@ def token_stats(lengths: list[int]) -> dict[str, float]:
             "total": sum(ordered)}
 
 
-def _split(examples: list[tuple[int, Example, str | None]], fraction: float, seed: int) -> tuple[list, list]:
+def _split(examples: list[_Item], fraction: float, seed: int) -> tuple[list[_Item], list[_Item]]:
+    """(train, eval): a seeded random `fraction` of the items (examples, preference pairs, prompts)."""
     if fraction <= 0 or len(examples) < 2:
         return examples, []
     order = list(range(len(examples)))
@@ -224,8 +237,8 @@ def render_checked(tokenizer: Any, examples: list[Example], rows: list[int],
         if isinstance(result, RowProblem):
             out.append((None, str(result), "error"))
         elif result.truncated:
-            out.append((result, f"{result.full_length} tokens, longer than max_seq_len={settings.max_seq_len}: "
-                                "truncated", "warning"))
+            out.append((result, f"{result.full_length} tokens, longer than "
+                                f"max_seq_len={settings.max_seq_len}: truncated", "warning"))
         else:
             out.append((result, None, ""))
     return out
@@ -237,7 +250,7 @@ def _render_all(tokenizer: Any, examples: list[tuple[int, Example, str | None]],
     for first in range(0, len(examples), CHUNK):
         chunk = examples[first: first + CHUNK]
         checked = render_checked(tokenizer, [e for _, e, _ in chunk], [row for row, _, _ in chunk], settings)
-        for (row, _, file), (rendered, problem, severity) in zip(chunk, checked):
+        for (row, _, file), (rendered, problem, severity) in zip(chunk, checked, strict=True):
             if problem:
                 report.add(Problem(row, problem, split, file, severity))
             if rendered is not None:

@@ -33,7 +33,8 @@ class Rendered:
         return sum(1 for t in self.targets if t != IGNORE)
 
 
-def render(tokenizer: Any, example: Example, max_seq_len: int, train_on: str = "completions", row: int = 0) -> Rendered:
+def render(tokenizer: Any, example: Example, max_seq_len: int, train_on: str = "completions",
+           row: int = 0) -> Rendered:
     result = render_many(tokenizer, [example], max_seq_len, train_on, [row])[0]
     if isinstance(result, RowProblem):
         raise result
@@ -47,21 +48,24 @@ def render_many(tokenizer: Any, examples: Sequence[Example], max_seq_len: int, t
     rows = rows if rows is not None else [0] * len(examples)
     results: list[Rendered | RowProblem | None] = [None] * len(examples)
     texts: list[str] = []
-    pending: list[tuple[int, list[tuple[int, int]] | None]] = []  # (index, assistant spans; None for plain text)
+    # (index, assistant spans; None for plain text)
+    pending: list[tuple[int, list[tuple[int, int]] | None]] = []
     for index, example in enumerate(examples):
         try:
             if example.text is not None:
                 texts.append(example.text)
                 pending.append((index, None))
             else:
-                text, spans = _render_chat(tokenizer, list(example.messages or ()), set(example.untrained))
+                messages = list(example.messages or ())
+                text, chat_spans = _render_chat(tokenizer, messages, set(example.untrained))
                 texts.append(text)
-                pending.append((index, spans))
+                pending.append((index, chat_spans))
         except RowProblem as problem:
             results[index] = problem
     if texts:
         encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
-        for (index, spans), ids, offsets in zip(pending, encoded["input_ids"], encoded["offset_mapping"]):
+        encodings = zip(pending, encoded["input_ids"], encoded["offset_mapping"], strict=True)
+        for (index, spans), ids, offsets in encodings:
             try:
                 results[index] = _finish(tokenizer, ids, offsets, spans, max_seq_len, train_on, rows[index])
             except RowProblem as problem:
@@ -69,8 +73,8 @@ def render_many(tokenizer: Any, examples: Sequence[Example], max_seq_len: int, t
     return results  # type: ignore[return-value]
 
 
-def _finish(tokenizer: Any, ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]] | None,
-            max_seq_len: int, train_on: str, row: int) -> Rendered:
+def _finish(tokenizer: Any, ids: list[int], offsets: list[tuple[int, int]],
+            spans: list[tuple[int, int]] | None, max_seq_len: int, train_on: str, row: int) -> Rendered:
     if spans is None:  # plain text: every token is trained, and the end of text too
         if tokenizer.eos_token_id is not None:
             ids = ids + [tokenizer.eos_token_id]
@@ -96,14 +100,16 @@ def _mask(ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int,
     one pointer walks them with the tokens: linear in tokens + spans, however many turns a row has."""
     if len(spans) == 1:  # the common single-answer row: no per-token loop over spans
         first, last = spans[0]
-        return [tok if first <= start < end <= last else IGNORE for tok, (start, end) in zip(ids, offsets)]
+        return [tok if first <= start < end <= last else IGNORE
+                for tok, (start, end) in zip(ids, offsets, strict=True)]
     ordered = sorted(spans)
     out = []
     current = 0
-    for tok, (start, end) in zip(ids, offsets):
+    for tok, (start, end) in zip(ids, offsets, strict=True):
         while current < len(ordered) and ordered[current][1] < end:
             current += 1
-        inside = current < len(ordered) and end > start and ordered[current][0] <= start and end <= ordered[current][1]
+        inside = (current < len(ordered) and end > start
+                  and ordered[current][0] <= start and end <= ordered[current][1])
         out.append(tok if inside else IGNORE)
     return out
 
@@ -113,10 +119,11 @@ def render_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
-def _render_chat(tokenizer: Any, messages: list[dict[str, str]], untrained: frozenset[int] | set[int] = frozenset()
-                 ) -> tuple[str, list[tuple[int, int]]]:
+def _render_chat(tokenizer: Any, messages: list[dict[str, str]],
+                 untrained: frozenset[int] | set[int] = frozenset()) -> tuple[str, list[tuple[int, int]]]:
     if not getattr(tokenizer, "chat_template", None):
-        raise RowProblem("the model's tokenizer has no chat template; use a chat/instruct model or plain text data")
+        raise RowProblem("the model's tokenizer has no chat template; use a chat/instruct model or plain "
+                         "text data")
     full = tokenizer.apply_chat_template(messages, tokenize=False)
     spans: list[tuple[int, int]] = []
     cursor = 0
@@ -135,7 +142,8 @@ def _render_chat(tokenizer: Any, messages: list[dict[str, str]], untrained: froz
                 raise RowProblem(f"the chat template dropped assistant turn {index + 1}; cannot mask it")
             cursor = _answer_span(tokenizer, full, start, message["content"], spans)
             continue
-        before = tokenizer.apply_chat_template(messages[:index], tokenize=False, add_generation_prompt=True) if index else ""
+        before = (tokenizer.apply_chat_template(messages[:index], tokenize=False, add_generation_prompt=True)
+                  if index else "")
         last = index == len(messages) - 1  # the same call as `full`: one render saved per row
         through = full if last else tokenizer.apply_chat_template(messages[: index + 1], tokenize=False)
         if index and full.startswith(through) and through.startswith(before):

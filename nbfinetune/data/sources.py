@@ -10,9 +10,11 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+from ..config import DATA_FILE_KINDS
+
 SAMPLE_PREFIX = "sample:"
 SAMPLES = {"people": ("people_train.jsonl", "people_eval.jsonl")}
-_FILE_KINDS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+_FILE_KINDS = DATA_FILE_KINDS
 
 
 class DataSourceError(ValueError):
@@ -89,7 +91,8 @@ def _jsonl_rows(path: str) -> Iterator[Row]:
             if not line.strip():
                 continue
             record, error = _parse(line)
-            yield Row(number, record) if error is None else Row(number, error=error.replace(" at line 1 ", " at "))
+            yield (Row(number, record) if error is None
+                   else Row(number, error=error.replace(" at line 1 ", " at ")))
 
 
 def _json_rows(path: str) -> Iterator[Row]:
@@ -135,8 +138,8 @@ def _csv_rows(path: str) -> Iterator[Row]:
             except StopIteration:
                 return
             except csv.Error as exc:  # the reader cannot find where the row ends: stop, say where
-                yield Row(number, error=f"unreadable CSV at line {reader.line_num} ({exc}); the rest of the file "
-                                        "was not read")
+                yield Row(number, error=f"unreadable CSV at line {reader.line_num} ({exc}); the rest of the "
+                                        "file was not read")
                 return
             if not values:
                 number -= 1
@@ -144,7 +147,10 @@ def _csv_rows(path: str) -> Iterator[Row]:
             if len(values) > len(header):
                 yield Row(number, error=f"{len(values)} fields, but the header has {len(header)}")
                 continue
-            yield Row(number, {name: (value if value != "" else None) for name, value in zip(header, values)})
+            # A short row (trailing fields left off) is fine, its missing fields are absent: not strict.
+            record = {name: (value if value != "" else None)
+                      for name, value in zip(header, values, strict=False)}
+            yield Row(number, record)
 
 
 def _parquet_rows(path: str) -> Iterator[Row]:

@@ -31,10 +31,11 @@ class Validation:
 
 
 def validate(source: str, fmt: str = "auto", tokenizer: Any = None, max_seq_len: int = 512,
-             train_on: str = "completions", columns: dict[str, str] | None = None, preview: int = 3) -> Validation:
+             train_on: str = "completions", columns: dict[str, str] | None = None,
+             preview: int = 3) -> Validation:
     source, _ = resolve(source, None)
-    fmt, stream = iter_examples(source, fmt, columns)
-    report = DataReport(format=fmt)
+    found, stream = iter_examples(source, fmt, columns)
+    report = DataReport(format=found)
     result = Validation(report=report, max_seq_len=max_seq_len)
     settings = SimpleNamespace(max_seq_len=max_seq_len, train_on=train_on)
     chunk: list[tuple[Any, Any, str | None]] = []
@@ -42,7 +43,8 @@ def validate(source: str, fmt: str = "auto", tokenizer: Any = None, max_seq_len:
     def flush() -> None:
         # Rows are rendered a chunk at a time (one tokenizer call) but reported in file order.
         usable = [(row, example) for row, example, _ in chunk if example is not None]
-        checked = iter(render_checked(tokenizer, [e for _, e in usable], [r.number for r, _ in usable], settings)
+        checked = iter(render_checked(tokenizer, [e for _, e in usable], [r.number for r, _ in usable],
+                                      settings)
                        if tokenizer is not None and usable else [])
         for row, example, problem in chunk:
             if example is None:

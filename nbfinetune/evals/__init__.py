@@ -1,4 +1,5 @@
-"""Evaluate runs, base models and API endpoints on your eval set; judge with an LLM; see when a fine-tune pays."""
+"""Evaluate runs, base models and API endpoints on your eval set; judge with an LLM; see when a fine-tune
+pays."""
 
 from __future__ import annotations
 

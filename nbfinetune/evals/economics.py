@@ -35,8 +35,9 @@ class Assumptions:
         table = price_table()
         name, count = parse_gpu(self.gpu)
         price = table["per_gpu_second"][name] * count * 3600
-        return (f"{self.requests_per_month:,.0f} requests/month; served on Modal {self.gpu} at ${price:.2f}/h "
-                f"(prices of {table['date']}, {table['source']}); GPU time per request = measured latency × "
+        return (f"{self.requests_per_month:,.0f} requests/month; served on Modal {self.gpu} at "
+                f"${price:.2f}/h (prices of {table['date']}, {table['source']}); GPU time per request = "
+                "measured latency × "
                 f"{self.latency_scale:g} ÷ {self.concurrent_requests:g} concurrent requests; traffic over "
                 f"{self.active_hours_per_day:g} h/day; scale to zero after {self.idle_timeout_s:g} s idle, "
                 f"{self.cold_start_s:g} s cold start; training cost over {self.amortize_months:g} months; "
@@ -87,11 +88,14 @@ class Economics:
             training = a.training_usd if a.training_usd is not None else _training_cost(target)
             self.inputs[target.label] = (per_request, seconds, training if target.kind == "run" else 0.0)
             if target.kind == "endpoint":
-                how = ("measured tokens × prices" if per_request is not None else "no prices given for this endpoint")
+                how = ("measured tokens × prices" if per_request is not None
+                       else "no prices given for this endpoint")
             else:
                 how = f"{seconds or 0:.2f} GPU-s per request on {a.gpu}" + (
-                    f" + ${training:.2f} training / {a.amortize_months:g} months" if target.kind == "run" else "")
-            cost = ModelCost(target.label, target.kind, None if quality_metric is None else _num(s[quality_metric]),
+                    f" + ${training:.2f} training / {a.amortize_months:g} months" if target.kind == "run"
+                    else "")
+            quality = None if quality_metric is None else _num(s[quality_metric])
+            cost = ModelCost(target.label, target.kind, quality,
                              _num(s["latency_p50_s"]), _num(s["latency_p95_s"]), None, how)
             cost.monthly_usd = cost.at(a.requests_per_month, a, *self.inputs[target.label])
             self.rows.append(cost)
@@ -115,7 +119,8 @@ class Economics:
         import pandas as pd
 
         quality = self.results.metrics[0] if self.results.metrics else "quality"
-        frame = pd.DataFrame([asdict(r) for r in self.rows]).rename(columns={"quality": quality}).set_index("model")
+        frame = (pd.DataFrame([asdict(r) for r in self.rows]).rename(columns={"quality": quality})
+                 .set_index("model"))
         apis = [r.model for r in self.rows if r.kind == "endpoint" and self.inputs[r.model][0] is not None]
         if apis:
             frame[f"break-even vs {apis[0]} (requests/month)"] = [
@@ -129,11 +134,14 @@ class Economics:
         fig = go.Figure()
         for row in self.rows:
             costs = [self.cost_at(row.model, v) for v in volumes]
-            if all(c is not None for c in costs):
-                fig.add_trace(go.Scatter(name=row.model, x=volumes, y=[round(c, 2) for c in costs], mode="lines"))
+            known = [c for c in costs if c is not None]
+            if len(known) == len(costs):
+                fig.add_trace(go.Scatter(name=row.model, x=volumes, y=[round(c, 2) for c in known],
+                                         mode="lines"))
         fig.add_vline(x=self.assumptions.requests_per_month, line_dash="dot", line_color="#888")
         fig.update_layout(title="monthly cost against volume", height=320, template="plotly_white",
-                          margin={"l": 50, "r": 10, "t": 40, "b": 40}, xaxis={"type": "log", "title": "requests/month"},
+                          margin={"l": 50, "r": 10, "t": 40, "b": 40},
+                          xaxis={"type": "log", "title": "requests/month"},
                           yaxis={"type": "log", "title": "USD/month"})
         return fig
 
@@ -161,9 +169,11 @@ class Economics:
         series = []
         for index, row in enumerate(self.rows):
             costs = [self.cost_at(row.model, v) for v in volumes]
-            if all(c is not None and c > 0 for c in costs):
+            positive = [c for c in costs if c is not None and c > 0]
+            if len(positive) == len(costs):
                 series.append(Series(row.model[:30], [math.log10(v) for v in volumes],
-                                     [math.log10(c) for c in costs], color=colours[index % len(colours)], width=2))
+                                     [math.log10(c) for c in positive], color=colours[index % len(colours)],
+                                     width=2))
         return line_chart(series, "monthly cost against volume", x_title="log10 requests/month",
                           y_title="log10 USD/month")
 

@@ -24,7 +24,8 @@ class Settings:
 
 
 def load_cases(eval_data: Any, limit: int | None = None) -> list[tuple[list[dict[str, str]], str]]:
-    """(prompt messages, reference) per example: 'sample:NAME' (its eval split), a file, records, a DataFrame."""
+    """(prompt messages, reference) per example: 'sample:NAME' (its eval split), a file, records, a
+    DataFrame."""
     from ..data.formats import split_for_generation
     from ..data.materialize import materialize
     from ..data.prepare import load_examples
@@ -37,14 +38,15 @@ def load_cases(eval_data: Any, limit: int | None = None) -> list[tuple[list[dict
     _, examples, report = load_examples(str(source), split="eval")
     cases = [case for _, example, _ in examples if (case := split_for_generation(example)) is not None]
     if not cases:
-        raise ValueError(f"eval_data: no example with an assistant answer to compare with ({report.rows} rows read)")
+        raise ValueError(f"eval_data: no example with an assistant answer to compare with ({report.rows} "
+                         "rows read)")
     return cases[:limit] if limit else cases
 
 
-def evaluate(eval_data: Any, models: Sequence[Any] | dict[str, Any], metrics: Sequence[Any] | None = None, *,
-             limit: int | None = None, max_tokens: int = 256, temperature: float = 0.0, system: str | None = None,
-             concurrency: int = 8, timeout_s: float = 60.0, max_retries: int = 3, progress: bool = True,
-             store: Any = None) -> Any:
+def evaluate(eval_data: Any, models: Sequence[Any] | dict[str, Any], metrics: Sequence[Any] | None = None,
+             *, limit: int | None = None, max_tokens: int = 256, temperature: float = 0.0,
+             system: str | None = None, concurrency: int = 8, timeout_s: float = 60.0, max_retries: int = 3,
+             progress: bool = True, store: Any = None) -> Any:
     """Each model (a Run, a run id, a base model name, or nbft.endpoint(...); or {label: model}) answers each
     example of eval_data ('sample:NAME', a file, records, a DataFrame; `limit` rows); metrics: names
     (json_match, ...; 'module:function') and judges (nbft.judge(...)). Returns EvalResults: `.df`,
@@ -67,8 +69,9 @@ def evaluate(eval_data: Any, models: Sequence[Any] | dict[str, Any], metrics: Se
     for t_index, target in enumerate(targets):
         for e_index, (messages, reference) in enumerate(cases):
             answer = answers[t_index, e_index]
-            row = {"model": target.label, "kind": target.kind, "example": e_index, "prompt": messages[-1]["content"],
-                   "reference": reference, **asdict(answer), "cost_usd": _cost(target, answer)}
+            row = {"model": target.label, "kind": target.kind, "example": e_index,
+                   "prompt": messages[-1]["content"], "reference": reference, **asdict(answer),
+                   "cost_usd": _cost(target, answer)}
             for name, function in named.items():
                 row[name] = None if answer.output is None else float(function(answer.output, reference))
             rows.append(row)
@@ -97,7 +100,8 @@ def _cost(target: Target, answer: Answer) -> float | None:
     ep = target.endpoint
     if ep is None or ep.usd_per_m_input is None or ep.usd_per_m_output is None or answer.input_tokens is None:
         return None
-    return (answer.input_tokens * ep.usd_per_m_input + (answer.output_tokens or 0) * ep.usd_per_m_output) / 1e6
+    return (answer.input_tokens * ep.usd_per_m_input
+            + (answer.output_tokens or 0) * ep.usd_per_m_output) / 1e6
 
 
 def _answer_all(targets: list[Target], cases: list, settings: Settings, concurrency: int, timeout_s: float,
@@ -106,7 +110,7 @@ def _answer_all(targets: list[Target], cases: list, settings: Settings, concurre
     answers: dict[tuple[int, int], Answer] = {}
     work: list[tuple[int, int, str]] = []
     for t_index, target in enumerate(targets):
-        for e_index, (messages, reference) in enumerate(cases):
+        for e_index, (messages, _reference) in enumerate(cases):
             digest = cache_.key("answer", target.identity, _messages(messages, settings), asdict(settings))
             kept = store.get(digest)
             if kept is not None:
@@ -152,9 +156,13 @@ def _serve_local(targets: list[Target]) -> Any:
 
     specs: dict[str, BaseSpec] = {}
     for target in targets:
-        spec = specs.setdefault(target.base_path, BaseSpec(target.base_path, target.base_path))
+        # Local targets carry their base model's path, runs their adapter's (models.resolve sees to it).
+        base, adapter = target.base_path, target.adapter_path
+        assert base is not None
+        spec = specs.setdefault(base, BaseSpec(base, base))
         if target.kind == "run" and all(names[0] != target.run.id for names, _, _ in spec.adapters):
-            spec.adapters.append(([target.run.id], target.adapter_path, f"run {target.run.id}"))
+            assert adapter is not None
+            spec.adapters.append(([target.run.id], adapter, f"run {target.run.id}"))
     return serve_models(list(specs.values()), quiet=True)
 
 
@@ -167,8 +175,11 @@ def _client(target: Target, server: Any, timeout_s: float, max_retries: int) -> 
             return None, str(exc), ""
     import openai
 
-    client = openai.OpenAI(base_url=server.base_url, api_key=server.api_key, timeout=timeout_s, max_retries=max_retries)
-    return client, (target.run.id if target.kind == "run" else target.base_path), server.api_key
+    client = openai.OpenAI(base_url=server.base_url, api_key=server.api_key, timeout=timeout_s,
+                           max_retries=max_retries)
+    name = target.run.id if target.kind == "run" else target.base_path
+    assert name is not None  # a local base target always has its path
+    return client, name, server.api_key
 
 
 def _judge_all(judges: list[Judge], rows: list[dict[str, Any]], targets: list[Target], concurrency: int,
@@ -192,7 +203,8 @@ def _judge_all(judges: list[Judge], rows: list[dict[str, Any]], targets: list[Ta
                     return
                 verdict = judge.compare(row["prompt"], row["output"], other["output"], row["reference"])
             row[judge.name] = verdict.score
-            row[f"{judge.name}_reason"] = verdict.reason if verdict.error is None else f"judge failed: {verdict.error}"
+            row[f"{judge.name}_reason"] = (verdict.reason if verdict.error is None
+                                           else f"judge failed: {verdict.error}")
 
         _run(one, rows, concurrency, progress, judge.name)
 

@@ -18,7 +18,8 @@ from ..serve.client import EndpointChatModel
 from . import cache as cache_
 from .models import ask
 
-DEFAULT_RUBRIC = "Is the answer correct and complete, given the reference answer? Formatting counts if the task asks for it."
+DEFAULT_RUBRIC = ("Is the answer correct and complete, given the reference answer? Formatting counts if the "
+                  "task asks for it.")
 
 _SCORE_PROMPT = """You are grading an answer. Rubric: {rubric}
 
@@ -73,7 +74,8 @@ class JudgeUsage:
 
 
 def parse_score(text: str) -> tuple[float, str]:
-    """'{"score": 7, "reason": "..."}' (also inside prose or a code fence) or 'Score: 7 ...' → (0.7, reason)."""
+    """'{"score": 7, "reason": "..."}' (also inside prose or a code fence) or 'Score: 7 ...' →
+    (0.7, reason)."""
     found = _json_object(text)
     if found is not None and "score" in found:
         value, reason = found["score"], str(found.get("reason", ""))
@@ -102,10 +104,10 @@ def parse_winner(text: str) -> tuple[str, str]:
         if not match:
             raise ValueError(f"no winner in the judge's reply: {text[:120]!r}")
         winner, reason = match.group(1), text[match.end():].strip(" .:\n\"*")
-    winner = {"a": "A", "b": "B", "tie": "tie"}.get(winner.strip().lower())
-    if winner is None:
+    picked = {"a": "A", "b": "B", "tie": "tie"}.get(winner.strip().lower())
+    if picked is None:
         raise ValueError(f"the judge's winner must be A, B or tie: {text[:120]!r}")
-    return winner, reason[:300]
+    return picked, reason[:300]
 
 
 def _json_object(text: str) -> dict[str, Any] | None:
@@ -174,8 +176,8 @@ class Judge:
         return answer.output, answer.error, False
 
     def grade(self, prompt: str, prediction: str, reference: str) -> Verdict:
-        reply, error, _ = self._ask(_SCORE_PROMPT.format(rubric=self.rubric, prompt=prompt, reference=reference,
-                                                         answer=prediction))
+        reply, error, _ = self._ask(_SCORE_PROMPT.format(rubric=self.rubric, prompt=prompt,
+                                                         reference=reference, answer=prediction))
         if error is not None:
             return Verdict(None, error=error)
         try:
@@ -190,8 +192,8 @@ class Judge:
         (position bias) or tie."""
         points, reasons = [], []
         for a, b, first_is in ((first, second, "A"), (second, first, "B")):
-            reply, error, _ = self._ask(_PAIR_PROMPT.format(rubric=self.rubric, prompt=prompt, reference=reference,
-                                                            a=a, b=b))
+            reply, error, _ = self._ask(_PAIR_PROMPT.format(rubric=self.rubric, prompt=prompt,
+                                                            reference=reference, a=a, b=b))
             if error is not None:
                 return Verdict(None, error=error)
             try:
@@ -226,7 +228,8 @@ class Judge:
 def _cost(endpoint: EndpointChatModel, usage: JudgeUsage) -> float | None:
     if endpoint.usd_per_m_input is None or endpoint.usd_per_m_output is None:
         return None
-    return (usage.input_tokens * endpoint.usd_per_m_input + usage.output_tokens * endpoint.usd_per_m_output) / 1e6
+    return (usage.input_tokens * endpoint.usd_per_m_input
+            + usage.output_tokens * endpoint.usd_per_m_output) / 1e6
 
 
 def judge(endpoint: EndpointChatModel, rubric: str = DEFAULT_RUBRIC, mode: str = "score",
@@ -245,7 +248,8 @@ def from_env() -> Judge:
     NBFINETUNE_JUDGE_RUBRIC — the worker inherits them from the notebook's environment."""
     import os
 
-    settings = tuple(os.environ.get(f"NBFINETUNE_JUDGE_{name}", "") for name in ("URL", "MODEL", "KEY_ENV", "RUBRIC"))
+    settings = tuple(os.environ.get(f"NBFINETUNE_JUDGE_{name}", "")
+                     for name in ("URL", "MODEL", "KEY_ENV", "RUBRIC"))
     url, model, key_env, rubric = settings
     if not url or not model:
         raise RuntimeError("the metric 'judge' needs NBFINETUNE_JUDGE_URL and NBFINETUNE_JUDGE_MODEL set")

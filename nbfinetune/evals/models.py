@@ -32,7 +32,8 @@ def resolve(model: Any, store: Any = None) -> Target:
     from ..runs import RunStore
 
     if isinstance(model, EndpointChatModel):
-        return Target(model.model, "endpoint", {"base_url": model.base_url, "model": model.model}, endpoint=model)
+        return Target(model.model, "endpoint", {"base_url": model.base_url, "model": model.model},
+                      endpoint=model)
     if isinstance(model, str):
         store = store or RunStore()
         model = Run(model, store) if model in store.ids() else model
@@ -43,8 +44,9 @@ def resolve(model: Any, store: Any = None) -> Target:
 
         name = model.config.name or model.id
         # The adapter's files' sizes and times: a resumed run that saved a new adapter gets new answers.
-        return Target(name, "run", {"run": model.id, "adapter": model.adapter_path, "files": _stamp(model.adapter_path)},
-                      base_path=resolve_model(model.config.model), adapter_path=model.adapter_path, run=model)
+        identity = {"run": model.id, "adapter": model.adapter_path, "files": _stamp(model.adapter_path)}
+        return Target(name, "run", identity, base_path=resolve_model(model.config.model),
+                      adapter_path=model.adapter_path, run=model)
     if isinstance(model, str):
         from ..core.models import resolve_model
 
@@ -53,13 +55,15 @@ def resolve(model: Any, store: Any = None) -> Target:
         except Exception as exc:
             raise ValueError(f"models: {model!r} is neither a run id nor a base model ({exc})") from None
         return Target(model, "base", {"base": path}, base_path=path)
-    raise TypeError(f"models: expected a Run, a run id, a base model name or nbft.endpoint(...), got {model!r}")
+    raise TypeError(f"models: expected a Run, a run id, a base model name or nbft.endpoint(...), "
+                    f"got {model!r}")
 
 
 def _stamp(directory: str) -> list[tuple[str, int, int]]:
     from pathlib import Path
 
-    return sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in Path(directory).iterdir() if p.is_file())
+    return sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns)
+                  for p in Path(directory).iterdir() if p.is_file())
 
 
 @dataclass

@@ -31,7 +31,7 @@ class EvalResults:
         for target in self.targets:
             part = self.frame[self.frame["model"] == target.label]
             latency = part["latency_s"].dropna()
-            row = {"model": target.label, "kind": target.kind}
+            row: dict[str, Any] = {"model": target.label, "kind": target.kind}
             for metric in self.metrics:
                 row[metric] = part[metric].dropna().mean() if metric in part else None
             row.update({"latency_p50_s": latency.quantile(0.5) if len(latency) else None,
@@ -39,12 +39,14 @@ class EvalResults:
                         "input_tokens": part["input_tokens"].dropna().mean(),
                         "output_tokens": part["output_tokens"].dropna().mean(),
                         "errors": int(part["error"].notna().sum()),
-                        "usd_per_request": part["cost_usd"].dropna().mean() if part["cost_usd"].notna().any() else None})
+                        "usd_per_request": (part["cost_usd"].dropna().mean()
+                                            if part["cost_usd"].notna().any() else None)})
             rows.append(row)
         return pd.DataFrame(rows).set_index("model")
 
     def worst(self, n: int = 3, metric: str | None = None) -> Any:
-        """The n examples each model does worst on (by `metric`, the first metric by default), side by side."""
+        """The n examples each model does worst on (by `metric`, the first metric by default), side by
+        side."""
         metric = metric or (self.metrics[0] if self.metrics else None)
         frame = self.frame
         if metric is None:
@@ -52,7 +54,8 @@ class EvalResults:
         means = frame.groupby("example")[metric].mean().sort_values(na_position="first")
         examples = list(means.index[:n])
         wide = frame[frame["example"].isin(examples)].pivot(index="example", columns="model", values="output")
-        wide.insert(0, "reference", frame.drop_duplicates("example").set_index("example").loc[examples, "reference"])
+        references = frame.drop_duplicates("example").set_index("example").loc[examples, "reference"]
+        wide.insert(0, "reference", references)
         return wide.loc[examples]
 
     def figure(self) -> Any:
@@ -95,14 +98,16 @@ class EvalResults:
     def svg(self) -> str:
         """The saved notebook's copy: each metric per model, and latency p50 (bar) to p95 (whisker)."""
         summary = self.summary()
-        rows = [(f"{model} · {metric}", _finite(summary.loc[model, metric]), None, "#1f77b4")
-                for model in summary.index for metric in self.metrics]
+        rows: list[tuple[str, float | None, float | None, str]] = [
+            (f"{model} · {metric}", _finite(summary.loc[model, metric]), None, "#1f77b4")
+            for model in summary.index for metric in self.metrics]
         rows += [(f"{model} · latency s", _finite(summary.loc[model, "latency_p50_s"]),
                   _finite(summary.loc[model, "latency_p95_s"]), "#7f7f7f") for model in summary.index]
         return bars_svg(rows, "scores (0-1) and latency p50-p95 (s) per model")
 
     def __repr__(self) -> str:
-        return f"<EvalResults {len(self.targets)} models × {self.frame['example'].nunique()} examples>\n{self.summary()}"
+        return (f"<EvalResults {len(self.targets)} models × {self.frame['example'].nunique()} examples>\n"
+                f"{self.summary()}")
 
 
 def _finite(value: Any) -> float | None:
@@ -122,21 +127,24 @@ def bars_svg(rows: list[tuple[str, float | None, float | None, str]], title: str
     height = top + row_h * len(rows) + 8
     scale: dict[str, float] = {}
     for _, value, whisker, colour in rows:
-        scale[colour] = max(scale.get(colour, 0.0), whisker or 0.0, value or 0.0, 1e-9 if colour != "#1f77b4" else 1.0)
+        floor = 1e-9 if colour != "#1f77b4" else 1.0  # scores are scaled to 1 at least
+        scale[colour] = max(scale.get(colour, 0.0), whisker or 0.0, value or 0.0, floor)
     body = []
     for index, (label, value, whisker, colour) in enumerate(rows):
         y = top + index * row_h
-        body.append(f"<text x='{label_w - 6}' y='{y + 11}' text-anchor='end'>{html.escape(label[:48])}</text>")
+        body.append(f"<text x='{label_w - 6}' y='{y + 11}' text-anchor='end'>"
+                    f"{html.escape(label[:48])}</text>")
         if value is None:
             body.append(f"<text x='{label_w}' y='{y + 11}' fill='#999'>–</text>")
             continue
         span = width - label_w - 60
         length = span * value / scale[colour]
-        body.append(f"<rect x='{label_w}' y='{y + 2}' width='{max(length, 1):.1f}' height='{row_h - 5}' fill='{colour}'/>")
+        body.append(f"<rect x='{label_w}' y='{y + 2}' width='{max(length, 1):.1f}' height='{row_h - 5}' "
+                    f"fill='{colour}'/>")
         end = length
         if whisker is not None:
             end = span * whisker / scale[colour]
-            body.append(f"<line x1='{label_w + length:.1f}' x2='{label_w + end:.1f}' y1='{y + 8}' y2='{y + 8}' "
-                        f"stroke='{colour}'/>")
+            body.append(f"<line x1='{label_w + length:.1f}' x2='{label_w + end:.1f}' y1='{y + 8}' "
+                        f"y2='{y + 8}' stroke='{colour}'/>")
         body.append(f"<text x='{label_w + max(length, end) + 4:.1f}' y='{y + 11}'>{value:.3g}</text>")
     return _svg("".join(body), width, height, title)

@@ -54,13 +54,15 @@ class EndpointChatModel:
                              max_retries=self.max_retries)
 
     def stream(self, messages: list[dict[str, str]], max_new_tokens: int = 256, temperature: float = 0.0,
-               top_p: float = 1.0, adapter: str = "default", stop: threading.Event | None = None) -> Iterator[str]:
+               top_p: float = 1.0, adapter: str = "default",
+               stop: threading.Event | None = None) -> Iterator[str]:
         import openai
 
         client = self._client()
         try:
             chunks = client.chat.completions.create(model=self.model, messages=messages, stream=True,
-                                                    max_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+                                                    max_tokens=max_new_tokens, temperature=temperature,
+                                                    top_p=top_p)
             for chunk in chunks:
                 if stop is not None and stop.is_set():
                     chunks.close()

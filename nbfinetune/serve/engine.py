@@ -93,7 +93,8 @@ def _held_back(text: str, stops: list[str]) -> int:
 class Engine:
     """One base model with its adapters; a scheduler thread batches whatever is waiting."""
 
-    def __init__(self, loaded: Any, max_batch: int = 32, batch_window_s: float = 0.005, max_waiting: int = 256) -> None:
+    def __init__(self, loaded: Any, max_batch: int = 32, batch_window_s: float = 0.005,
+                 max_waiting: int = 256) -> None:
         self.loaded = loaded
         self.max_batch, self.batch_window_s, self.max_waiting = max_batch, batch_window_s, max_waiting
         self._waiting: deque[Generation] = deque()
@@ -116,16 +117,18 @@ class Engine:
         try:
             prompt = render_prompt(tokenizer, request.messages)
         except Exception as exc:  # a template that rejects the conversation (e.g. roles out of order)
-            raise APIError(400, f"messages: the model's chat template rejected them: {exc}", param="messages") from None
+            raise APIError(400, f"messages: the model's chat template rejected them: {exc}",
+                           param="messages") from None
         ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         room = self.loaded.context_length - len(ids)
         if room < 1:
             raise APIError(413, f"messages: the prompt is {len(ids)} tokens; this model's context is "
-                                f"{self.loaded.context_length}", param="messages", code="context_length_exceeded")
-        if request.max_tokens is not None and request.max_tokens > room:
-            raise APIError(413, f"max_tokens: {request.max_tokens} plus the prompt's {len(ids)} tokens exceed this "
-                                f"model's context of {self.loaded.context_length}", param="max_tokens",
+                                f"{self.loaded.context_length}", param="messages",
                            code="context_length_exceeded")
+        if request.max_tokens is not None and request.max_tokens > room:
+            raise APIError(413, f"max_tokens: {request.max_tokens} plus the prompt's {len(ids)} tokens "
+                                f"exceed this model's context of {self.loaded.context_length}",
+                           param="max_tokens", code="context_length_exceeded")
         max_tokens = request.max_tokens or min(DEFAULT_MAX_TOKENS, room)
         return Generation(adapter, tokenizer, ids, max_tokens, request.sampling, request.stop, sink)
 
@@ -207,7 +210,8 @@ class Engine:
         if not hasattr(self, "_cache_name"):
             model = self.loaded.model
             base = model.get_base_model() if hasattr(model, "get_base_model") else model
-            self._cache_name = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+            parameters = inspect.signature(base.forward).parameters
+            self._cache_name = "cache" if "cache" in parameters else "past_key_values"
         return self._cache_name
 
     def _prefill(self, rows: list[Generation]) -> _Batch:
@@ -225,7 +229,7 @@ class Engine:
         """Hand each row its next token; drop finished rows; run one decoding step for the rest."""
         import torch
 
-        for generation, token in zip(batch.rows, batch.next_tokens.tolist()):
+        for generation, token in zip(batch.rows, batch.next_tokens.tolist(), strict=True):
             generation.accept(token)
         keep = [i for i, g in enumerate(batch.rows) if not g.done]
         if not keep:
@@ -295,8 +299,9 @@ class _Batch:
             shape[dim] = missing
             return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
 
-        for mine, theirs in zip(self.cache.layers, other.cache.layers):
+        for mine, theirs in zip(self.cache.layers, other.cache.layers, strict=True):  # one model: same layers
             mine.keys = torch.cat([left_pad(mine.keys, 2), left_pad(theirs.keys, 2)], dim=0)
             mine.values = torch.cat([left_pad(mine.values, 2), left_pad(theirs.values, 2)], dim=0)
-        return _Batch(self.rows + other.rows, self.cache, torch.cat([left_pad(self.mask, 1), left_pad(other.mask, 1)]),
+        return _Batch(self.rows + other.rows, self.cache,
+                      torch.cat([left_pad(self.mask, 1), left_pad(other.mask, 1)]),
                       torch.cat([self.next_tokens, other.next_tokens]))

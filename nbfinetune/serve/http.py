@@ -80,7 +80,8 @@ class NotFoundHandler(_Handler):
     def prepare(self) -> None:
         super().prepare()  # the key first: the API's shape is not shown to strangers
         raise APIError(404, f"no such endpoint: {self.request.method} {self.request.path} "
-                            "(this server has POST /v1/chat/completions and GET /v1/models)", code="not_found")
+                            "(this server has POST /v1/chat/completions and GET /v1/models)",
+                       code="not_found")
 
 
 class ChatCompletionsHandler(_Handler):
@@ -88,8 +89,8 @@ class ChatCompletionsHandler(_Handler):
 
     async def post(self) -> None:
         if len(self.request.body) > MAX_BODY_BYTES:
-            raise APIError(413, f"the request body is {len(self.request.body)} bytes; at most {MAX_BODY_BYTES}",
-                           code="request_too_large")
+            raise APIError(413, f"the request body is {len(self.request.body)} bytes; at most "
+                                f"{MAX_BODY_BYTES}", code="request_too_large")
         try:
             body = json.loads(self.request.body or b"null")
         except ValueError as exc:
@@ -129,11 +130,12 @@ class ChatCompletionsHandler(_Handler):
             if first and finish is not None and finish.startswith("error"):
                 self._raise_if_failed(finish)  # nothing sent yet: a proper error response
             if finish is not None and finish.startswith("error"):
-                self._event({"error": APIError(500, "generation failed", type="server_error").body()["error"]})
+                failed = APIError(500, "generation failed", type="server_error")
+                self._event({"error": failed.body()["error"]})
                 break
             if first or delta:
-                self._event(protocol.chunk(cid, request.model, {"role": "assistant", "content": delta} if first
-                                           else {"content": delta}))
+                message = {"role": "assistant", "content": delta} if first else {"content": delta}
+                self._event(protocol.chunk(cid, request.model, message))
                 first = False
             if finish is not None:
                 self._event(protocol.chunk(cid, request.model, {}, finish))

@@ -51,8 +51,7 @@ class LocalServer:
         names = ", ".join(f"<code>{html.escape(m)}</code>" for m in self.models)
         return (f"<div>OpenAI-compatible API {state} at <code>{html.escape(self.base_url)}</code> · "
                 f"models: {names}<br><span style='color:#555'>"
-                "client = OpenAI(base_url=server.base_url, api_key=server.api_key)"
-                "</span></div>")
+                "client = OpenAI(base_url=server.base_url, api_key=server.api_key)</span></div>")
 
 
 @dataclass
@@ -81,8 +80,8 @@ def serve_runs(runs: list[Any], host: str = "127.0.0.1", port: int = 0, api_key:
     specs: dict[str, BaseSpec] = {}
     for run in runs:
         if not run.adapter_path:
-            raise RuntimeError(f"run {run.id} has no adapter yet (status: {run.status}); "
-                               "wait for it to finish")
+            raise RuntimeError(f"run {run.id} has no adapter yet (status: {run.status}); wait for it to "
+                               "finish")
         base = run.config.model
         spec = specs.setdefault(base, BaseSpec(base, resolve_model(base)))
         names = list(dict.fromkeys([run.id, aliases.get(run.id) or run.config.name or run.id]))
@@ -96,8 +95,8 @@ def serve_runs(runs: list[Any], host: str = "127.0.0.1", port: int = 0, api_key:
 
 def serve_models(specs: list[BaseSpec], host: str = "127.0.0.1", port: int = 0, api_key: str | None = None,
                  quiet: bool = False, show_key: bool = True, max_batch: int = 32,
-                 batch_window_s: float = 0.005,
-                 max_waiting: int = 256, device: str | None = None) -> LocalServer:
+                 batch_window_s: float = 0.005, max_waiting: int = 256,
+                 device: str | None = None) -> LocalServer:
     """Load each base with its adapters (one engine per base) and start the HTTP server in front."""
     from ..serving import load_multi_adapter
     from .engine import BASE, Engine
@@ -113,13 +112,16 @@ def serve_models(specs: list[BaseSpec], host: str = "127.0.0.1", port: int = 0, 
 
     try:
         for spec in specs:
-            adapters = {_INTERNAL.sub("_", f"adapter_{names[0]}"): path for names, path, _ in spec.adapters}
+            # The position keeps internal names unique: two run ids may differ only where _INTERNAL
+            # replaces characters.
+            adapters = {_INTERNAL.sub("_", f"adapter{i}_{names[0]}"): path
+                        for i, (names, path, _) in enumerate(spec.adapters)}
             loaded = load_multi_adapter(spec.path, adapters, device)
             engine = Engine(loaded, max_batch=max_batch, batch_window_s=batch_window_s,
                             max_waiting=max_waiting)
             engines.append(engine)
             add(spec.name, Route(spec.name, engine, BASE, "base"))
-            for (names, _, owner), adapter in zip(spec.adapters, adapters, strict=False):
+            for (names, _, owner), adapter in zip(spec.adapters, adapters, strict=True):
                 for name in names:
                     add(name, Route(name, engine, adapter, owner))
         key = api_key or new_token()

@@ -17,8 +17,8 @@ ROLES = ("system", "user", "assistant", "developer")
 class APIError(Exception):
     """An error the client can act on: HTTP status, OpenAI error type and the field at fault."""
 
-    def __init__(self, status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None) -> None:
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error",
+                 param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
 
@@ -73,7 +73,8 @@ def _message(index: int, message: Any) -> dict[str, str]:
     if isinstance(content, list):  # content parts: only text is meaningful to a text model
         texts = []
         for part in content:
-            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+            if (not isinstance(part, dict) or part.get("type") != "text"
+                    or not isinstance(part.get("text"), str)):
                 raise bad_request(f"{where}.content", "only text content parts are supported")
             texts.append(part["text"])
         content = "".join(texts)
@@ -97,7 +98,8 @@ def parse_chat_request(body: Any) -> ChatRequest:
     if n not in (None, 1):
         raise bad_request("n", f"only n=1 is supported, got {n!r}")
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
+    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)
+                                   or max_tokens < 1):
         raise bad_request("max_tokens", f"must be a positive integer, got {max_tokens!r}")
     stop = body.get("stop")
     if stop is None:

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..events import Event
+from ..events import Event, FinishedSummary
 
 SMOOTHING = 0.8  # exponential moving average weight, like TensorBoard's default slider
 # Method figures drawn beside the loss when a run reports them (DPO, GRPO): event field -> trace name.
@@ -47,9 +47,11 @@ class Curves:
                 changed = True
             if changed:
                 return True
-        if event.type == "finished" and (event.get("summary") or {}).get("best_step") is not None:
-            self.best_step = event["summary"]["best_step"]
-            return True
+        if event.type == "finished":
+            best_step = FinishedSummary.from_dict(event.get("summary")).best_step
+            if best_step is not None:
+                self.best_step = best_step
+                return True
         return False
 
     def thinned(self, points: int) -> Curves:
@@ -58,8 +60,9 @@ class Curves:
             return self
         stride = len(self.steps) / points
         keep = sorted({int(i * stride) for i in range(points)} | {len(self.steps) - 1})
-        return Curves([self.steps[i] for i in keep], [self.loss[i] for i in keep], [self.smoothed[i] for i in keep],
-                      [self.lr[i] for i in keep], self.eval_steps, self.eval_loss, self.best_step, self.extra)
+        return Curves([self.steps[i] for i in keep], [self.loss[i] for i in keep],
+                      [self.smoothed[i] for i in keep], [self.lr[i] for i in keep], self.eval_steps,
+                      self.eval_loss, self.best_step, self.extra)
 
     def _add_extra(self, event: Event) -> bool:
         found = False
@@ -95,10 +98,12 @@ def empty_figure(title: str = "") -> Any:
 
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.75, 0.25], vertical_spacing=0.06)
     fig.add_trace(go.Scatter(name="train loss", mode="lines", line={"color": "rgba(31,119,180,0.3)"}), 1, 1)
-    fig.add_trace(go.Scatter(name="train loss (smoothed)", mode="lines", line={"color": "#1f77b4", "width": 2}), 1, 1)
+    fig.add_trace(go.Scatter(name="train loss (smoothed)", mode="lines",
+                             line={"color": "#1f77b4", "width": 2}), 1, 1)
     fig.add_trace(go.Scatter(name="eval loss", mode="lines+markers", line={"color": "#d62728"}), 1, 1)
     fig.add_trace(go.Scatter(name="learning rate", mode="lines", line={"color": "#7f7f7f"}), 2, 1)
-    fig.update_layout(title=title or None, height=420, margin={"l": 50, "r": 20, "t": 40 if title else 20, "b": 40},
+    fig.update_layout(title=title or None, height=420,
+                      margin={"l": 50, "r": 20, "t": 40 if title else 20, "b": 40},
                       legend={"orientation": "h", "y": 1.08}, template="plotly_white")
     fig.update_yaxes(title_text="loss", row=1, col=1)
     fig.update_yaxes(title_text="lr", row=2, col=1, exponentformat="e")
@@ -113,7 +118,8 @@ def apply_curves(fig: Any, curves: Curves) -> None:
     evaluation.x, evaluation.y = curves.eval_steps, curves.eval_loss
     if curves.best_step is not None:  # a star on the kept evaluation
         kept = [s == curves.best_step for s in curves.eval_steps]
-        evaluation.marker = {"size": [14 if k else 6 for k in kept], "symbol": ["star" if k else "circle" for k in kept]}
+        evaluation.marker = {"size": [14 if k else 6 for k in kept],
+                             "symbol": ["star" if k else "circle" for k in kept]}
     lr.x, lr.y = curves.steps, curves.lr
     traces = {trace.name: trace for trace in fig.data[4:]}
     for name, (steps, values) in curves.extra.items():
@@ -121,7 +127,8 @@ def apply_curves(fig: Any, curves: Curves) -> None:
         if label not in traces:
             import plotly.graph_objects as go
 
-            fig.add_trace(go.Scatter(name=label, mode="lines+markers" if name.startswith("eval_") else "lines"), 1, 1)
+            mode = "lines+markers" if name.startswith("eval_") else "lines"
+            fig.add_trace(go.Scatter(name=label, mode=mode), 1, 1)
             traces[label] = fig.data[-1]
         traces[label].x, traces[label].y = steps, values
 
@@ -136,9 +143,11 @@ def curves_svg(curves: Curves, title: str = "") -> str:
     """The loss chart as inline SVG: what a saved notebook shows without JavaScript or network."""
     from .svg import Series, line_chart
 
-    return line_chart([Series("train loss", curves.steps, curves.loss, color="rgba(31,119,180,0.35)", width=1),
+    return line_chart([Series("train loss", curves.steps, curves.loss, color="rgba(31,119,180,0.35)",
+                              width=1),
                        Series("smoothed", curves.steps, curves.smoothed, color="#1f77b4", width=2),
-                       Series("eval loss", curves.eval_steps, curves.eval_loss, color="#d62728", markers=True)],
+                       Series("eval loss", curves.eval_steps, curves.eval_loss, color="#d62728",
+                              markers=True)],
                       title=title)
 
 

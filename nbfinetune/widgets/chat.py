@@ -24,13 +24,17 @@ class ChatWidget(StaticCopy, widgets.VBox):
         self._stop = threading.Event()
         self.info = widgets.HTML(f"<span style='color:#555'>{html.escape(model.describe())}</span>")
         self.transcript = widgets.HTML(layout=widgets.Layout(max_height="420px", overflow="auto"))
-        self.system = widgets.Text(placeholder="system prompt (optional)", layout=widgets.Layout(width="100%"))
-        self.prompt = widgets.Textarea(placeholder="Ask the fine-tuned model…", layout=widgets.Layout(width="100%"))
-        self.temperature = widgets.FloatSlider(value=0.0, min=0.0, max=1.5, step=0.05, description="temperature",
+        self.system = widgets.Text(placeholder="system prompt (optional)",
+                                   layout=widgets.Layout(width="100%"))
+        self.prompt = widgets.Textarea(placeholder="Ask the fine-tuned model…",
+                                       layout=widgets.Layout(width="100%"))
+        self.temperature = widgets.FloatSlider(value=0.0, min=0.0, max=1.5, step=0.05,
+                                               description="temperature",
                                                style={"description_width": "initial"})
         self.max_tokens = widgets.IntSlider(value=256, min=16, max=2048, step=16, description="max tokens",
                                              style={"description_width": "initial"})
-        options = [("nothing", ""), ("the base model", "base")] + [(f"checkpoint {n}", n) for n in self.checkpoints]
+        options = [("nothing", ""), ("the base model", "base")]
+        options += [(f"checkpoint {n}", n) for n in self.checkpoints]
         options += [(label, label) for label in self.others]
         self.compare_with = widgets.Dropdown(options=options, value="", description="also answer with",
                                              style={"description_width": "initial"})
@@ -69,7 +73,8 @@ class ChatWidget(StaticCopy, widgets.VBox):
         self._stop.clear()
         self.send.disabled, self.stop_button.disabled = True, False
         self.history.append({"role": "user", "content": text})
-        messages = ([{"role": "system", "content": self.system.value}] if self.system.value.strip() else []) + self.history
+        system = [{"role": "system", "content": self.system.value}] if self.system.value.strip() else []
+        messages = system + self.history
         self._turns.append(("user", text))
         try:
             answer = self._stream_into("fine-tuned", messages, "default")
@@ -105,7 +110,8 @@ class ChatWidget(StaticCopy, widgets.VBox):
         if not rows:
             self.saved.value = "<i>nothing to save yet</i>"
             return None
-        target = Path(path) if path else Path(nbfinetune_home()) / "eval-cases" / f"{self.name}-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        target = Path(path) if path else Path(nbfinetune_home()) / "eval-cases" / f"{self.name}-{stamp}.jsonl"
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
         self.saved.value = f"saved {len(rows)} case(s) to <code>{html.escape(str(target))}</code>"
@@ -131,8 +137,9 @@ class ChatWidget(StaticCopy, widgets.VBox):
         return f"<chat with {self.name}: {sum(who == 'user' for who, _ in self._turns)} question(s)>"
 
     def _render(self) -> None:
-        colors = {"user": "#eef", "fine-tuned": "#efe", "base": "#f4f4f4", "error": "#fdd"}  # checkpoints: white
+        # Checkpoints and other models: white.
+        colors = {"user": "#eef", "fine-tuned": "#efe", "base": "#f4f4f4", "error": "#fdd"}
         self.transcript.value = "".join(
-            f"<div style='background:{colors.get(who, '#fff')};padding:4px 8px;margin:2px 0;border-radius:4px;"
-            f"white-space:pre-wrap'><b>{html.escape(who)}:</b> {html.escape(text)}</div>"
+            f"<div style='background:{colors.get(who, '#fff')};padding:4px 8px;margin:2px 0;"
+            f"border-radius:4px;white-space:pre-wrap'><b>{html.escape(who)}:</b> {html.escape(text)}</div>"
             for who, text in self._turns)

@@ -6,9 +6,9 @@ from typing import Any
 
 from .charts import Curves
 
-_SETTINGS = {"model": ("model",), "data": ("data", "path"), "steps": ("train", "max_steps"), "lr": ("train", "lr"),
-             "r": ("lora", "r"), "alpha": ("lora", "alpha"), "batch_size": ("train", "batch_size"),
-             "max_seq_len": ("data", "max_seq_len")}
+_SETTINGS = {"model": ("model",), "data": ("data", "path"), "steps": ("train", "max_steps"),
+             "lr": ("train", "lr"), "r": ("lora", "r"), "alpha": ("lora", "alpha"),
+             "batch_size": ("train", "batch_size"), "max_seq_len": ("data", "max_seq_len")}
 
 
 def comparison_table(runs: list[Any]) -> Any:
@@ -33,12 +33,11 @@ def comparison_table(runs: list[Any]) -> Any:
     return pd.DataFrame(rows).set_index("run")
 
 
-def draw_run(fig: Any, index: int, run: Any, label: str) -> None:
+def draw_run(fig: Any, index: int, curves: Curves, label: str) -> None:
     """Run number `index`'s smoothed train loss (solid) and eval loss (dotted) as traces 2·index and
     2·index+1 of `fig`, added the first time and updated after — so live views redraw in place."""
     from plotly.colors import qualitative
 
-    curves = Curves.from_events(run.events())
     color = qualitative.Plotly[index % len(qualitative.Plotly)]
     while len(fig.data) < 2 * (index + 1):
         fig.add_scatter(mode="lines")
@@ -54,7 +53,7 @@ def comparison_figure(runs: list[Any]) -> Any:
 
     fig = go.Figure()
     for index, run in enumerate(runs):
-        draw_run(fig, index, run, _label(run))
+        draw_run(fig, index, Curves.from_events(run.events()), _label(run))
     fig.update_layout(height=420, template="plotly_white", xaxis_title="step", yaxis_title="loss",
                       margin={"l": 50, "r": 20, "t": 30, "b": 40})
     return fig
@@ -74,7 +73,8 @@ def comparison_svg(runs: list[Any]) -> str:
         curves, label = Curves.from_events(run.events()), _label(run)
         color = qualitative.Plotly[index % len(qualitative.Plotly)]
         series += [Series(f"{label} train", curves.steps, curves.smoothed, color=color, width=2),
-                   Series(f"{label} eval", curves.eval_steps, curves.eval_loss, color=color, dash=True, markers=True)]
+                   Series(f"{label} eval", curves.eval_steps, curves.eval_loss, color=color, dash=True,
+                          markers=True)]
     return line_chart(series)
 
 
@@ -94,7 +94,8 @@ class Comparison:
         return StaticChart(self.figure, self.svg)
 
     def table_bundle(self) -> dict[str, Any]:
-        return {"text/html": self.table.to_html(float_format=lambda v: f"{v:.4g}"), "text/plain": self.table.to_string()}
+        return {"text/html": self.table.to_html(float_format=lambda v: f"{v:.4g}"),
+                "text/plain": self.table.to_string()}
 
     def _ipython_display_(self) -> None:
         from IPython.display import display

@@ -1,6 +1,7 @@
 """Live dashboard: a view over a run's event stream, redrawn at most a few times per second.
 
-A background thread reads new lines from events.jsonl, folds them into a RunView and redraws in one
+A background thread tails the run's events, folds them into a RunState (with the chart's Curves fed from
+the same apply loop) and redraws in one
 `batch_update()` — so a 100k-step run costs the same number of widget messages per second as a short
 one, and replaying a finished run draws it at once.
 """
@@ -10,87 +11,15 @@ from __future__ import annotations
 import html
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import ipywidgets as widgets
 
-from ..events import Event
-from ..runs import read_events
+from ..runs import ENDED, LiveState, RunState
 from .charts import Curves, apply_curves, empty_figure
 
 REDRAW_INTERVAL_S = 0.2
 LIVE_POINTS = 2000  # per curve in the live chart: a 100k-step run redraws as cheaply as a short one
-
-
-@dataclass
-class RunView:
-    """Everything the dashboard shows, folded from events; no widget code, so it is easy to test."""
-
-    curves: Curves = field(default_factory=Curves)
-    status: str = "pending"
-    step: int = 0
-    total_steps: int | None = None
-    tokens_per_s: float | None = None
-    eta_s: float | None = None
-    metrics: dict[str, float] = field(default_factory=dict)
-    base_metrics: dict[str, float] = field(default_factory=dict)
-    samples: list[dict[str, str]] = field(default_factory=list)
-    message: str = ""
-    adapter_path: str | None = None
-    warnings: list[str] = field(default_factory=list)
-    last_seq: int = 0
-    first_time: float | None = None
-    end_time: float | None = None
-    gpu: str | None = None  # set for Modal runs: the dashboard shows GPU cost so far
-
-    def cost_usd(self) -> float | None:
-        if not self.gpu or self.first_time is None:
-            return None
-        from ..pricing import cost_so_far
-
-        return cost_so_far(self.gpu, (self.end_time or time.time()) - self.first_time)
-
-    def add(self, event: Event) -> None:
-        self.last_seq = event.seq
-        self.first_time = self.first_time or event.time
-        self.curves.add(event)
-        if event.type == "started":
-            self.status, self.total_steps = "running", event["total_steps"]
-            self.step = event.get("resumed_step", 0)
-            self.message = f"{event['model']} on {event['device']} ({event.get('precision', '')})"
-        elif event.type == "step":
-            self.step, self.tokens_per_s, self.eta_s = event["step"], event.get("tokens_per_s"), event.get("eta_s")
-        elif event.type == "eval":
-            self.metrics = event.get("metrics") or self.metrics
-            self.base_metrics = event.get("base_metrics") or self.base_metrics
-            self.samples = event.get("samples") or self.samples
-        elif event.type == "log":
-            if event["level"] in ("warning", "error"):
-                self.warnings.append(event["message"])
-            elif self.status == "pending":
-                self.message = event["message"]
-        elif event.terminal:
-            self.status = event.type
-            self.end_time = event.time
-            self.adapter_path = event.get("adapter_path")
-            self.eta_s = 0.0 if event.type == "finished" else None
-            if event.type == "failed":
-                self.message = f"{event['error']}: {event['message']}"
-            elif event.type == "cancelled":
-                self.message = event.get("message", "cancelled; adapter and checkpoint kept")
-            else:
-                kept = event.get("summary") or {}
-                self.message = _finished_message(kept)
-                if kept.get("best_step") is not None:  # the kept adapter's scores, not the last evaluation's
-                    self.metrics = kept.get("metrics") or self.metrics
-
-
-def _finished_message(summary: dict) -> str:
-    if summary.get("best_step") is None:
-        return ""  # the status badge already says "finished"
-    how = f"stopped early at step {summary.get('steps')}" if summary.get("stopped_early") else "finished"
-    return f"{how}; the adapter is the best evaluated one, from step {summary['best_step']}"
 
 
 _BADGE = {"pending": "#6c757d", "running": "#0d6efd", "finished": "#198754", "failed": "#dc3545",
@@ -106,14 +35,17 @@ class Dashboard(widgets.VBox):
         self.run = run
         config = run.store.config(run.id)
         self.label = config.get("name") or run.id
-        self.view = RunView(gpu=config.get("gpu") if config.get("backend") == "modal" else None)
-        self._offset = 0
+        self.gpu = config.get("gpu")
+        rate = run.store.rate(run.id)
+        self._live = LiveState(run.store.events_path(run.id),
+                               lambda: RunState.of_run(run.id, config, rate, curves=Curves()))
         self._drawn: tuple | None = None
         self._closed = threading.Event()
         self.figure = empty_figure()
         self.chart = widgets.Output(layout=widgets.Layout(min_height="420px"))
         self.status_html = widgets.HTML()
-        self.progress = widgets.IntProgress(value=0, min=0, max=1, layout=widgets.Layout(width="220px", min_width="160px"))
+        self.progress = widgets.IntProgress(value=0, min=0, max=1,
+                                            layout=widgets.Layout(width="220px", min_width="160px"))
         self.stats_html = widgets.HTML()
         self.cancel_button = widgets.Button(description="Cancel", icon="stop", button_style="warning",
                                             tooltip="Stop gracefully: the adapter and a checkpoint are saved")
@@ -127,30 +59,36 @@ class Dashboard(widgets.VBox):
         self._display_handle: Any = None
         self.poll()
         self.redraw()
-        self._thread = threading.Thread(target=self._follow, name=f"nbfinetune-dashboard-{run.id}", daemon=True)
-        if start and self.view.status not in ("finished", "failed", "cancelled"):
+        self._thread = threading.Thread(target=self._follow, name=f"nbfinetune-dashboard-{run.id}",
+                                        daemon=True)
+        if start and self.view.status not in ENDED:
             self._thread.start()
 
     # --- event intake ----------------------------------------------------------------------------
+    @property
+    def view(self) -> RunState:
+        """Everything the dashboard shows (its chart's curves in `view.curves`)."""
+        return self._live.state
+
+    @property
+    def curves(self) -> Curves:
+        return cast(Curves, self.view.curves)
+
     def poll(self) -> bool:
         """Fold every complete event written since the last poll; True when something changed."""
-        chunk = read_events(self.run.store.events_path(self.run.id), self._offset)
-        self._offset = chunk.offset
-        for event in chunk.events:
-            self.view.add(event)
-        return bool(chunk.events)
+        return bool(self._live.update())
 
     def _follow(self) -> None:
         while not self._closed.is_set():
             changed = self.poll()
             if changed:
                 self.redraw()
-            if self.view.status in ("finished", "failed", "cancelled"):
+            if self.view.status in ENDED:
                 self.refresh_static()
                 return
             if not changed and self.run.backend.is_alive(self.run.id, self.run.store) is False:
-                if not self.poll():
-                    self.view.status, self.view.message = "lost", "the worker stopped without a final event"
+                self.poll()  # the worker may have written its final line just before exiting
+                self.view.mark_worker_gone()
                 self.redraw()
                 return
             time.sleep(REDRAW_INTERVAL_S)
@@ -175,7 +113,7 @@ class Dashboard(widgets.VBox):
                   "text/plain": f"<nbfinetune dashboard: run {self.run.id}, {self.view.status}>"}
         static = f"<div>{self.status_html.value}<br>{self.stats_html.value}</div>"
         if self._has_curves():
-            static += svg_html(curves_svg(self.view.curves))
+            static += svg_html(curves_svg(self.curves))
         bundle["text/html"] = static + self.metrics_html.value + self.samples_html.value
         return bundle
 
@@ -191,7 +129,7 @@ class Dashboard(widgets.VBox):
 
     # --- drawing ---------------------------------------------------------------------------------
     def _has_curves(self) -> bool:
-        return bool(self.view.curves.steps or self.view.curves.eval_steps)
+        return bool(self.curves.steps or self.curves.eval_steps)
 
     def redraw(self) -> None:
         view = self.view
@@ -203,8 +141,8 @@ class Dashboard(widgets.VBox):
             f"<span style='color:#555'>{html.escape(view.message)}</span>")
         self.progress.max = max(1, view.total_steps or 1)
         self.progress.value = min(view.step, self.progress.max)
-        self.stats_html.value = _stats(view)
-        done = view.status in ("finished", "failed", "cancelled", "lost")
+        self.stats_html.value = _stats(view, self.curves, self.gpu)
+        done = view.status in (*ENDED, "lost")
         self.cancel_button.layout.display = "none" if done else None
         self.metrics_html.value = _metrics_table(view)
         self.samples_html.value = _samples_table(view.samples)
@@ -214,8 +152,8 @@ class Dashboard(widgets.VBox):
         """One state message per change: the whole chart (thinned), never a growing series of deltas."""
         from .charts import StaticChart, curves_svg
 
-        curves = self.view.curves
-        ended = self.view.status in ("finished", "failed", "cancelled", "lost")
+        curves = self.curves
+        ended = self.view.status in (*ENDED, "lost")
         drawn = (len(curves.steps), len(curves.eval_steps), curves.best_step, curves.steps[-1:], ended)
         if drawn == self._drawn:
             return
@@ -234,17 +172,17 @@ class Dashboard(widgets.VBox):
         self.chart.outputs = ({"output_type": "display_data", "data": bundle, "metadata": {}},)
 
 
-def _stats(view: RunView) -> str:
+def _stats(view: RunState, curves: Curves, gpu: str | None) -> str:
     parts = [f"step {view.step}/{view.total_steps or '?'}"]
     if view.tokens_per_s:
         parts.append(f"{view.tokens_per_s:,.0f} tok/s")
     if view.eta_s is not None and view.status == "running":
         parts.append(f"ETA {_duration(view.eta_s)}")
-    if view.curves.loss:
-        parts.append(f"loss {view.curves.loss[-1]:.4f}")
+    if curves.loss:
+        parts.append(f"loss {curves.loss[-1]:.4f}")
     cost = view.cost_usd()
     if cost is not None:
-        parts.append(f"${cost:,.4f} on {html.escape(view.gpu or '')}")
+        parts.append(f"${cost:,.4f} on {html.escape(gpu or '')}")
     return " · ".join(parts)
 
 
@@ -254,7 +192,7 @@ def _duration(seconds: float) -> str:
         f"{seconds // 60}:{seconds % 60:02d}"
 
 
-def _metrics_table(view: RunView) -> str:
+def _metrics_table(view: RunState) -> str:
     rows = "".join(
         f"<tr><td>{html.escape(name)}</td><td>{view.base_metrics.get(name, float('nan')):.3f}</td>"
         f"<td><b>{value:.3f}</b></td></tr>" for name, value in view.metrics.items())

@@ -11,11 +11,8 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from ..config import SAMPLE_DATA, default_model, nbfinetune_home
+from ..config import DATA_FILE_KINDS, FORMATS, SAMPLE_DATA, default_model, nbfinetune_home
 from .static import StaticCopy
-
-FORMATS = ("auto", "chat", "sharegpt", "instruction", "prompt_completion", "text")
-
 
 # Rows longer than this many times max_seq_len are counted in the histogram's last bar, so one 12k-token
 # outlier does not squeeze every other row into the first bar.
@@ -26,16 +23,19 @@ class Preflight(StaticCopy, widgets.VBox):
     def __init__(self, data: Any = None, model: str | None = None, max_seq_len: int = 512,
                  namespace: dict[str, Any] | None = None) -> None:
         self.namespace = namespace if namespace is not None else _user_namespace()
-        self.source = widgets.Text(value=data if isinstance(data, str) else (SAMPLE_DATA if data is None else ""),
-                                   description="data", placeholder="file, folder, hub id (org/name) or sample:people",
+        initial = data if isinstance(data, str) else (SAMPLE_DATA if data is None else "")
+        self.source = widgets.Text(value=initial, description="data",
+                                   placeholder="file, folder, hub id (org/name) or sample:people",
                                    layout=widgets.Layout(width="60%"))
-        self.variable = widgets.Dropdown(options=[("—", "")] + [(n, n) for n in _data_variables(self.namespace)],
-                                         description="or variable")
-        self.upload = widgets.FileUpload(accept=".jsonl,.json,.csv,.parquet", multiple=False, description="Upload")
+        variables = [(n, n) for n in _data_variables(self.namespace)]
+        self.variable = widgets.Dropdown(options=[("—", "")] + variables, description="or variable")
+        self.upload = widgets.FileUpload(accept=",".join(DATA_FILE_KINDS), multiple=False,
+                                         description="Upload")
         self.format = widgets.Dropdown(options=FORMATS, value="auto", description="format")
         self.model = widgets.Text(value=model or default_model(), description="model",
                                   layout=widgets.Layout(width="50%"))
-        self.max_seq_len = widgets.BoundedIntText(value=max_seq_len, min=8, max=131072, description="max_seq_len")
+        self.max_seq_len = widgets.BoundedIntText(value=max_seq_len, min=8, max=131072,
+                                                  description="max_seq_len")
         self.check_button = widgets.Button(description="Check data", button_style="primary", icon="search")
         self.check_button.on_click(lambda _b: self.check())
         self.status = widgets.HTML()
@@ -93,7 +93,8 @@ class Preflight(StaticCopy, widgets.VBox):
             self.status.value = ""
             self._show(tokenizer)
         except Exception as exc:  # shown in the widget: a bad file must never become a traceback
-            self.status.value = f"<span style='color:#dc3545'><b>cannot check:</b> {html.escape(str(exc))}</span>"
+            self.status.value = (f"<span style='color:#dc3545'><b>cannot check:</b> {html.escape(str(exc))}"
+                                 "</span>")
         finally:
             self.check_button.disabled = False
             self.refresh_static()
@@ -103,20 +104,25 @@ class Preflight(StaticCopy, widgets.VBox):
 
         result = self.validation
         report = result.report
-        ok_color = "#198754" if report.valid and not report.errors else ("#fd7e14" if report.valid else "#dc3545")
+        ok_color = ("#198754" if report.valid and not report.errors
+                    else ("#fd7e14" if report.valid else "#dc3545"))
         tokens = report.tokens
         stats = (f" · tokens per row: min {tokens['min']}, median {tokens['median']}, p95 {tokens['p95']}, "
                  f"max {tokens['max']} · {tokens['total']:,} tokens per epoch") if tokens else ""
+        truncated = f" · {report.truncated} truncated" if report.truncated else ""
         self.summary.value = (
-            f"<b>format:</b> {html.escape(str(report.format))} · <b style='color:{ok_color}'>{report.valid} of "
-            f"{report.rows} rows usable</b>" + (f" · {report.truncated} truncated" if report.truncated else "") + stats)
+            f"<b>format:</b> {html.escape(str(report.format))} · "
+            f"<b style='color:{ok_color}'>{report.valid} of {report.rows} rows usable</b>"
+            + truncated + stats)
         self._draw_histogram(result.lengths, result.max_seq_len)
         rows = "".join(f"<tr><td>{html.escape(p.file or '')} {p.row}</td><td>{html.escape(p.severity)}</td>"
-                       f"<td style='text-align:left'>{html.escape(p.message)}</td></tr>" for p in report.problems[:50])
+                       f"<td style='text-align:left'>{html.escape(p.message)}</td></tr>"
+                       for p in report.problems[:50])
         more = f"<p>… and {report.problem_count - 50} more</p>" if report.problem_count > 50 else ""
-        self.problems.value = (f"<details open><summary>{report.problem_count} problem(s)</summary><table><thead><tr>"
-                               f"<th>row</th><th>kind</th><th>problem</th></tr></thead><tbody>{rows}</tbody></table>"
-                               f"{more}</details>") if report.problem_count else "<p>No problems found.</p>"
+        self.problems.value = (f"<details open><summary>{report.problem_count} problem(s)</summary><table>"
+                               f"<thead><tr><th>row</th><th>kind</th><th>problem</th></tr></thead>"
+                               f"<tbody>{rows}</tbody></table>{more}</details>"
+                               if report.problem_count else "<p>No problems found.</p>")
         examples = []
         for rendered in result.preview:
             body = "".join(
@@ -125,8 +131,8 @@ class Preflight(StaticCopy, widgets.VBox):
                 for text, trained in trained_spans(tokenizer, rendered))
             examples.append(f"<div style='white-space:pre-wrap;font-family:monospace;border:1px solid #ddd;"
                             f"padding:6px;margin:4px 0'><b>row {rendered.row}</b>\n{body}</div>")
-        self.preview.value = ("<details><summary>examples as the model sees them (green: trained on)</summary>"
-                              + "".join(examples) + "</details>")
+        self.preview.value = ("<details><summary>examples as the model sees them (green: trained on)"
+                              "</summary>" + "".join(examples) + "</details>")
 
 
     def _draw_histogram(self, lengths: list[int], max_seq_len: int) -> None:
@@ -137,16 +143,16 @@ class Preflight(StaticCopy, widgets.VBox):
 
         clip = int(max_seq_len * CLIP_FACTOR)
         over = [n for n in lengths if n > clip]
-        title = "tokens per row" + (f" ({len(over)} longer than {clip:,}, up to {max(over):,}, counted in the last "
-                                    f"bar)" if over else "")
+        title = "tokens per row" + (f" ({len(over)} longer than {clip:,}, up to {max(over):,}, counted in "
+                                    f"the last bar)" if over else "")
         shown = [min(n, clip) for n in lengths]
         self.histogram = go.Figure(go.Histogram(x=shown, nbinsx=40, name="rows"), layout={
             "height": 240, "margin": {"l": 40, "r": 10, "t": 30, "b": 40}, "title": title,
             "template": "plotly_white", "xaxis": {"title": "tokens"}, "yaxis": {"title": "rows"},
-            "shapes": [{"type": "line", "x0": max_seq_len, "x1": max_seq_len, "y0": 0, "y1": 1, "yref": "paper",
-                        "line": {"color": "#dc3545", "dash": "dash"}}],
-            "annotations": [{"x": max_seq_len, "y": 1, "yref": "paper", "text": "max_seq_len", "showarrow": False,
-                             "yanchor": "bottom"}]})
+            "shapes": [{"type": "line", "x0": max_seq_len, "x1": max_seq_len, "y0": 0, "y1": 1,
+                        "yref": "paper", "line": {"color": "#dc3545", "dash": "dash"}}],
+            "annotations": [{"x": max_seq_len, "y": 1, "yref": "paper", "text": "max_seq_len",
+                             "showarrow": False, "yanchor": "bottom"}]})
         self.histogram_svg = histogram(shown, clip=clip if over else None, marker=max_seq_len,
                                        marker_label="max_seq_len", title=title)
         bundle = StaticChart(self.histogram, self.histogram_svg)._repr_mimebundle_()
@@ -165,11 +171,13 @@ class Preflight(StaticCopy, widgets.VBox):
 
     def static_text(self) -> str:
         summary = self.validation.report if self.validation is not None else None
-        return (f"<pre-flight of {self.selected_text()}: {summary.valid} of {summary.rows} rows usable>" if summary
-                else f"<pre-flight of {self.selected_text()}: not checked>")
+        return (f"<pre-flight of {self.selected_text()}: {summary.valid} of {summary.rows} rows usable>"
+                if summary else f"<pre-flight of {self.selected_text()}: not checked>")
 
     def selected_text(self) -> str:
-        return self.upload.value[0]["name"] if self.upload.value else (self.variable.value or self.source.value)
+        if self.upload.value:
+            return self.upload.value[0]["name"]
+        return self.variable.value or self.source.value
 
 
 def _user_namespace() -> dict[str, Any]:

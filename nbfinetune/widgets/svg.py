@@ -25,7 +25,7 @@ class Series:
 
 
 def _thin(xs: Sequence[float], ys: Sequence[float]) -> list[tuple[float, float]]:
-    points = [(x, y) for x, y in zip(xs, ys) if y is not None and math.isfinite(y)]
+    points = [(x, y) for x, y in zip(xs, ys, strict=True) if y is not None and math.isfinite(y)]
     if len(points) <= MAX_POINTS:
         return points
     stride = len(points) / MAX_POINTS
@@ -68,14 +68,16 @@ class _Frame:
     def axes(self, x_title: str, y_title: str) -> str:
         parts = []
         for y in _ticks(self.y0, self.y1, whole=self.whole_y):
-            parts.append(f"<line x1='{_LEFT}' x2='{self.width - _RIGHT}' y1='{self.py(y):.1f}' y2='{self.py(y):.1f}' "
-                         f"stroke='#eee'/><text x='{_LEFT - 4}' y='{self.py(y) + 3:.1f}' text-anchor='end'>"
+            parts.append(f"<line x1='{_LEFT}' x2='{self.width - _RIGHT}' y1='{self.py(y):.1f}' "
+                         f"y2='{self.py(y):.1f}' stroke='#eee'/>"
+                         f"<text x='{_LEFT - 4}' y='{self.py(y) + 3:.1f}' text-anchor='end'>"
                          f"{_label(y)}</text>")
         for x in _ticks(self.x0, self.x1):
             parts.append(f"<text x='{self.px(x):.1f}' y='{self.height - _BOTTOM + 14}' text-anchor='middle'>"
                          f"{_label(x)}</text>")
         bottom = self.height - _BOTTOM
-        parts.append(f"<line x1='{_LEFT}' x2='{self.width - _RIGHT}' y1='{bottom}' y2='{bottom}' stroke='#999'/>")
+        parts.append(f"<line x1='{_LEFT}' x2='{self.width - _RIGHT}' y1='{bottom}' y2='{bottom}' "
+                     "stroke='#999'/>")
         parts.append(f"<text x='{(self.width + _LEFT) / 2:.0f}' y='{self.height - 4}' text-anchor='middle'>"
                      f"{html.escape(x_title)}</text>")
         parts.append(f"<text transform='translate(12 {(self.height - _BOTTOM + _TOP) / 2:.0f}) rotate(-90)' "
@@ -100,7 +102,8 @@ def line_chart(series: Sequence[Series], title: str = "", x_title: str = "step",
                     width, height, title)
     low, high = min(p[1] for p in points), max(p[1] for p in points)
     pad = (high - low) * 0.05
-    frame = _Frame((min(p[0] for p in points), max(p[0] for p in points)), (low - pad, high + pad), width, height)
+    frame = _Frame((min(p[0] for p in points), max(p[0] for p in points)), (low - pad, high + pad),
+                   width, height)
     body = [frame.axes(x_title, y_title)]
     legend_x = width - _RIGHT
     for s, pts in reversed(thinned):
@@ -114,8 +117,8 @@ def line_chart(series: Sequence[Series], title: str = "", x_title: str = "step",
             body.extend(f"<circle cx='{frame.px(x):.1f}' cy='{frame.py(y):.1f}' r='2.5' fill='{s.color}'/>"
                         for x, y in pts)
         legend_x -= 7 * len(s.name) + 26
-        body.append(f"<line x1='{legend_x}' x2='{legend_x + 14}' y1='10' y2='10' stroke='{s.color}' stroke-width='2'"
-                    f"{dash}/><text x='{legend_x + 18}' y='13'>{html.escape(s.name)}</text>")
+        body.append(f"<line x1='{legend_x}' x2='{legend_x + 14}' y1='10' y2='10' stroke='{s.color}' "
+                    f"stroke-width='2'{dash}/><text x='{legend_x + 18}' y='13'>{html.escape(s.name)}</text>")
     return _svg("".join(body), width, height, title)
 
 
@@ -137,11 +140,13 @@ def histogram(values: Sequence[float], bins: int = 40, clip: float | None = None
     for index, count in enumerate(counts):
         if count:
             x0, x1 = frame.px(low + index * size), frame.px(low + (index + 1) * size)
-            body.append(f"<rect class='bar' x='{x0:.1f}' y='{frame.py(count):.1f}' width='{max(1.0, x1 - x0 - 1):.1f}' "
-                        f"height='{frame.py(0) - frame.py(count):.1f}' fill='#1f77b4'><title>{count}</title></rect>")
+            body.append(f"<rect class='bar' x='{x0:.1f}' y='{frame.py(count):.1f}' "
+                        f"width='{max(1.0, x1 - x0 - 1):.1f}' height='{frame.py(0) - frame.py(count):.1f}' "
+                        f"fill='#1f77b4'><title>{count}</title></rect>")
     if marker is not None and low <= marker <= low + size * bins:
         x = frame.px(marker)
         body.append(f"<line x1='{x:.1f}' x2='{x:.1f}' y1='{_TOP}' y2='{frame.py(0):.1f}' stroke='#dc3545' "
-                    f"stroke-dasharray='4 3'/><text x='{x - 3:.1f}' y='{_TOP + 8}' text-anchor='end' fill='#dc3545'>"
+                    f"stroke-dasharray='4 3'/>"
+                    f"<text x='{x - 3:.1f}' y='{_TOP + 8}' text-anchor='end' fill='#dc3545'>"
                     f"{html.escape(marker_label)}</text>")
     return _svg("".join(body), width, height, title)

@@ -1,0 +1,230 @@
+"""RunState: the one fold of a run's events. Stdlib only (the server extension imports it without torch).
+
+`RunState.apply(event)` is the only place that knows what events mean. Every view is a view of a
+RunState: the run list's `RunSummary`, the dashboard, the CLI, the REST API, the sweep overlay.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .events import Event, FinishedSummary, as_count, as_number, as_scores, as_text
+from .tail import EventTail
+
+LIVE = ("pending", "running")
+ENDED = ("finished", "failed", "cancelled")
+SPARK_POINTS = 40
+
+
+class CurveSink(Protocol):
+    """Chart series fed from the same apply loop (the dashboard's and the sweep's `Curves`)."""
+
+    def add(self, event: Event) -> bool: ...
+
+
+@dataclass
+class RunState:
+    """Everything known about a run from its events (plus the few settings views show beside them)."""
+
+    run_id: str = ""
+    name: str | None = None
+    model: str | None = None
+    data: str | None = None
+    backend: str | None = None
+    # Recorded at launch by the backend (None where nothing is billed): cost = rate × time.
+    usd_per_hour: float | None = None
+    curves: CurveSink | None = None
+
+    status: str = "pending"
+    step: int = 0
+    total_steps: int | None = None
+    first_loss: float | None = None
+    last_loss: float | None = None
+    losses: list[float] = field(default_factory=list)
+    tokens_per_s: float | None = None
+    eta_s: float | None = None
+    eval_loss: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    base_metrics: dict[str, float] = field(default_factory=dict)
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    message: str = ""  # one line on what the run is doing or how it ended
+    warnings: list[str] = field(default_factory=list)
+    adapter_path: str | None = None
+    error: str | None = None
+    finished: FinishedSummary | None = None
+    # With early stopping: the step whose adapter the run kept (eval_loss and metrics are that step's).
+    best_step: int | None = None
+    started: float | None = None
+    ended: float | None = None
+    last_terminal: bool = False  # the stream's last event is terminal (a resume appends after it)
+
+    @classmethod
+    def of_run(cls, run_id: str, config: dict[str, Any], usd_per_hour: float | None = None,
+               curves: CurveSink | None = None) -> RunState:
+        data = config.get("data")
+        return cls(run_id=run_id, name=as_text(config.get("name")), model=as_text(config.get("model")),
+                   data=as_text(data.get("path")) if isinstance(data, dict) else None,
+                   backend=as_text(config.get("backend")), usd_per_hour=usd_per_hour, curves=curves)
+
+    def apply(self, event: Event) -> None:
+        if self.curves is not None:
+            self.curves.add(event)
+        self.started = self.started or event.time
+        self.last_terminal = event.terminal
+        if event.type == "started":  # also a resume: what an earlier end reported no longer holds
+            self.status, self.error, self.ended = "running", None, None
+            self.total_steps = as_count(event.get("total_steps"))
+            if "resumed_step" in event.payload:
+                self.step = as_count(event.get("resumed_step")) or 0
+            self.message = f"{event.get('model')} on {event.get('device')} ({event.get('precision', '')})"
+        elif event.type == "step":
+            self.step = as_count(event.get("step")) or self.step
+            loss = as_number(event.get("loss"))
+            if loss is not None:
+                self.first_loss = loss if self.first_loss is None else self.first_loss
+                self.last_loss = loss
+                self.losses.append(loss)
+            self.tokens_per_s = as_number(event.get("tokens_per_s"))
+            self.eta_s = as_number(event.get("eta_s"))
+        elif event.type == "eval":
+            if "eval_loss" in event.payload:
+                self.eval_loss = as_number(event.get("eval_loss"))
+            self.metrics = as_scores(event.get("metrics")) or self.metrics
+            self.base_metrics = as_scores(event.get("base_metrics")) or self.base_metrics
+            samples = event.get("samples")
+            self.samples = samples if isinstance(samples, list) and samples else self.samples
+        elif event.type == "log":
+            if event.get("level") in ("warning", "error"):
+                self.warnings.append(str(event.get("message")))
+            elif self.status == "pending":
+                self.message = str(event.get("message"))
+        elif event.terminal:
+            self._end(event)
+
+    def _end(self, event: Event) -> None:
+        self.status, self.ended = event.type, event.time
+        self.adapter_path = as_text(event.get("adapter_path"))
+        self.eta_s = 0.0 if event.type == "finished" else None
+        if event.type == "failed":
+            self.error = self.message = f"{event.get('error')}: {event.get('message')}"
+        elif event.type == "cancelled":
+            self.message = str(event.get("message", "cancelled; adapter and checkpoint kept"))
+        else:
+            kept = self.finished = FinishedSummary.from_dict(event.get("summary"))
+            self.message = kept.describe()
+            if kept.best_step is not None:  # the kept adapter's scores, not the last evaluation's
+                self.best_step, self.eval_loss = kept.best_step, kept.eval_loss
+                self.metrics = kept.metrics or self.metrics
+
+    # --- what the fold means, given whether the run's worker lives (None: unknown) ----------------
+    def status_given(self, alive: bool | None) -> str:
+        """The status to show: a run whose worker is gone without a final event is `lost`."""
+        return "lost" if alive is False and self.status in LIVE else self.status
+
+    def mark_worker_gone(self) -> None:
+        if self.status_given(False) == "lost":
+            self.status, self.message = "lost", "the worker stopped without a final event"
+
+    def settled(self, alive: bool | None) -> bool:
+        """Nothing more will be written: the worker is gone, or the stream ended and no worker goes on."""
+        return alive is False or (self.last_terminal and not alive)
+
+    def cost_usd(self, now: float | None = None) -> float | None:
+        """Spend so far: the recorded rate from the first event to the end (or now, while running)."""
+        if self.usd_per_hour is None or self.started is None:
+            return None
+        end = self.ended or (time.time() if now is None else now)
+        return self.usd_per_hour * (end - self.started) / 3600.0
+
+    def summary(self, alive: bool | None = None) -> RunSummary:
+        return RunSummary(run_id=self.run_id, status=self.status_given(alive), name=self.name,
+                          model=self.model, data=self.data, backend=self.backend, step=self.step,
+                          total_steps=self.total_steps,
+                          last_loss=self.last_loss, eval_loss=self.eval_loss, metrics=dict(self.metrics),
+                          base_metrics=dict(self.base_metrics), adapter_path=self.adapter_path,
+                          best_step=self.best_step, error=self.error, started=self.started, ended=self.ended,
+                          cost_usd=self.cost_usd(), loss_trace=_downsample(self.losses))
+
+
+class LiveState:
+    """A RunState kept up to date from its events file: the one apply loop over an EventTail."""
+
+    def __init__(self, path: str | os.PathLike[str], make: Callable[[], RunState] = RunState) -> None:
+        self._make = make
+        self.tail = EventTail(path)
+        self.state: RunState = make()
+        # A dashboard's follow thread and the cell waiting on the run may update it at the same time.
+        self._lock = threading.Lock()
+
+    def update(self) -> list[Event]:
+        """Fold what was appended since the last update; returns those events. A replaced file is
+        folded again from its start into a fresh state."""
+        with self._lock:
+            events = self.tail.read()
+            if self.tail.restarted:
+                self.state = self._make()
+            for event in events:
+                self.state.apply(event)
+            return events
+
+
+@dataclass
+class RunSummary:
+    """A run as run lists show it (CLI, `%finetune runs`, the REST API and the sidebar): a RunState's view."""
+
+    run_id: str
+    status: str
+    name: str | None = None
+    model: str | None = None
+    data: str | None = None
+    backend: str | None = None
+    step: int = 0
+    total_steps: int | None = None
+    last_loss: float | None = None
+    eval_loss: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    base_metrics: dict[str, float] = field(default_factory=dict)
+    adapter_path: str | None = None
+    # With early stopping: the step whose adapter the run kept (eval_loss and metrics are that step's).
+    best_step: int | None = None
+    error: str | None = None
+    started: float | None = None
+    ended: float | None = None
+    # GPU spend so far in USD; None where nothing is billed (local runs).
+    cost_usd: float | None = None
+    # Train loss downsampled to at most SPARK_POINTS values, for sparklines in run lists.
+    loss_trace: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    def __repr__(self) -> str:  # short: the loss trace is for sparklines, not for reading
+        from .api import describe
+
+        return f"<RunSummary {self.name or self.run_id}: {describe(self)}>"
+
+    def _repr_html_(self) -> str:
+        from .api import summary_html
+
+        return summary_html(self)
+
+
+def _downsample(values: list[float], points: int = SPARK_POINTS) -> list[float]:
+    if len(values) <= points:
+        return list(values)
+    stride = len(values) / points
+    return [values[min(len(values) - 1, int(i * stride))] for i in range(points - 1)] + [values[-1]]
+
+
+def summarize(run_id: str, config: dict[str, Any], events: list[Event], worker_alive: bool | None,
+              usd_per_hour: float | None = None) -> RunSummary:
+    """The summary of a list of events (the store keeps a LiveState instead, to fold only what is new)."""
+    state = RunState.of_run(run_id, config, usd_per_hour)
+    for event in events:
+        state.apply(event)
+    return state.summary(worker_alive)
