@@ -62,11 +62,13 @@ class Run:
         return self.store.events(self.id, since_seq).events
 
     def follow(self, since_seq: int = 0) -> Iterator[Event]:
-        return self.store.follow(self.id, since_seq, worker_alive=lambda: self.backend.is_alive(self.id, self.store))
+        return self.store.follow(self.id, since_seq,
+                                 worker_alive=lambda: self.backend.is_alive(self.id, self.store))
 
     # --- actions ---------------------------------------------------------------------------------
     def wait(self, timeout: float | None = None, progress: bool | None = None) -> RunSummary:
-        """Block until the run ends (or timeout seconds pass); shows a progress bar unless a dashboard does."""
+        """Block until the run ends (or timeout seconds pass); shows a progress bar unless a dashboard
+        does."""
         from tqdm.auto import tqdm
 
         dashboard = self._dashboard or _DASHBOARDS.get(self.id)
@@ -75,8 +77,9 @@ class Run:
         show = progress if progress is not None else dashboard is None
         deadline = None if timeout is None else time.monotonic() + timeout
         bar = None
-        for state in self.store.watch(self.id, should_stop=lambda: deadline is not None and time.monotonic() > deadline,
-                                      worker_alive=lambda: self.backend.is_alive(self.id, self.store)):
+        for state in self.store.watch(
+                self.id, should_stop=lambda: deadline is not None and time.monotonic() > deadline,
+                worker_alive=lambda: self.backend.is_alive(self.id, self.store)):
             if show and bar is None and state.status == "running":
                 bar = tqdm(total=state.total_steps, initial=state.step, desc=f"run {self.id}", unit="step")
             if bar is not None:
@@ -111,8 +114,8 @@ class Run:
         summary = self.summary()
         if summary.status == "finished":
             raise RuntimeError(
-                f"run {self.id} has finished ({summary.step} steps); resume continues only cancelled, failed or "
-                f"lost runs. To train more, launch a new run with more steps; its adapter stays at "
+                f"run {self.id} has finished ({summary.step} steps); resume continues only cancelled, failed "
+                f"or lost runs. To train more, launch a new run with more steps; its adapter stays at "
                 f"{summary.adapter_path} for chat and export")
         self.backend.resume(self.id, self.store)
         if self._dashboard is not None:
@@ -151,9 +154,7 @@ class Run:
              **sampling: Any) -> Any:
         """Ask the fine-tuned model (streamed to the output); without a message, open the chat widget.
         compare: other answer sources side by side, e.g. [nbft.endpoint(url, "gpt-4o-mini")]."""
-        from .serving import chat_model_for_run
-
-        model = chat_model_for_run(self)
+        model = self.backend.chat_model(self)
         others = {source.label: source for source in compare or []}
         if message is None:
             from .widgets.chat import ChatWidget
@@ -215,32 +216,15 @@ def finetune(config: RunConfig | dict[str, Any] | str | None = None, *, display:
     from .launch_checks import check_before_launch
 
     check_before_launch(resolved)  # a wrong path, format or model fails here, not in the worker
-    if resolved.backend == "modal":
-        _check_memory(resolved)
-    store = store or RunStore()
     backend = get_backend(resolved.backend)
+    backend.check_launch(resolved)  # e.g. a run that cannot fit its GPU, before a GPU second is billed
+    store = store or RunStore()
     run = Run(backend.launch(resolved, store), store, backend)
     if display if display is not None else _in_notebook():
         from IPython.display import display as show
 
         show(run.dashboard())
     return run
-
-
-def _check_memory(config: RunConfig) -> None:
-    """Refuse, before any GPU second is billed, a run the planner says cannot fit the chosen GPU."""
-    from .planner import GIB, USABLE, DoesNotFit, plan_memory
-    from .pricing import parse_gpu, price_table
-
-    name, _count = parse_gpu(config.gpu)
-    try:
-        estimate = plan_memory(config.model, config)
-    except (OSError, KeyError, ValueError):
-        return  # no readable config: the planner cannot judge, the run decides
-    memory = price_table()["memory_gib"][name]
-    if estimate.total > memory * GIB * USABLE:
-        raise DoesNotFit(f"this run needs {estimate} but {name} has {memory} GiB; use gpu='auto' to pick one that "
-                         f"fits, or train.gradient_checkpointing / quantization='nf4' / a smaller batch")
 
 
 def attach(run_id: str | None = None, *, display: bool | None = None, store: RunStore | None = None) -> Run:
@@ -266,8 +250,8 @@ def latest_resumable(store: RunStore | None = None) -> str:
     for summary in reversed(store.list()):
         if summary.status in RESUMABLE:
             return summary.run_id
-    raise LookupError(f"no cancelled, failed or lost run to resume in {store.root} (finished runs are not resumed: "
-                      "launch a new run with more steps instead)")
+    raise LookupError(f"no cancelled, failed or lost run to resume in {store.root} (finished runs are not "
+                      "resumed: launch a new run with more steps instead)")
 
 
 @dataclass
@@ -278,13 +262,14 @@ class RunList:
         if not self.runs:
             return "no runs yet"
         width = max(len(s.run_id) for s in self.runs)  # ids never wrap or get cut
-        lines = [f"{'run id':<{width}}  {'name':<16} {'status':<10} {'step':>9} {'loss':>8}  {'data':<24} model / error"]
+        lines = [f"{'run id':<{width}}  {'name':<16} {'status':<10} {'step':>9} {'loss':>8}  {'data':<24} "
+                 "model / error"]
         for s in self.runs:
             step = f"{s.step}/{s.total_steps or '?'}"
             loss = f"{s.last_loss:.4f}" if s.last_loss is not None else "-"
             tail = f"error: {_short(s.error, 60)}" if s.error else str(s.model)
-            lines.append(f"{s.run_id:<{width}}  {_short(s.name or '', 16):<16} {s.status:<10} {step:>9} {loss:>8}  "
-                         f"{_short(_data_name(s.data), 24):<24} {tail}")
+            lines.append(f"{s.run_id:<{width}}  {_short(s.name or '', 16):<16} {s.status:<10} {step:>9} "
+                         f"{loss:>8}  {_short(_data_name(s.data), 24):<24} {tail}")
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
@@ -295,11 +280,12 @@ class RunList:
             f"<tr><td {nowrap}><code>{escape(s.run_id)}</code></td><td>{escape(s.name or '')}</td>"
             f"<td>{escape(s.status)}</td><td {nowrap}>{s.step}/{s.total_steps or '?'}</td>"
             f"<td>{'' if s.last_loss is None else f'{s.last_loss:.4f}'}</td>"
-            f"<td title='{escape(str(s.data or ''))}'>{escape(_data_name(s.data))}</td><td>{escape(str(s.model))}</td>"
-            f"<td>{escape(str(s.adapter_path or ''))}</td><td style='color:#dc3545'>{escape(s.error or '')}</td></tr>"
+            f"<td title='{escape(str(s.data or ''))}'>{escape(_data_name(s.data))}</td>"
+            f"<td>{escape(str(s.model))}</td><td>{escape(str(s.adapter_path or ''))}</td>"
+            f"<td style='color:#dc3545'>{escape(s.error or '')}</td></tr>"
             for s in self.runs)
-        return ("<table><thead><tr><th>run</th><th>name</th><th>status</th><th>step</th><th>loss</th><th>data</th>"
-                f"<th>model</th><th>adapter</th><th>error</th></tr></thead><tbody>{rows}</tbody></table>")
+        return ("<table><thead><tr><th>run</th><th>name</th><th>status</th><th>step</th><th>loss</th>"
+                f"<th>data</th><th>model</th><th>adapter</th><th>error</th></tr></thead><tbody>{rows}</tbody></table>")
 
     def __len__(self) -> int:
         return len(self.runs)
@@ -317,21 +303,25 @@ def summary_html(summary: RunSummary) -> str:
     """A run's summary as a small table (RunSummary's notebook view)."""
     from html import escape
 
-    fields = {"run": summary.run_id, "name": summary.name, "status": summary.status,
-              "step": f"{summary.step}/{summary.total_steps or '?'}", "model": summary.model, "data": summary.data,
+    fields: dict[str, Any] = {"run": summary.run_id, "name": summary.name, "status": summary.status,
+              "step": f"{summary.step}/{summary.total_steps or '?'}", "model": summary.model,
+              "data": summary.data,
               "train loss": None if summary.last_loss is None else f"{summary.last_loss:.4f}",
               "eval loss": None if summary.eval_loss is None else f"{summary.eval_loss:.4f}"}
     for name, value in summary.metrics.items():
         base = summary.base_metrics.get(name)
         fields[name] = f"{value:.3f}" + (f" (base {base:.3f})" if base is not None else "")
-    fields |= {"best evaluated step": summary.best_step, "adapter": summary.adapter_path, "error": summary.error}
-    rows = "".join(f"<tr><th style='text-align:left'>{escape(k)}</th><td style='text-align:left'>{escape(str(v))}</td>"
-                   "</tr>" for k, v in fields.items() if v not in (None, ""))
+    fields |= {"best evaluated step": summary.best_step, "adapter": summary.adapter_path,
+               "error": summary.error}
+    rows = "".join(f"<tr><th style='text-align:left'>{escape(k)}</th>"
+                   f"<td style='text-align:left'>{escape(str(v))}</td></tr>"
+                   for k, v in fields.items() if v not in (None, ""))
     return f"<table class='nbft-summary'>{rows}</table>"
 
 
 def compare(run_ids: list[str | Run], store: RunStore | None = None) -> Any:
-    """Overlay several runs' curves in one figure, with a DataFrame (`.table`) of settings and final metrics."""
+    """Overlay several runs' curves in one figure, with a DataFrame (`.table`) of settings and final
+    metrics."""
     from .widgets.compare import Comparison
 
     store = store or RunStore()
@@ -360,15 +350,12 @@ def serve(run_ids: list[str | Run] | None = None, backend: str = "local", *, sto
             raise LookupError(f"no runs yet in {store.root}")
         run_ids = [latest]
     runs_ = [r if isinstance(r, Run) else Run(r, store) for r in run_ids]
-    if backend == "modal":
-        from .backends.modal_serve import serve_modal
-
-        return serve_modal(runs_, **options)
-    if backend != "local":
-        raise ValueError(f"backend: 'local' or 'modal', got {backend!r}")
-    from .serve.local import serve_runs
-
-    return serve_runs(runs_, **options)
+    try:
+        target = get_backend(backend)
+    except ValueError:
+        raise ValueError(f"backend: 'local' or 'modal', got {backend!r}") from None
+    # A notebook saves its outputs to a file: there a new key stays in `server.api_key` only.
+    return target.serve(runs_, **({"show_key": not _in_notebook()} | options))
 
 
 def endpoint(base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY", *,
@@ -398,7 +385,8 @@ def chat(source: Any, message: str | None = None, stream: bool = True, compare: 
     return widget
 
 
-def _ask_side_by_side(model: Any, compare: list[Any] | None, message: str, stream: bool, **sampling: Any) -> Any:
+def _ask_side_by_side(model: Any, compare: list[Any] | None, message: str, stream: bool,
+                      **sampling: Any) -> Any:
     """The model's answer; each compared source's answer is printed after it (stream) or, without
     streaming, all answers come back as {label: text}."""
     answer = model.ask(message, stream=stream, **sampling)
@@ -437,12 +425,12 @@ def _in_notebook() -> bool:
     return shell is not None and getattr(shell, "kernel", None) is not None
 
 
-def try_rewards(rewards: list[Any], data: Any = "sample:people", *, model: str | None = None, prompts: int = 4,
-                n: int = 4, max_new_tokens: int = 64, temperature: float = 1.0, seed: int = 0) -> Any:
+def try_rewards(rewards: list[Any], data: Any = "sample:people", *, model: str | None = None,
+                prompts: int = 4, n: int = 4, max_new_tokens: int = 64, temperature: float = 1.0,
+                seed: int = 0) -> Any:
     """Sample `n` completions from the base model for the first `prompts` rows of a prompts dataset and score
     each with every reward — to check the rewards before training. Returns a table (rows of dicts)."""
     from .core.trial import reward_trial
-
     from .data.materialize import materialize
 
     data, _ = materialize(data, None)

@@ -1,4 +1,5 @@
-"""Command line: `nbfinetune train | runs | delete | validate | export | deploy | serve | prepare-model | make-tiny-model`."""
+"""Command line: `nbfinetune train | runs | delete | validate | export | deploy | serve | prepare-model |
+make-tiny-model`."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from .settings import CLI, add_flags, flag_settings
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nbfinetune", description="LoRA fine-tuning from notebooks and the shell.")
+    parser = argparse.ArgumentParser(prog="nbfinetune",
+                                     description="LoRA fine-tuning from notebooks and the shell.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="run a fine-tune headless on the local backend and wait for it")
@@ -24,7 +26,8 @@ def _parser() -> argparse.ArgumentParser:
     runs = sub.add_parser("runs", help="list runs")
     runs.add_argument("--json", action="store_true")
 
-    delete = sub.add_parser("delete", help="delete a run's directory (events, adapter, checkpoints); not while it runs")
+    delete = sub.add_parser("delete",
+                            help="delete a run's directory (events, adapter, checkpoints); not while it runs")
     delete.add_argument("run_id")
     delete.add_argument("--yes", action="store_true", help="do not ask for confirmation")
 
@@ -32,11 +35,13 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("run_id")
     export.add_argument("--out", help="output directory (default: the run's merged/ folder)")
 
-    check = sub.add_parser("validate", help="check a dataset row by row before training (no GPU, no training)")
+    check = sub.add_parser("validate",
+                           help="check a dataset row by row before training (no GPU, no training)")
     check.add_argument("path", help="file, directory, hub dataset id, or sample:people")
     check.add_argument("--format", default="auto", choices=FORMATS)
-    check.add_argument("--model", default=None, help="whose tokenizer and chat template to check against "
-                                                     f"(default: {default_model()}); 'none' skips token checks")
+    check.add_argument("--model", default=None,
+                       help="whose tokenizer and chat template to check against "
+                            f"(default: {default_model()}); 'none' skips token checks")
     check.add_argument("--max-seq-len", dest="max_seq_len", type=int, default=512)
     check.add_argument("--strict", action="store_true", help="exit non-zero when any row is bad")
     check.add_argument("--json", action="store_true", help="print one JSON object")
@@ -44,7 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("deploy", help="deploy the Modal app (GPU trainer + chat server); needs Modal credentials")
 
     sub.add_parser("prepare-model", help="make the offline demo model ready (converts the shipped GGUF once)")
-    serve = sub.add_parser("serve", help="serve runs' adapters (and their base models) as an OpenAI-compatible API")
+    serve = sub.add_parser("serve",
+                           help="serve runs' adapters (and their base models) as an OpenAI-compatible API")
     serve.add_argument("run_ids", nargs="*", metavar="RUN", help="run ids (default: the latest run)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
@@ -84,8 +90,8 @@ def _train(args: argparse.Namespace) -> int:
     kept = state.finished
     first = kept.first_loss if kept and kept.first_loss is not None else state.first_loss
     last = kept.last_loss if kept and kept.last_loss is not None else state.last_loss
-    result: dict[str, Any] = {"run_id": run.id, "status": summary.status, "adapter_path": summary.adapter_path,
-                              "first_loss": first, "last_loss": last,
+    result: dict[str, Any] = {"run_id": run.id, "status": summary.status,
+                              "adapter_path": summary.adapter_path, "first_loss": first, "last_loss": last,
                               "eval_loss": summary.eval_loss, "metrics": summary.metrics,
                               "base_metrics": summary.base_metrics, "error": summary.error}
     if args.json:
@@ -132,8 +138,8 @@ def _validate(args: argparse.Namespace) -> int:
               + (f", {report.truncated} truncated" if report.truncated else ""))
         if report.tokens:
             t = report.tokens
-            print(f"tokens per row: min {t['min']} · median {t['median']} · p95 {t['p95']} · max {t['max']} · "
-                  f"{t['total']} per epoch")
+            print(f"tokens per row: min {t['min']} · median {t['median']} · p95 {t['p95']} · "
+                  f"max {t['max']} · {t['total']} per epoch")
         for problem in report.problems[:50]:
             print(f"  {problem}")
         if report.problem_count > 50:
@@ -185,9 +191,13 @@ def _serve(args: argparse.Namespace) -> int:
     import os
 
     from . import api
+    from .backends.base import get_backend
 
+    # A server in this process takes the address and key, and lives as long as this command does;
+    # a deployed one (Modal) outlives it.
+    in_process = get_backend(args.backend).serves_in_process
     options: dict[str, Any] = {}
-    if args.backend == "local":
+    if in_process:
         options = {"host": args.host, "port": args.port}
         if args.api_key_env:
             if not os.environ.get(args.api_key_env):
@@ -195,7 +205,7 @@ def _serve(args: argparse.Namespace) -> int:
                 return 2
             options["api_key"] = os.environ[args.api_key_env]
     server = api.serve(args.run_ids or None, backend=args.backend, **options)
-    if args.backend == "local":
+    if in_process:
         try:
             _wait_for_interrupt()
         except KeyboardInterrupt:
@@ -222,9 +232,11 @@ def _delete(args: argparse.Namespace) -> int:
     run = api.Run(args.run_id)
     if not args.yes:
         if not sys.stdin.isatty():
-            print(f"nbfinetune delete: error: pass --yes to delete run {run.id} without a prompt", file=sys.stderr)
+            print(f"nbfinetune delete: error: pass --yes to delete run {run.id} without a prompt",
+                  file=sys.stderr)
             return 2
-        if input(f"Delete run {run.id} ({api.describe(run.summary())}) and {run.path}? [y/N] ").strip().lower() != "y":
+        answer = input(f"Delete run {run.id} ({api.describe(run.summary())}) and {run.path}? [y/N] ")
+        if answer.strip().lower() != "y":
             print("nothing deleted")
             return 1
     try:
@@ -236,7 +248,8 @@ def _delete(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"train": _train, "runs": _runs, "delete": _delete, "export": _export, "validate": _validate, "deploy": _deploy, "prepare-model": _prepare_model, "make-tiny-model": _make_tiny_model,
+_COMMANDS = {"train": _train, "runs": _runs, "delete": _delete, "export": _export, "validate": _validate,
+             "deploy": _deploy, "prepare-model": _prepare_model, "make-tiny-model": _make_tiny_model,
              "serve": _serve}
 
 if __name__ == "__main__":

@@ -13,9 +13,26 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from .data.render import render_prompt
+
+
+class ChatSource(Protocol):
+    """What the chat widget and `ask` talk to: a model here (ChatModel) or one served elsewhere (a Modal
+    run's adapter, see backends/modal_chat.py). adapters: the names `stream(adapter=...)` accepts."""
+
+    adapters: list[str]
+
+    def describe(self) -> str: ...
+
+    def add_checkpoint(self, name: str, path: str) -> None: ...
+
+    def stream(self, messages: list[dict[str, str]], max_new_tokens: int = 256, temperature: float = 0.0,
+               top_p: float = 1.0, adapter: str = "default",
+               stop: threading.Event | None = None) -> Iterator[str]: ...
+
+    def ask(self, message: str, stream: bool = True, system: str | None = None, **sampling: Any) -> str: ...
 
 
 class StreamedAnswer(str):
@@ -39,10 +56,12 @@ class ChatModel:
         self.device = device or pick_device()
         self.model_path, self.adapter_path = model_path, adapter_path
         base_tokenizer = load_tokenizer(model_path)
-        self.tokenizer = load_tokenizer(adapter_path) if adapter_path and _has_tokenizer(adapter_path) else base_tokenizer
+        trained_with = adapter_path if adapter_path and _has_tokenizer(adapter_path) else None
+        self.tokenizer = load_tokenizer(trained_with) if trained_with else base_tokenizer
         self.template_note = "same chat template as training"
         if adapter_path and base_tokenizer.chat_template != self.tokenizer.chat_template:
-            self.template_note = "base model's chat template differs from training; using the training template"
+            self.template_note = ("base model's chat template differs from training; "
+                                  "using the training template")
             warnings.warn(self.template_note, TemplateMismatchWarning, stacklevel=2)
         with quiet_loading():
             model = load_base_model(model_path, pick_precision("auto", self.device), self.device)
@@ -64,7 +83,8 @@ class ChatModel:
         return f"{self.model_path}{adapter} on {self.device}; {self.template_note}"
 
     def stream(self, messages: list[dict[str, str]], max_new_tokens: int = 256, temperature: float = 0.0,
-               top_p: float = 1.0, adapter: str = "default", stop: threading.Event | None = None) -> Iterator[str]:
+               top_p: float = 1.0, adapter: str = "default",
+               stop: threading.Event | None = None) -> Iterator[str]:
         """Yield text chunks as they are generated. temperature 0 means greedy. adapter: "default" (the
         trained adapter), "base" (the model without it), or a checkpoint name added with add_checkpoint."""
         import torch
@@ -73,13 +93,14 @@ class ChatModel:
         prompt = render_prompt(self.tokenizer, messages)
         encoded = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(self.device)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        stop = stop or threading.Event()
+        stopped = stop or threading.Event()
 
         class _Stop(StoppingCriteria):
             def __call__(self, *_args: Any, **_kwargs: Any) -> bool:
-                return stop.is_set()
+                return stopped.is_set()
 
-        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
+        sampling: dict[str, Any] = ({"do_sample": True, "temperature": temperature, "top_p": top_p}
+                                    if temperature > 0 else {"do_sample": False})
         kwargs = dict(**encoded, max_new_tokens=max_new_tokens, streamer=streamer,
                       eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id,
                       stopping_criteria=StoppingCriteriaList([_Stop()]), **sampling)
@@ -121,7 +142,8 @@ class MultiAdapterModel:
     context_length: int
 
 
-def load_multi_adapter(model_path: str, adapters: dict[str, str], device: str | None = None) -> MultiAdapterModel:
+def load_multi_adapter(model_path: str, adapters: dict[str, str],
+                       device: str | None = None) -> MultiAdapterModel:
     """The base at model_path plus each adapter directory under its name (names must not contain '.')."""
     from peft import PeftModel
 
@@ -139,7 +161,8 @@ def load_multi_adapter(model_path: str, adapters: dict[str, str], device: str | 
             tokenizers[name] = load_tokenizer(path) if _has_tokenizer(path) else tokenizers["__base__"]
     model.eval()
     config = model.config if not adapters else model.base_model.model.config
-    return MultiAdapterModel(model, tokenizers, device, int(getattr(config, "max_position_embeddings", 2048) or 2048))
+    context = int(getattr(config, "max_position_embeddings", 2048) or 2048)
+    return MultiAdapterModel(model, tokenizers, device, context)
 
 
 def _has_tokenizer(directory: str) -> bool:
@@ -159,61 +182,11 @@ def chat_model(model_path: str, adapter_path: str | None) -> ChatModel:
     return _loaded[key]
 
 
-class RemoteChatModel:
-    """Chat with a Modal run's adapter through the deployed `Chat` class (scale to zero), streaming text.
-    Written to the modal 1.6 API; not run against real Modal from our machines."""
-
-    def __init__(self, run_id: str) -> None:
-        import modal
-
-        from .backends.modal_app import APP_NAME
-        from .backends.modal_backend import remote_adapter_exists
-
-        if not remote_adapter_exists(run_id):  # checked before a billed GPU container starts, only to fail
-            raise RuntimeError(f"run {run_id} has no adapter on the Modal Volume yet; wait for it to finish "
-                               "or cancel it — a cancelled run keeps its adapter")
-        self.run_id = run_id
-        self.adapter_path = f"/runs/{run_id}/adapter"
-        self.adapters = ["default"]
-        self._chat = modal.Cls.from_name(APP_NAME, "Chat")(run_id=run_id)
-
-    def describe(self) -> str:
-        return f"run {self.run_id}'s adapter served on Modal (the training chat template, from the Volume)"
-
-    def add_checkpoint(self, name: str, path: str) -> None:
-        raise NotImplementedError("checkpoint comparison is local-only for now")
-
-    def stream(self, messages: list[dict[str, str]], max_new_tokens: int = 256, temperature: float = 0.0,
-               top_p: float = 1.0, adapter: str = "default", stop: threading.Event | None = None) -> Iterator[str]:
-        for chunk in self._chat.generate.remote_gen(messages, max_new_tokens=max_new_tokens, temperature=temperature,
-                                                    top_p=top_p, adapter=adapter):
-            if stop is not None and stop.is_set():
-                return
-            yield chunk
-
-    ask = ChatModel.ask
-
-
-def chat_model_for_run(run: Any) -> ChatModel | RemoteChatModel:
-    from .core.models import resolve_model
-
-    if run.config.backend == "modal":
-        return RemoteChatModel(run.id)
-    summary = run.summary()
-    if not summary.adapter_path and summary.status in ("failed", "lost"):
-        raise RuntimeError(f"run {run.id} {summary.status} without an adapter"
-                           + (f": {summary.error}" if summary.error else "") + " — fix the cause and launch again, "
-                           "or resume it if it saved a checkpoint")
-    if not summary.adapter_path:
-        raise RuntimeError(f"run {run.id} has no adapter yet (status: {summary.status}); wait for it to finish "
-                           "or cancel it — a cancelled run keeps its adapter")
-    return chat_model(resolve_model(run.config.model), summary.adapter_path)
-
-
 def ask(stream_fn: Any, message: str, stream: bool = True, system: str | None = None, **sampling: Any) -> str:
     """One question to any answer source with a `stream(messages, **sampling)`; printed as it comes when
     stream=True (the in-notebook model and an OpenAI-compatible endpoint answer the same way)."""
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": message}]
+    messages = (([{"role": "system", "content": system}] if system else [])
+                + [{"role": "user", "content": message}])
     chunks = []
     for chunk in stream_fn(messages, **sampling):
         chunks.append(chunk)

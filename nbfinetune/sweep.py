@@ -1,9 +1,9 @@
 """Sweeps: a grid (or random sample of it) of settings, launched as ordinary runs.
 
-On Modal every run is spawned at once (Modal's fan-out runs them in parallel, capped by the workspace's
-GPU limit); locally they run one after another in a background thread, since they would only fight
-over the same cores. All curves are overlaid live in one figure; results are a DataFrame; the best run
-is picked by an eval metric.
+How many train at once is the backend's `max_concurrent_runs`: on Modal every run is spawned at once
+(Modal's fan-out runs them in parallel, capped by the workspace's GPU limit); locally they run one after
+another in a background thread, since they would only fight over the same cores. All curves are overlaid
+live in one figure; results are a DataFrame; the best run is picked by an eval metric.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import itertools
 import random
 import threading
 import time
+from collections import deque
 from typing import Any, cast
 
 from .api import Run
@@ -65,21 +66,28 @@ class Sweep:
         self._done = threading.Event()
         self._figure: Any = None
         self._states: dict[str, LiveState] = {}  # per run: its events folded as they come, curves included
-        if self.backend.name == "local":
-            self._launcher = threading.Thread(target=self._launch_in_turn, daemon=True,
+        limit = self.backend.max_concurrent_runs
+        if limit is None:  # the backend fans out (Modal): every run starts now
+            for config in self.configs:
+                self.runs.append(Run(self.backend.launch(config, self.store), self.store, self.backend))
+            self._done.set()
+        else:
+            self._launcher = threading.Thread(target=self._launch_in_turn, args=(limit,), daemon=True,
                                               name="nbfinetune-sweep")
             self._launcher.start()
             while len(self.runs) < 1 and self._launcher.is_alive():
                 time.sleep(0.05)
-        else:
-            for config in self.configs:
-                self.runs.append(Run(self.backend.launch(config, self.store), self.store, self.backend))
-            self._done.set()
 
-    def _launch_in_turn(self) -> None:
+    def _launch_in_turn(self, limit: int) -> None:
+        """At most `limit` runs at once: the next starts when the oldest still training ends."""
+        training: deque[Run] = deque()
         for config in self.configs:
+            if len(training) >= limit:
+                training.popleft().wait(progress=False)
             run = Run(self.backend.launch(config, self.store), self.store, self.backend)
             self.runs.append(run)
+            training.append(run)
+        for run in training:
             run.wait(progress=False)
         self._done.set()
 

@@ -16,10 +16,9 @@ import signal
 import subprocess
 import sys
 import threading
-import traceback
 from pathlib import Path
 
-from .events import redact
+from . import failures
 from .runs import EventTail, EventWriter, events_file
 
 CANCEL_MARKER = "cancel-requested"
@@ -53,8 +52,7 @@ def run_child(run_dir: Path) -> int:
         train(config, writer.emit, stop.is_set, run_dir)
         return 0
     except BaseException as exc:  # noqa: BLE001 — every failure must become a `failed` event
-        tail = "".join(traceback.format_exception(exc)[-6:])
-        writer.emit("failed", error=type(exc).__name__, message=redact(_human(exc)), traceback=redact(tail))
+        failures.from_exception(exc).report(writer.emit)
         return 1
     finally:
         writer.close()
@@ -67,12 +65,6 @@ def child_command(run_dir: Path, processes: int) -> list[str]:
         return [sys.executable, *target]
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
             *target]
-
-
-def _human(exc: BaseException) -> str:
-    from .failures import describe
-
-    return describe(exc)
 
 
 def supervise(run_dir: Path, lock_fd: int | None = None) -> int:
@@ -119,33 +111,10 @@ def supervise(run_dir: Path, lock_fd: int | None = None) -> int:
             writer.emit("cancelled", hard=True, message="the training process was killed on request; "
                                                          "events and checkpoints written so far are kept")
         else:
-            writer.emit("failed", error=_exit_reason(code), message=_exit_message(code),
-                        traceback=redact(_tail(log_path)))
+            failures.from_exit(code, log_path).report(writer.emit)
     finally:
         writer.close()
     return code or 1
-
-
-def _exit_reason(code: int) -> str:
-    if code < 0:
-        return f"Killed({signal.Signals(-code).name})"
-    return f"ExitCode({code})"
-
-
-def _exit_message(code: int) -> str:
-    if code == -signal.SIGKILL:
-        return ("the training process was killed (SIGKILL) — most often the system ran out of memory; "
-                "try a smaller batch_size or max_seq_len")
-    if code < 0:
-        return f"the training process died from signal {signal.Signals(-code).name}"
-    return f"the training process exited with status {code} without reporting an error; see worker.log"
-
-
-def _tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "".join(path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)[-lines:])
-    except FileNotFoundError:
-        return ""
 
 
 def main(argv: list[str] | None = None) -> int:

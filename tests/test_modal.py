@@ -341,7 +341,7 @@ def _image_env(image, env):
 
 def test_remote_chat_asks_for_the_adapter_or_the_base_model_and_top_p(monkeypatch):
     """Item 1g: the side-by-side base answer on Modal is the base model's, with the chosen sampling."""
-    from nbfinetune import serving
+    from nbfinetune.backends import modal_chat
 
     calls = []
 
@@ -350,7 +350,7 @@ def test_remote_chat_asks_for_the_adapter_or_the_base_model_and_top_p(monkeypatc
             calls.append(kwargs)
             yield "hi"
 
-    chat = object.__new__(serving.RemoteChatModel)
+    chat = object.__new__(modal_chat.RemoteChatModel)
     chat._chat = type("Chat", (), {"generate": Generate()})()
     assert list(chat.stream([{"role": "user", "content": "x"}], top_p=0.5, adapter="base")) == ["hi"]
     assert calls == [{"max_new_tokens": 256, "temperature": 0.0, "top_p": 0.5, "adapter": "base"}]

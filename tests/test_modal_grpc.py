@@ -186,7 +186,7 @@ def test_a_sweep_of_four_runs(modal_fake, tiny_model):
 
 def test_chat_before_the_adapter_exists_fails_without_starting_a_container(modal_fake, tiny_model):
     """Item 1i: the Volume is checked first; no Chat call is made."""
-    from nbfinetune.serving import RemoteChatModel
+    from nbfinetune.backends.modal_chat import RemoteChatModel
 
     modal_fake.handlers.pop("Trainer.*")  # no container will ever write an adapter
     api.finetune(model=tiny_model, backend="modal", steps=2, eval_samples=0, display=False)
@@ -217,7 +217,7 @@ def test_an_app_deployed_from_another_version_is_redeployed_with_progress(modal_
 
 def test_chat_with_the_served_adapter_and_with_the_base_model(modal_fake, tiny_model):
     """Item 1g: the Chat class answers with the adapter, and with the base model when asked."""
-    from nbfinetune.serving import RemoteChatModel
+    from nbfinetune.backends.modal_chat import RemoteChatModel
 
     run = api.finetune(model=tiny_model, backend="modal", steps=2, eval_samples=0, display=False)
     assert run.wait(timeout=120, progress=False).status == "finished"

@@ -10,12 +10,17 @@ import os
 import signal
 import subprocess
 import sys
+from typing import TYPE_CHECKING, Any
 
 from ..config import RunConfig
 from ..events import redact
 from ..ownership import RunLocked, signal_ours, take_lock, worker_alive, write_pid
 from ..runs import EventWriter, RunStore, events_file, last_event
 from ..worker import CANCEL_MARKER, CHILD_PID, CONFIG_ENV, HARD_CANCEL_MARKER
+
+if TYPE_CHECKING:
+    from ..serving import ChatModel
+    from .base import RunLike
 
 # How long resume waits for a worker that has written its terminal event to exit.
 EXIT_GRACE_S = 30.0
@@ -103,6 +108,38 @@ class LocalBackend:
 
     def usd_per_hour(self, config: RunConfig) -> float | None:
         return None  # your own machine: nothing is billed by the hour
+
+    # --- what differs between backends -----------------------------------------------------------
+    # Runs here take turns: two at once would only fight over the same cores (or the one GPU).
+    max_concurrent_runs: int | None = 1
+    serves_in_process = True
+
+    def check_launch(self, config: RunConfig) -> None:
+        """Nothing to refuse ahead: nothing is billed, and the worker reports what does not fit."""
+
+    def chat_model(self, run: RunLike) -> ChatModel:
+        """The base model plus the run's adapter, loaded in this process (one at a time)."""
+        from ..core.models import resolve_model
+        from ..serving import chat_model
+
+        summary = run.summary()
+        if not summary.adapter_path and summary.status in ("failed", "lost"):
+            raise RuntimeError(f"run {run.id} {summary.status} without an adapter"
+                               + (f": {summary.error}" if summary.error else "")
+                               + " — fix the cause and launch again, or resume it if it saved a checkpoint")
+        if not summary.adapter_path:
+            raise RuntimeError(f"run {run.id} has no adapter yet (status: {summary.status}); wait for it to "
+                               "finish or cancel it — a cancelled run keeps its adapter")
+        return chat_model(resolve_model(run.config.model), summary.adapter_path)
+
+    def serve(self, runs: list[Any], **options: Any) -> Any:
+        """An HTTP server in this process (see serve/local.py for the options)."""
+        from ..serve.local import serve_runs
+
+        return serve_runs(runs, **options)
+
+    def remote_adapter_path(self, run_id: str) -> str | None:
+        return None  # the adapter is in the run's directory on this machine
 
 
 _children: dict[str, subprocess.Popen] = {}

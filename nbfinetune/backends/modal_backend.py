@@ -13,12 +13,17 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..config import RunConfig
-from ..events import Event, redact
+from ..events import Event
 from ..pricing import UnknownGPU, cost_so_far, parse_gpu
 from ..runs import EVENTS_FILE, EventTail, RunStore, last_event
+
+if TYPE_CHECKING:
+    from .base import RunLike
+    from .modal_chat import RemoteChatModel
+    from .modal_serve import ModalServer
 
 MIRROR_POLL_S = 5.0
 STATUS_CACHE_S = 5.0
@@ -36,6 +41,7 @@ class ModalAppOutdated(ModalAppNotDeployed):
     """The deployed app was built from another version of nbfinetune: old remote code would run."""
 
 
+REMOTE_RUNS_ROOT = "/runs"  # the runs Volume's mount point in the containers (modal_app.RUNS_ROOT)
 DEFAULT_REMOTE_SAVE_EVERY = 50  # preemptible GPUs: a restarted input resumes from the last checkpoint
 
 
@@ -155,6 +161,42 @@ class ModalBackend:
             return True
         return False
 
+    # --- what differs between backends -----------------------------------------------------------
+    # Every run of a sweep is spawned at once: Modal fans out, capped by the workspace's GPU limit.
+    max_concurrent_runs: int | None = None
+    serves_in_process = False
+
+    def check_launch(self, config: RunConfig) -> None:
+        """Refuse, before any GPU second is billed, a run the planner says cannot fit the chosen GPU."""
+        from ..planner import GIB, USABLE, DoesNotFit, plan_memory
+        from ..pricing import price_table
+
+        name, _count = parse_gpu(config.gpu)
+        try:
+            estimate = plan_memory(config.model, config)
+        except (OSError, KeyError, ValueError):
+            return  # no readable config: the planner cannot judge, the run decides
+        memory = price_table()["memory_gib"][name]
+        if estimate.total > memory * GIB * USABLE:
+            raise DoesNotFit(f"this run needs {estimate} but {name} has {memory} GiB; use gpu='auto' to "
+                             "pick one that fits, or train.gradient_checkpointing / quantization='nf4' / a "
+                             "smaller batch")
+
+    def chat_model(self, run: RunLike) -> RemoteChatModel:
+        """The Volume's adapter served by the deployed Chat class: no weights come to this machine."""
+        from .modal_chat import RemoteChatModel
+
+        return RemoteChatModel(run.id)
+
+    def serve(self, runs: list[Any], **options: Any) -> ModalServer:
+        """A vLLM deployment of the runs' base model with their adapters (see modal_serve.py)."""
+        from .modal_serve import serve_modal
+
+        return serve_modal(runs, **options)
+
+    def remote_adapter_path(self, run_id: str) -> str | None:
+        return f"{REMOTE_RUNS_ROOT}/{run_id}/adapter"
+
     # --- mirroring -------------------------------------------------------------------------------
     def _start_mirror(self, run_id: str, store: RunStore) -> None:
         if run_id in self._mirrors and self._mirrors[run_id].is_alive():
@@ -218,7 +260,7 @@ class ModalBackend:
         last = last_event(path)
         if last is not None and last.terminal:
             return
-        from ..failures import describe_reason
+        from ..failures import from_reason
         from ..runs import EventWriter
 
         status = self._remote_status(run_id, store)
@@ -234,8 +276,7 @@ class ModalBackend:
                             message=f"the Modal container was stopped on request ({reason}); events and "
                                     "checkpoints committed so far are kept")
             else:
-                writer.emit("failed", error="ModalCallFailed", message=redact(describe_reason(reason)),
-                            traceback=redact(tail))
+                from_reason("ModalCallFailed", reason, tail).report(writer.emit)
         finally:
             writer.close()
 
@@ -286,7 +327,7 @@ class ModalBackend:
         print(f"uploading {local} ({size / 1e6:,.1f} MB) to the Modal Volume…", end=" ", flush=True)
         self.client.upload(local, remote)
         print("done", flush=True)
-        return "/runs" + remote
+        return REMOTE_RUNS_ROOT + remote
 
 
 def _last_seq(path: Path) -> int:
@@ -460,17 +501,3 @@ class RealModalClient:
         self._flags()[run_id] = True
         if hard:
             modal.FunctionCall.from_id(call_id).cancel()
-
-
-def remote_adapter_exists(run_id: str) -> bool:
-    """Whether the run's adapter is committed on the Volume: checked before a chat starts a billed GPU."""
-    import modal
-
-    from . import modal_app
-
-    volume = modal.Volume.from_name(modal_app.RUNS_VOLUME, create_if_missing=True)
-    try:
-        entries = volume.listdir(f"{run_id}/adapter")
-        return any(entry.path.endswith("adapter_config.json") for entry in entries)
-    except (FileNotFoundError, Exception):  # noqa: BLE001 — modal's NotFoundError: no such directory
-        return False

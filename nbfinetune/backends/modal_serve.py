@@ -77,7 +77,8 @@ def lora_int_id(run_id: str) -> int:
 
 def lora_request_kwargs(run_id: str, runs_root: str) -> dict[str, Any]:
     """Arguments for vllm.lora.request.LoRARequest(**kwargs) for a run's adapter on the Volume."""
-    return {"lora_name": run_id, "lora_int_id": lora_int_id(run_id), "lora_path": f"{runs_root}/{run_id}/adapter"}
+    return {"lora_name": run_id, "lora_int_id": lora_int_id(run_id),
+            "lora_path": f"{runs_root}/{run_id}/adapter"}
 
 
 def sampling_kwargs(request: ChatRequest, room: int) -> dict[str, Any]:
@@ -92,12 +93,14 @@ def spec_for_runs(runs: list[Any]) -> ServeSpec:
     """The deployment for runs trained from one base model: rank and GPU from their configs."""
     bases = {run.config.model for run in runs}
     if len(bases) != 1:
-        raise ValueError(f"serve --backend modal: one base model per deployment; these runs use {sorted(bases)}")
+        raise ValueError("serve --backend modal: one base model per deployment; "
+                         f"these runs use {sorted(bases)}")
     base = bases.pop()
-    missing = [run.id for run in runs if run.config.backend != "modal"]
+    # Only adapters on the runs Volume can be served from it: each run's backend knows where its adapter is.
+    missing = [run.id for run in runs if run.backend.remote_adapter_path(run.id) is None]
     if missing:
-        raise ValueError(f"serve --backend modal: runs {missing} trained locally; their adapters are not on the "
-                         "Modal Volume (serve them with backend='local')")
+        raise ValueError(f"serve --backend modal: runs {missing} trained locally; their adapters are not on "
+                         "the Modal Volume (serve them with backend='local')")
     return ServeSpec(base, [run.id for run in runs], lora_rank_bucket([run.config.lora.r for run in runs]),
                      gpu_for(_parameter_count(base)))
 
@@ -132,7 +135,8 @@ def build_app(spec: ServeSpec) -> Any:
              .uv_pip_install(*VLLM_PACKAGES)
              .env({"HF_HOME": f"{RUNS_ROOT}/hf-cache", "NBFT_BASE_MODEL": spec.base_model,
                    "NBFT_MAX_LORA_RANK": str(spec.max_lora_rank), "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1"})
-             .add_local_python_source("nbfinetune", ignore=["**/__pycache__", "**/*.pyc", "**/labextension/**"]))
+             .add_local_python_source("nbfinetune",
+                                      ignore=["**/__pycache__", "**/*.pyc", "**/labextension/**"]))
     app = modal.App(spec.app_name, image=image)
     volume = modal.Volume.from_name(RUNS_VOLUME, create_if_missing=True)
 
@@ -142,7 +146,8 @@ def build_app(spec: ServeSpec) -> Any:
     class VLLMServer:
         @modal.enter()
         def load(self) -> None:
-            from nbfinetune.backends.modal_serve import start_engine  # absolute: this class is pickled by value
+            # Absolute: this class is pickled by value.
+            from nbfinetune.backends.modal_serve import start_engine
 
             volume.reload()
             self.state = start_engine(RUNS_ROOT, volume)
@@ -247,8 +252,10 @@ def asgi_app(state: EngineState) -> Any:
     @web.get("/v1/models")
     async def models(request: Request) -> JSONResponse:
         authorize(request)
-        runs = [p.name for p in Path(state.runs_root).iterdir() if (p / "adapter" / "adapter_config.json").is_file()]
-        return JSONResponse(protocol.model_list([(state.base_model, "base")] + [(r, f"run {r}") for r in runs]))
+        runs = [p.name for p in Path(state.runs_root).iterdir()
+                if (p / "adapter" / "adapter_config.json").is_file()]
+        return JSONResponse(protocol.model_list([(state.base_model, "base")]
+                                                + [(r, f"run {r}") for r in runs]))
 
     @web.post("/v1/chat/completions")
     async def chat(request: Request) -> Any:
@@ -259,24 +266,27 @@ def asgi_app(state: EngineState) -> Any:
             raise APIError(400, "the request body is not valid JSON") from None
         req = protocol.parse_chat_request(body)
         if not served(req.model):
-            raise APIError(404, f"model: no served model named {req.model!r}", param="model", code="model_not_found")
+            raise APIError(404, f"model: no served model named {req.model!r}", param="model",
+                           code="model_not_found")
         tokenizer = _tokenizer(state, req.model)
         ids = tokenizer(render_prompt(tokenizer, req.messages), add_special_tokens=False)["input_ids"]
         room = state.context_length - len(ids)
         if room < 1 or (req.max_tokens or 0) > room:
             raise APIError(413, f"messages: {len(ids)} prompt tokens plus max_tokens exceed the context of "
                                 f"{state.context_length}", param="max_tokens" if room >= 1 else "messages")
-        lora = None if req.model == state.base_model else LoRARequest(**lora_request_kwargs(req.model, state.runs_root))
+        lora = (None if req.model == state.base_model
+                else LoRARequest(**lora_request_kwargs(req.model, state.runs_root)))
         rid = protocol.completion_id()
-        outputs = state.engine.generate({"prompt_token_ids": ids}, SamplingParams(**sampling_kwargs(req, room)),
+        outputs = state.engine.generate({"prompt_token_ids": ids},
+                                        SamplingParams(**sampling_kwargs(req, room)),
                                         request_id=f"{rid}-{uuid.uuid4().hex[:6]}", lora_request=lora)
         if not req.stream:
-            final = None
-            async for final in outputs:
+            final: Any = None
+            async for final in outputs:  # noqa: B007 — the last output holds the whole answer
                 pass
             out = final.outputs[0]
-            return JSONResponse(protocol.completion(rid, req.model, out.text, out.finish_reason or "stop", len(ids),
-                                                    len(out.token_ids)))
+            return JSONResponse(protocol.completion(rid, req.model, out.text, out.finish_reason or "stop",
+                                                    len(ids), len(out.token_ids)))
 
         async def events() -> Any:
             sent, first, out = 0, True, None
@@ -289,7 +299,8 @@ def asgi_app(state: EngineState) -> Any:
                                            else {"content": delta})
                     yield f"data: {json.dumps(chunk)}\n\n"
                     first = False
-            yield f"data: {json.dumps(protocol.chunk(rid, req.model, {}, (out and out.finish_reason) or 'stop'))}\n\n"
+            last = protocol.chunk(rid, req.model, {}, (out and out.finish_reason) or "stop")
+            yield f"data: {json.dumps(last)}\n\n"
             if req.include_usage and out is not None:
                 usage = protocol.usage(len(ids), len(out.token_ids))
                 yield f"data: {json.dumps(protocol.chunk(rid, req.model, {}, usage_=usage))}\n\n"
@@ -312,7 +323,8 @@ class ModalServer:
         import html
 
         return (f"<div>OpenAI-compatible API on Modal at <code>{html.escape(self.base_url)}</code> · models: "
-                + ", ".join(f"<code>{html.escape(m)}</code>" for m in self.models) + " (scales to zero)</div>")
+                + ", ".join(f"<code>{html.escape(m)}</code>" for m in self.models)
+                + " (scales to zero)</div>")
 
 
 def serve_modal(runs: list[Any], api_key: str | None = None, wait_s: float = 900.0, quiet: bool = False,
@@ -322,10 +334,11 @@ def serve_modal(runs: list[Any], api_key: str | None = None, wait_s: float = 900
     import modal
 
     from ..serve.tokens import new_token, record, token_hash
-    from .modal_app import RUNS_ROOT, RUNS_VOLUME
+    from .modal_app import RUNS_VOLUME
 
     if modal.config.config.get("token_id") is None:
-        raise RuntimeError("Modal: no credentials; run `modal token new` (or set MODAL_TOKEN_ID / MODAL_TOKEN_SECRET)")
+        raise RuntimeError("Modal: no credentials; run `modal token new` "
+                           "(or set MODAL_TOKEN_ID / MODAL_TOKEN_SECRET)")
     spec = spec_for_runs(runs)
     key = api_key or new_token()
     volume = modal.Volume.from_name(RUNS_VOLUME, create_if_missing=True)
@@ -365,7 +378,8 @@ def wait_until_ready(url: str, key: str, wait_s: float, quiet: bool = False, pol
         except httpx.HTTPError as exc:
             state = type(exc).__name__
         if not quiet:
-            print(f"cold start: waiting for a container ({time.monotonic() - started:.0f} s, {state})", flush=True)
+            print(f"cold start: waiting for a container ({time.monotonic() - started:.0f} s, {state})",
+                  flush=True)
         time.sleep(poll_s)
     raise TimeoutError(f"the Modal endpoint did not answer within {wait_s:.0f} s; it keeps starting in the "
                        "background — try again shortly")

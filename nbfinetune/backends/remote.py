@@ -12,14 +12,13 @@ import contextlib
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from .. import failures
 from ..config import RunConfig
-from ..events import Event, redact
-from ..failures import describe
+from ..events import Event
 from ..runs import EventTail, EventWriter, events_file, validate_run_id
 
 FLUSH_S = 2.0
@@ -152,10 +151,9 @@ def _train_one(run_config: RunConfig, run_id: str, run_dir: Path, publish: Publi
 
         return {"status": "finished", **train(run_config, emit, should_stop, run_dir)}
     except Exception as exc:  # reported as an event; the call itself ends normally (no pointless retries)
-        tail = "".join(traceback.format_exception(exc)[-6:])
-        message = redact(describe(exc))
-        emit("failed", error=type(exc).__name__, message=message, traceback=redact(tail))
-        return {"status": "failed", "error": f"{type(exc).__name__}: {message}"}
+        failure = failures.from_exception(exc)
+        failure.report(emit)
+        return failures.failed_result(failure)
     finally:
         writer.close()
         relay.close()
@@ -187,13 +185,8 @@ def _train_in_processes(run_dir: Path, processes: int, publish: Publish,
             cancel_sent = True
         time.sleep(1.0)
     if last is None or not last.terminal:  # a rank crashed or was killed before rank 0 could report
-        from ..failures import describe_reason
-        from ..worker import _exit_reason, _tail
-
         writer = EventWriter(events_file(run_dir), run_dir.name)
-        reason = f"a training process exited with status {process.returncode}"
-        last = writer.emit("failed", error=_exit_reason(process.returncode), message=describe_reason(reason),
-                           traceback=redact(_tail(run_dir / CONTAINER_LOG)))
+        last = failures.from_exit(process.returncode, run_dir / CONTAINER_LOG).report(writer.emit)
         writer.close()
         relay(last)
     relay.close()

@@ -65,11 +65,12 @@ class BaseSpec:
 
 
 def serve_runs(runs: list[Any], host: str = "127.0.0.1", port: int = 0, api_key: str | None = None,
-               aliases: dict[str, str] | None = None, quiet: bool = False,
+               aliases: dict[str, str] | None = None, quiet: bool = False, show_key: bool = True,
                **engine_options: Any) -> LocalServer:
     """Serve each run's adapter under its run id (and its alias: `aliases[run_id]` or the run's name),
     and each base model under the name the runs were trained from. api_key: reuse a key you keep
-    (e.g. from an environment variable); by default a new one is generated and printed once.
+    (e.g. from an environment variable); by default a new one is generated and printed once (unless
+    show_key is False: in a notebook, whose outputs are saved to a file, the API passes False).
     engine_options: max_batch=32, batch_window_s=0.005, max_waiting=256, device."""
     from ..core.models import resolve_model
 
@@ -85,10 +86,7 @@ def serve_runs(runs: list[Any], host: str = "127.0.0.1", port: int = 0, api_key:
         spec = specs.setdefault(base, BaseSpec(base, resolve_model(base)))
         names = list(dict.fromkeys([run.id, aliases.get(run.id) or run.config.name or run.id]))
         spec.adapters.append((names, run.adapter_path, f"run {run.id}"))
-    from ..api import _in_notebook
-
-    # A notebook saves its outputs to a file: there the key stays in `server.api_key` only.
-    server = serve_models(list(specs.values()), host, port, api_key, quiet, show_key=not _in_notebook(),
+    server = serve_models(list(specs.values()), host, port, api_key, quiet, show_key=show_key,
                           **engine_options)
     for run in runs:
         record(run.path, token_hash(server.api_key), server.base_url, server.models)
