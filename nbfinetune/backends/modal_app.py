@@ -10,6 +10,7 @@ through the image's own environment (which the container has too): see HF_SECRET
 # No `from __future__ import annotations`: modal.parameter() reads real type annotations.
 
 import os
+from pathlib import PurePosixPath
 from typing import Any
 
 import modal
@@ -18,7 +19,8 @@ from .. import __version__
 
 APP_NAME = "nbfinetune"
 RUNS_VOLUME = "nbfinetune-runs"
-HF_CACHE_VOLUME = "nbfinetune-hf-cache"  # model weights: cached apart from the runs, never committed with them
+# Model weights: cached apart from the runs, never committed with them.
+HF_CACHE_VOLUME = "nbfinetune-hf-cache"
 EVENTS_QUEUE = "nbfinetune-events"
 CANCEL_DICT = "nbfinetune-cancel"
 META_DICT = "nbfinetune-meta"  # {"version": the package version last deployed}
@@ -50,7 +52,9 @@ app = modal.App(APP_NAME, image=image, tags={"nbfinetune_version": __version__})
 volume = modal.Volume.from_name(RUNS_VOLUME, create_if_missing=True)
 hf_cache = modal.Volume.from_name(HF_CACHE_VOLUME, create_if_missing=True)
 SECRETS = [modal.Secret.from_name(HF_SECRET, required_keys=["HF_TOKEN"])] if HF_SECRET else []
-VOLUMES = {RUNS_ROOT: volume, HF_CACHE_ROOT: hf_cache}
+# Annotated as modal's parameter is: dict is invariant, so an inferred dict[str, Volume] is refused.
+VOLUMES: dict[str | PurePosixPath, modal.Volume | modal.CloudBucketMount] = {RUNS_ROOT: volume,
+                                                                             HF_CACHE_ROOT: hf_cache}
 
 
 @app.cls(gpu=DEFAULT_GPU, timeout=TIMEOUT_S, volumes=VOLUMES, secrets=SECRETS, cpu=TRAINER_CPU,
