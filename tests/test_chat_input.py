@@ -10,9 +10,14 @@ from nbfinetune import api
 
 
 @pytest.fixture
-def failed_run(home, tiny_model):
-    run = api.finetune(model=tiny_model, max_seq_len=2, steps=1, display=False)  # every row drops in the worker
-    assert run.wait(timeout=180, progress=False).status == "failed"
+def failed_run(home):
+    """A run that failed before training (every row dropped), as stored events."""
+    from nbfinetune.runs import RunStore
+    from tests.helpers import synthetic_run
+
+    store = RunStore()
+    run = api.Run(synthetic_run(store, steps=0, end="failed"), store)
+    assert run.summary().status == "failed"
     return run
 
 

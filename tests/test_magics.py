@@ -81,11 +81,17 @@ def test_yaml_cell_magic_with_flag_overrides(ip, home):
         ip.run_cell_magic("finetune", "--no-dashboard", "train:\n  learnrate: 1\n")
 
 
-def test_compare_two_runs(ip, home, tiny_model):
-    runs = [api.finetune(model=tiny_model, steps=s, eval_samples=2, display=False, name=n)
+def test_compare_two_runs(ip, home):
+    from nbfinetune.config import RunConfig
+    from nbfinetune.runs import RunStore
+    from tests.helpers import synthetic_run
+
+    store = RunStore()
+    runs = [api.Run(synthetic_run(store, RunConfig.from_dict({"name": n, "train": {"max_steps": s}}), steps=s,
+                                  evals=(0, s)), store)
             for s, n in ((2, "short"), (3, None))]
     for run in runs:
-        assert run.wait(timeout=120, progress=False).status == "finished"
+        assert run.summary().status == "finished"
     comparison = ip.run_line_magic("finetune", f"compare {runs[0].id} {runs[1].id}")
     assert list(comparison.table.index) == [r.id for r in runs]
     assert list(comparison.table["steps"]) == [2, 3] and "base json_match" in comparison.table.columns
