@@ -70,7 +70,7 @@ def test_yaml_errors_name_the_line_and_deep_nesting_is_one_error(ip, home):
     with pytest.raises(UsageError, match="nested too deeply"):
         ip.run_cell_magic("finetune", "--no-dashboard", deep)
     deep_map = "".join("  " * i + f"k{i}:\n" for i in range(5000))
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="nested too deeply"):
         RunConfig.from_yaml(deep_map)
 
 

@@ -148,9 +148,11 @@ def test_judge_score_parsing(reply, score, reason):
     assert parse_score(reply) == (pytest.approx(score), reason)
 
 
-@pytest.mark.parametrize("reply", ["I like it", '{"score": 12}', '{"score": "high"}'])
-def test_judge_score_parsing_refuses_nonsense(reply):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("reply, message", [("I like it", "no score in the judge's reply: 'I like it'"),
+                                            ('{"score": 12}', "the judge's score 12 is outside 0-10"),
+                                            ('{"score": "high"}', "the judge's score is not a number: 'high'")])
+def test_judge_score_parsing_refuses_nonsense(reply, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
         parse_score(reply)
 
 
@@ -158,7 +160,7 @@ def test_judge_winner_parsing():
     assert parse_winner('{"winner": "b", "reason": "shorter"}') == ("B", "shorter")
     assert parse_winner("Winner: A. It is right.")[0] == "A"
     assert parse_winner("winner: tie")[0] == "tie"
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="no winner in the judge's reply: 'both fine'"):
         parse_winner("both fine")
 
 

@@ -25,7 +25,9 @@ def test_bad_settings_are_shown_not_raised(home, tiny_model):
     launcher = Launcher(api.build_config(model=tiny_model))
     launcher.preflight.source.value = "/no/such.jsonl"
     assert launcher.submit() is None
-    assert launcher.error.value  # a message in the widget
+    # The launcher says why nothing was launched; the pre-flight above it says what is wrong with the data.
+    assert "the data could not be checked — see above" in launcher.error.value
+    assert "cannot check:</b> data file not found: /no/such.jsonl" in launcher.preflight.status.value
 
 
 def test_early_stopping_setting_needs_an_eval_interval(home, tiny_model):

@@ -3,6 +3,7 @@ and the client side against a fake of our thin ModalClient interface."""
 
 import json
 import os
+import re
 import shutil
 
 import pytest
@@ -157,8 +158,10 @@ def test_setup_errors_say_what_to_do(modal_client, home, tiny_model, monkeypatch
 
 def test_gpu_specs_prices_and_estimates():
     assert parse_gpu("a10g") == ("A10", 1) and parse_gpu("H100:4") == ("H100", 4)
-    for bad in ("V100", "H100:9", "H100:x"):
-        with pytest.raises(UnknownGPU):
+    for bad, message in (("V100", "unknown GPU type 'V100'; Modal offers T4"),
+                         ("H100:9", "GPU count must be 1 to 8, got 9"),
+                         ("H100:x", "GPU count in 'H100:x' must be a number")):
+        with pytest.raises(UnknownGPU, match=re.escape(message)):
             parse_gpu(bad)
     assert cost_so_far("H100:2", 100) == pytest.approx(2 * 100 * 0.001097)
     guess = estimate("A10", tokens=1_000_000, parameters=135_000_000)
