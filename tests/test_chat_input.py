@@ -42,6 +42,7 @@ def test_chat_on_a_failed_run_says_it_failed(ip, failed_run):
     assert "wait for it" not in message
 
 
+@pytest.mark.train
 def test_cell_magic_under_a_dashboard_returns_no_stale_run(ip, home, tiny_model):
     with patch.object(api, "_in_notebook", return_value=True), patch("IPython.display.display"):
         value = ip.run_cell_magic("finetune", f"--model {tiny_model} --steps 1 --eval-samples 0", "train: {lr: 2e-4}\n")

@@ -6,12 +6,15 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 
 def _cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "nbfinetune.cli", *args], capture_output=True, text=True,
                           timeout=300, cwd=cwd)
 
 
+@pytest.mark.train
 def test_train_takes_the_magics_flags_and_free_form_data_headlines_eval_loss(home, tiny_model, tmp_path):
     rows = [{"prompt": f"Tell me about the number {i}", "completion": f"It is {i}, a fine number."} for i in range(24)]
     data = tmp_path / "free.jsonl"

@@ -238,6 +238,7 @@ def trained(tiny_model, tmp_path_factory):
     return store, run_id
 
 
+@pytest.mark.train
 def test_run_base_and_our_server_as_the_api_model(home, monkeypatch, trained, tiny_model):
     store, run_id = trained
     with api.serve([run_id], store=store, quiet=True) as server:  # the stand-in "API model": the base
@@ -343,6 +344,7 @@ def test_timeouts_are_recorded_and_concurrency_is_limited(home, stub_key):
     assert most[0] <= 2
 
 
+@pytest.mark.train
 def test_judge_metric_in_a_local_run_with_early_stopping(home, monkeypatch, tiny_model, stub_key):
     """The worker process inherits the judge's settings; the score reaches the eval events, the summary
     and early stopping."""

@@ -78,6 +78,7 @@ def _prompts(tmp_path, n=12):
     return write_jsonl(tmp_path / "prompts.jsonl", (rows * 4)[:n])
 
 
+@pytest.mark.train
 def test_rewards_reach_the_worker_subprocess_by_value_and_by_reference(home, tiny_model, tmp_path):
     offset = 0.125  # a notebook global captured by value: proves the worker ran this very function
 

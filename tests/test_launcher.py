@@ -1,9 +1,12 @@
 """The launcher through its widget state: settings become a RunConfig, Launch turns into the dashboard."""
 
+import pytest
+
 from nbfinetune import api
 from nbfinetune.widgets.launcher import Launcher
 
 
+@pytest.mark.train
 def test_settings_estimate_and_launch(home, tiny_model):
     launched = []
     launcher = Launcher(api.build_config(model=tiny_model), launch=lambda cfg: launched.append(cfg) or
@@ -78,6 +81,7 @@ def test_settings_rows_wrap_and_modal_settings_show_only_for_modal(home, tiny_mo
     assert launcher.modal_settings.layout.display is None
 
 
+@pytest.mark.train
 def test_the_saved_output_is_the_launched_runs_dashboard(home, tiny_model):
     launcher = Launcher(api.build_config(model=tiny_model))
     assert "New fine-tune" in launcher._repr_mimebundle_()["text/html"]

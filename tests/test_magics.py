@@ -59,6 +59,7 @@ def test_help_and_runs(ip, home, capsys):
     assert repr(ip.run_line_magic("finetune", "runs")) == "no runs yet"
 
 
+@pytest.mark.train
 def test_end_to_end_train_then_chat_streams(ip, home, tiny_model, capsys):
     run = ip.run_line_magic("finetune", f"--model {tiny_model} --steps 4 --eval-samples 0 --no-dashboard")
     assert run.wait(timeout=120, progress=False).status == "finished"
@@ -107,6 +108,7 @@ def test_compare_two_runs(ip, home):
     assert "<table" in comparison._repr_mimebundle_()["text/html"]
 
 
+@pytest.mark.train
 def test_terminal_shell_shows_text_progress_and_a_summary(ip, home, tiny_model, capsys):
     """No widgets in a terminal IPython: the magic still works and prints progress and a summary."""
     run = ip.run_line_magic("finetune", f"--model {tiny_model} --steps 3 --eval-samples 0")

@@ -41,6 +41,7 @@ def test_app_definition_imports_light_and_declares_gpu_volume_retries():
     assert all("==" in p for p in modal_app.PACKAGES[:6])
 
 
+@pytest.mark.train
 def test_remote_body_emits_the_same_events_as_the_local_backend(tiny_model, tmp_path, home):
     published, commits = [], []
     config = api.build_config(model=tiny_model, steps=4, eval_samples=2).to_dict()
@@ -65,6 +66,7 @@ def test_remote_failure_is_an_event_and_never_leaks_the_hf_token(tmp_path, monke
     assert "[redacted]" in published[-1]["message"]
 
 
+@pytest.mark.train
 def test_launch_streams_events_into_the_local_store_with_cost(modal_client, home, tiny_model, tmp_path,
                                                              capsys):
     modal_client.deployed = False  # first use: deployed on the way, with a visible message
@@ -102,6 +104,7 @@ class KernelThatDies:
         return events
 
 
+@pytest.mark.train
 def test_reattach_replays_the_volume_history_then_follows(modal_client, home, tiny_model, monkeypatch):
     old_kernel = KernelThatDies(modal_client)
     monkeypatch.setattr("nbfinetune.backends.base._modal_backend", {"instance": ModalBackend(old_kernel)})
@@ -119,6 +122,7 @@ def test_reattach_replays_the_volume_history_then_follows(modal_client, home, ti
     assert [e["step"] for e in events if e.type == "step"] == list(range(1, 41))
 
 
+@pytest.mark.train
 def test_cancel_and_network_loss(modal_client, home, tiny_model):
     # The first polls fail: the mirror must back off and reconnect, keeping the run.
     modal_client.fail_polls = 3
@@ -129,6 +133,7 @@ def test_cancel_and_network_loss(modal_client, home, tiny_model):
     assert summary.status == "cancelled" and (modal_client.volume / run.id / "adapter").is_dir()
 
 
+@pytest.mark.train
 def test_budget_cap_cancels_the_run(modal_client, home, tiny_model):
     run = api.finetune(model=tiny_model, backend="modal", gpu="B200:8", budget=0.0001, steps=100000,
                        eval_samples=0, display=False)
@@ -179,6 +184,7 @@ def test_deploy_without_credentials_says_how_to_get_them(tmp_path):
     assert out.returncode == 2 and "modal token new" in out.stderr and "Traceback" not in out.stderr
 
 
+@pytest.mark.train
 def test_remote_body_with_several_processes_publishes_rank0_events(tiny_model, tmp_path, home):
     """gpu="TYPE:N" runs N data-parallel trainers under torchrun in the container (gloo on CPU here)."""
     published = []

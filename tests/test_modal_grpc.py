@@ -12,6 +12,9 @@ from nbfinetune.backends.modal_backend import ModalBackend, RealModalClient
 from tests.helpers import wait_for
 from tests.modal_fake import containers
 
+# The train tier: each test trains the tiny model in a fake Modal container.
+pytestmark = pytest.mark.train
+
 
 def _seqs(run):
     return [e.seq for e in run.events()]

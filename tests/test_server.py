@@ -74,6 +74,7 @@ async def test_every_endpoint_requires_auth(jp_fetch, jp_base_url, jp_http_port,
         assert info.value.code == 403, path
 
 
+@pytest.mark.train
 async def test_cancel_a_live_run(jp_fetch, home, tiny_model):
     import time
 

@@ -15,6 +15,7 @@ def test_grid_points():
         grid_points({"lr": []})
 
 
+@pytest.mark.train
 def test_local_sweep_runs_in_turn_and_picks_the_best(home, tiny_model):
     sweep = api.sweep({"lr": [1e-4, 5e-2]}, model=tiny_model, steps=6, eval_samples=0)
     table = sweep.wait(timeout=300)
@@ -26,6 +27,7 @@ def test_local_sweep_runs_in_turn_and_picks_the_best(home, tiny_model):
     assert len(figure.data) == 4 and len(figure.data[0].x) == 6 and "lr=0.05 train" in figure.data[2].name
 
 
+@pytest.mark.train
 def test_modal_sweep_fans_out_at_once(modal_client, home, tiny_model):
     sweep = api.sweep({"r": [2, 4], "lr": [1e-3]}, metric="json_match", model=tiny_model, backend="modal",
                       gpu="L4", steps=4, eval_samples=2)
