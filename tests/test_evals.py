@@ -148,9 +148,11 @@ def test_judge_score_parsing(reply, score, reason):
     assert parse_score(reply) == (pytest.approx(score), reason)
 
 
-@pytest.mark.parametrize("reply, message", [("I like it", "no score in the judge's reply: 'I like it'"),
-                                            ('{"score": 12}', "the judge's score 12 is outside 0-10"),
-                                            ('{"score": "high"}', "the judge's score is not a number: 'high'")])
+@pytest.mark.parametrize("reply, message", [
+    ("I like it", "no score in the judge's reply: 'I like it'"),
+    ('{"score": 12}', "the judge's score 12 is outside 0-10"),
+    ('{"score": "high"}', "the judge's score is not a number: 'high'"),
+])
 def test_judge_score_parsing_refuses_nonsense(reply, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         parse_score(reply)
