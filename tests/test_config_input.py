@@ -12,6 +12,7 @@ from nbfinetune import api
 from nbfinetune.config import ConfigError, RunConfig
 
 
+@pytest.mark.train
 def test_yaml_exponent_numbers_are_numbers(ip, home, tiny_model, tmp_path):
     assert RunConfig.from_yaml("train: {lr: 2e-4}\n").train.lr == 2e-4
     assert RunConfig.from_yaml("train:\n  lr: 1E-3\n  weight_decay: 1e2\n").train.weight_decay == 100.0

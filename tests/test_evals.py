@@ -286,6 +286,7 @@ def test_run_base_and_our_server_as_the_api_model(home, monkeypatch, trained, ti
         nbft.economics(results, gpus="H100")
 
 
+@pytest.mark.train
 def test_judge_metric_during_training(home, monkeypatch, tiny_model, stub_key, tmp_path):
     judge_stub = Stub(lambda prompt, count: '{"score": 6, "reason": "ok"}')
     monkeypatch.setenv("NBFINETUNE_JUDGE_URL", judge_stub.url)
