@@ -7,7 +7,8 @@ STAMP  := $(VENV)/.installed
 TORCH  ?= torch==2.13.0
 BUILD  := build
 
-.PHONY: setup browser demo lab lint lint-ts test-ts test test-fast test-slow bench faults clean
+.PHONY: setup browser demo lab lint lint-ts test-ts test test-fast test-train test-notebook test-browser \
+	test-slow bench faults clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -54,15 +55,29 @@ lint-ts: setup
 test-ts: lint-ts
 	$(JLPM) test
 
-## make test: set up, then the whole suite (lint, fast tests first, then the slow real-model checks)
-test: setup lint test-ts test-fast test-slow
+## make test: set up, lint (Python and TypeScript), the jest tests, then every test tier: fast, train, notebook,
+## browser, then the slow real-model checks
+test: setup lint test-ts test-fast test-train test-notebook test-browser test-slow
 
-test-fast: setup browser
-	$(PY) -m pytest -m "not slow"
+# Test tiers (markers in pyproject.toml); each test runs in exactly one. PYTEST_ARGS narrows a tier
+# ("-k sweep"); a tier it leaves empty (pytest's exit code 5) is no failure.
+tier = $(PY) -m pytest -m "$(1)" $(PYTEST_ARGS) || [ $$? -eq 5 ]
+
+test-fast: setup
+	$(call tier,not (slow or browser or notebook or train))
+
+test-train: setup
+	$(call tier,train and not (slow or browser or notebook))
+
+test-notebook: setup
+	$(call tier,notebook and not (slow or browser))
+
+test-browser: setup browser
+	$(call tier,browser and not slow)
 
 test-slow: setup
 	$(PY) -m nbfinetune.cli prepare-model
-	$(PY) -m pytest -m slow
+	$(call tier,slow)
 
 ## make bench: trainer vs HF baselines, event/dashboard overhead and launch latency, chat generation, validation speed, serving under load
 bench: setup

@@ -69,3 +69,49 @@ def execute_notebook(notebook, folder: Path, env: dict[str, str], timeout: int, 
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def synthetic_run(store, config: RunConfig | None = None, *, steps: int = 3, evals: tuple[int, ...] = (),
+                  metrics: dict[str, float] | None = None, base_metrics: dict[str, float] | None = None,
+                  end: str = "finished", error: tuple[str, str] = ("DataError", "no usable rows")) -> str:
+    """A run stored the way a worker writes one, without training a model: `started`, a falling loss per
+    step, evaluations at the steps in `evals` (0: the base model's), then `end` (finished, failed or
+    cancelled). For tests of what listings, comparisons and views show; the trainer itself is tested by
+    the tests marked `train`.
+
+    A failed run with steps=0 failed before training (bad data, say): only its `failed` event is written.
+    Only the public store API is used: RunStore.create and EventWriter."""
+    from nbfinetune.runs import EventWriter
+
+    config = config or RunConfig()
+    metrics = {"json_match": 0.5} if metrics is None else metrics
+    base_metrics = {name: 0.0 for name in metrics} if base_metrics is None else base_metrics
+    run_id = store.create(config)
+    writer = EventWriter(store.events_path(run_id), run_id)
+    losses = [3.0 / step for step in range(1, steps + 1)]
+    last_eval: dict = {}
+    try:
+        if steps or end != "failed":
+            writer.emit("started", model=config.model, device="cpu", total_steps=steps)
+        for step in range(0, steps + 1):
+            if step:
+                writer.emit("step", step=step, epoch=step / steps, loss=losses[step - 1], lr=1e-3,
+                            tokens_per_s=100.0)
+            if step in evals:  # step 0: the base model's evaluation, before training
+                last_eval = {"step": step, "eval_loss": 3.3 / max(step, 1),
+                             "metrics": base_metrics if step == 0 else metrics, "base_metrics": base_metrics}
+                writer.emit("eval", **last_eval)
+        if end == "finished":
+            summary = {"first_loss": (losses or [None])[0], "last_loss": (losses or [None])[-1],
+                       "eval_loss": last_eval.get("eval_loss"), "metrics": last_eval.get("metrics", {}),
+                       "base_metrics": last_eval.get("base_metrics", {}), "steps": steps}
+            writer.emit("finished", adapter_path=str(store.path(run_id) / "adapter"), summary=summary)
+        elif end == "failed":
+            writer.emit("failed", error=error[0], message=error[1])
+        elif end == "cancelled":
+            writer.emit("cancelled", step=steps, adapter_path=None)
+        else:
+            raise ValueError(f"end: finished, failed or cancelled, not {end!r}")
+    finally:
+        writer.close()
+    return run_id

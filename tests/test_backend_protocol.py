@@ -17,8 +17,6 @@ from nbfinetune.config import RunConfig
 from nbfinetune.events import Event
 from nbfinetune.runs import EventWriter, RunStore
 
-from tests.test_modal import fake  # noqa: F401 — the fake Modal client fixture
-from tests.test_modal_grpc import modal_fake  # noqa: F401 — the real modal library against a fake Modal
 
 
 def _run(store: RunStore, *events: tuple[str, dict], backend: str = "local") -> api.Run:
@@ -40,7 +38,7 @@ def test_local_runs_take_turns_and_serve_in_this_process():
     assert local.serves_in_process is True
 
 
-def test_modal_runs_fan_out_and_serve_from_a_deployment(fake):  # noqa: F811
+def test_modal_runs_fan_out_and_serve_from_a_deployment(modal_client):
     modal = get_backend("modal")
     assert modal.max_concurrent_runs is None
     assert modal.serves_in_process is False
@@ -74,13 +72,13 @@ def test_modal_launch_check_leaves_an_unreadable_model_to_the_run(monkeypatch):
     ModalBackend(client=None).check_launch(RunConfig(gpu="T4"))
 
 
-def test_finetune_asks_the_backend_before_anything_is_created(fake, home, tiny_model, monkeypatch):  # noqa: F811
+def test_finetune_asks_the_backend_before_anything_is_created(modal_client, home, tiny_model, monkeypatch):
     from nbfinetune.planner import DoesNotFit
 
     _too_big(monkeypatch)
     with pytest.raises(DoesNotFit):
         api.finetune(model=tiny_model, backend="modal", gpu="T4", steps=2, eval_samples=0, display=False)
-    assert fake.spawned == [] and RunStore().ids() == []
+    assert modal_client.spawned == [] and RunStore().ids() == []
 
 
 # --- the chat model ----------------------------------------------------------------------------------
@@ -118,7 +116,7 @@ def test_modal_chat_model_is_the_adapter_served_on_modal(monkeypatch):
     assert ModalBackend(client=None).chat_model(SimpleNamespace(id="r1")) == "remote" and made == ["r1"]
 
 
-def test_modal_chat_model_checks_the_volume_before_starting_a_container(modal_fake, home):  # noqa: F811
+def test_modal_chat_model_checks_the_volume_before_starting_a_container(modal_fake, home):
     run = _run(RunStore(), STARTED, backend="modal")
     with pytest.raises(RuntimeError, match=f"run {run.id} has no adapter on the Modal Volume yet"):
         run.backend.chat_model(run)

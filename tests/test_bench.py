@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+# The train tier: every benchmark trains, generates or serves with the tiny model.
+pytestmark = pytest.mark.train
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -8,6 +8,9 @@ from nbfinetune.widgets.chat import ChatWidget
 
 from tests.helpers import tiny_config
 
+# The train tier: the chat tests talk to an adapter trained in this module's setup.
+pytestmark = pytest.mark.train
+
 
 @pytest.fixture(scope="module")
 def run_dir(tiny_model, tmp_path_factory):

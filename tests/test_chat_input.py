@@ -10,9 +10,14 @@ from nbfinetune import api
 
 
 @pytest.fixture
-def failed_run(home, tiny_model):
-    run = api.finetune(model=tiny_model, max_seq_len=2, steps=1, display=False)  # every row drops in the worker
-    assert run.wait(timeout=180, progress=False).status == "failed"
+def failed_run(home):
+    """A run that failed before training (every row dropped), as stored events."""
+    from nbfinetune.runs import RunStore
+    from tests.helpers import synthetic_run
+
+    store = RunStore()
+    run = api.Run(synthetic_run(store, steps=0, end="failed"), store)
+    assert run.summary().status == "failed"
     return run
 
 
@@ -37,6 +42,7 @@ def test_chat_on_a_failed_run_says_it_failed(ip, failed_run):
     assert "wait for it" not in message
 
 
+@pytest.mark.train
 def test_cell_magic_under_a_dashboard_returns_no_stale_run(ip, home, tiny_model):
     with patch.object(api, "_in_notebook", return_value=True), patch("IPython.display.display"):
         value = ip.run_cell_magic("finetune", f"--model {tiny_model} --steps 1 --eval-samples 0", "train: {lr: 2e-4}\n")

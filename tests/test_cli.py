@@ -2,6 +2,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 
 def _cli(*args, env=None):
     return subprocess.run([sys.executable, "-m", "nbfinetune.cli", *args], capture_output=True, text=True, timeout=300)
@@ -12,6 +14,7 @@ def test_help_lists_commands():
     assert out.returncode == 0 and "train" in out.stdout and "runs" in out.stdout
 
 
+@pytest.mark.train
 def test_train_json_then_runs(home, tiny_model):
     out = _cli("train", "--model", tiny_model, "--max-steps", "6", "--eval-samples", "2", "--json")
     assert out.returncode == 0, out.stderr[-2000:]

@@ -6,12 +6,15 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 
 def _cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "nbfinetune.cli", *args], capture_output=True, text=True,
                           timeout=300, cwd=cwd)
 
 
+@pytest.mark.train
 def test_train_takes_the_magics_flags_and_free_form_data_headlines_eval_loss(home, tiny_model, tmp_path):
     rows = [{"prompt": f"Tell me about the number {i}", "completion": f"It is {i}, a fine number."} for i in range(24)]
     data = tmp_path / "free.jsonl"
@@ -33,11 +36,13 @@ def test_train_takes_the_magics_flags_and_free_form_data_headlines_eval_loss(hom
     assert _cli("train", "--max-steps", "x").returncode == 2  # the old spelling still parses
 
 
-def test_export_of_a_failed_run_is_one_line(home, tiny_model):
+def test_export_of_a_failed_run_is_one_line(home):
     from nbfinetune import api
+    from nbfinetune.runs import RunStore
+    from tests.helpers import synthetic_run
 
-    run = api.finetune(model=tiny_model, max_seq_len=2, steps=1, display=False)  # every row drops in the worker
-    assert run.wait(timeout=180, progress=False).status == "failed"
+    run = api.Run(synthetic_run(RunStore(), steps=0, end="failed"))  # failed before training: no adapter
+    assert run.summary().status == "failed"
     out = _cli("export", run.id)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.strip() == f"nbfinetune export: error: run {run.id} has no adapter yet (status: failed)"

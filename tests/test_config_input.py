@@ -12,6 +12,7 @@ from nbfinetune import api
 from nbfinetune.config import ConfigError, RunConfig
 
 
+@pytest.mark.train
 def test_yaml_exponent_numbers_are_numbers(ip, home, tiny_model, tmp_path):
     assert RunConfig.from_yaml("train: {lr: 2e-4}\n").train.lr == 2e-4
     assert RunConfig.from_yaml("train:\n  lr: 1E-3\n  weight_decay: 1e2\n").train.weight_decay == 100.0
@@ -70,7 +71,7 @@ def test_yaml_errors_name_the_line_and_deep_nesting_is_one_error(ip, home):
     with pytest.raises(UsageError, match="nested too deeply"):
         ip.run_cell_magic("finetune", "--no-dashboard", deep)
     deep_map = "".join("  " * i + f"k{i}:\n" for i in range(5000))
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="nested too deeply"):
         RunConfig.from_yaml(deep_map)
 
 

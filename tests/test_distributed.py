@@ -5,12 +5,16 @@ import json
 import os
 import socket
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
 from nbfinetune.core.trainer import train
 
 from tests.helpers import tiny_config
+
+# The train tier: data-parallel training in two processes.
+pytestmark = pytest.mark.train
 
 
 def _free_port() -> int:

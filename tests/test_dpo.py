@@ -95,6 +95,7 @@ def test_dpo_loss_equals_a_direct_computation(tiny_model, tiny_tokenizer, tmp_pa
     assert float((chosen - rejected).abs().sum()) > 0  # the adapter made a difference
 
 
+@pytest.mark.train
 def test_dpo_run_raises_the_margin_and_reports_it(tiny_model, tmp_path):
     from nbfinetune.core.trainer import train
 
@@ -120,6 +121,7 @@ def test_dpo_run_raises_the_margin_and_reports_it(tiny_model, tmp_path):
     assert "metrics" in evals[-1] and result["steps"] == 8
 
 
+@pytest.mark.train
 def test_modal_remote_body_runs_dpo(tiny_model, tmp_path, home):
     import json
 

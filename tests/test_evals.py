@@ -148,9 +148,13 @@ def test_judge_score_parsing(reply, score, reason):
     assert parse_score(reply) == (pytest.approx(score), reason)
 
 
-@pytest.mark.parametrize("reply", ["I like it", '{"score": 12}', '{"score": "high"}'])
-def test_judge_score_parsing_refuses_nonsense(reply):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("reply, message", [
+    ("I like it", "no score in the judge's reply: 'I like it'"),
+    ('{"score": 12}', "the judge's score 12 is outside 0-10"),
+    ('{"score": "high"}', "the judge's score is not a number: 'high'"),
+])
+def test_judge_score_parsing_refuses_nonsense(reply, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
         parse_score(reply)
 
 
@@ -158,7 +162,7 @@ def test_judge_winner_parsing():
     assert parse_winner('{"winner": "b", "reason": "shorter"}') == ("B", "shorter")
     assert parse_winner("Winner: A. It is right.")[0] == "A"
     assert parse_winner("winner: tie")[0] == "tie"
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="no winner in the judge's reply: 'both fine'"):
         parse_winner("both fine")
 
 
@@ -236,6 +240,7 @@ def trained(tiny_model, tmp_path_factory):
     return store, run_id
 
 
+@pytest.mark.train
 def test_run_base_and_our_server_as_the_api_model(home, monkeypatch, trained, tiny_model):
     store, run_id = trained
     with api.serve([run_id], store=store, quiet=True) as server:  # the stand-in "API model": the base
@@ -281,6 +286,7 @@ def test_run_base_and_our_server_as_the_api_model(home, monkeypatch, trained, ti
         nbft.economics(results, gpus="H100")
 
 
+@pytest.mark.train
 def test_judge_metric_during_training(home, monkeypatch, tiny_model, stub_key, tmp_path):
     judge_stub = Stub(lambda prompt, count: '{"score": 6, "reason": "ok"}')
     monkeypatch.setenv("NBFINETUNE_JUDGE_URL", judge_stub.url)
@@ -341,6 +347,7 @@ def test_timeouts_are_recorded_and_concurrency_is_limited(home, stub_key):
     assert most[0] <= 2
 
 
+@pytest.mark.train
 def test_judge_metric_in_a_local_run_with_early_stopping(home, monkeypatch, tiny_model, stub_key):
     """The worker process inherits the judge's settings; the score reaches the eval events, the summary
     and early stopping."""

@@ -53,6 +53,7 @@ def test_loss_equals_the_models_own_loss(family, family_model, tiny_tokenizer):
     assert abs(ours - reference) / reference < 1e-4, (family, layout, ours, reference)
 
 
+@pytest.mark.train
 @pytest.mark.parametrize("family", ["gemma2", "gpt_oss"])
 def test_models_that_refuse_sdpa_load_on_eager_attention_and_train(family, family_model, tmp_path):
     """Gemma-2 (soft-capped attention) and gpt-oss (attention sinks) have no SDPA path: transformers
@@ -128,6 +129,7 @@ def test_bf16_runs_under_autocast_with_fp32_master_lora_weights(tiny_model, tiny
     assert not mixed.scaler.is_enabled()
 
 
+@pytest.mark.train
 def test_fp16_training_scales_the_loss(tiny_model, tmp_path):
     """fp16 without a GradScaler underflows small gradients; the step events report the loss scale."""
     from nbfinetune.core.trainer import train

@@ -8,9 +8,13 @@ import json
 import re
 import shutil
 
+import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
 from tests.helpers import execute_notebook
+
+# The notebook tier: the newcomer's notebook executes in a kernel.
+pytestmark = pytest.mark.notebook
 
 CELLS = [
     "%load_ext nbfinetune",

@@ -78,6 +78,7 @@ def _prompts(tmp_path, n=12):
     return write_jsonl(tmp_path / "prompts.jsonl", (rows * 4)[:n])
 
 
+@pytest.mark.train
 def test_rewards_reach_the_worker_subprocess_by_value_and_by_reference(home, tiny_model, tmp_path):
     offset = 0.125  # a notebook global captured by value: proves the worker ran this very function
 
@@ -103,6 +104,7 @@ def test_rewards_reach_the_worker_subprocess_by_value_and_by_reference(home, tin
     assert evals[-1]["eval_rewards"]["shifted"] == pytest.approx(1.125)
 
 
+@pytest.mark.train
 def test_grpo_checkpoint_resume_and_cancel_are_shared(tiny_model, tmp_path):
     from nbfinetune.core.trainer import train
 
@@ -141,6 +143,7 @@ def test_try_rewards_scores_base_model_completions(tiny_model, tmp_path):
     assert "<table>" in trial._repr_html_() and "says_cats" in trial._repr_html_()
 
 
+@pytest.mark.train
 def test_modal_remote_body_runs_grpo_with_a_reward_sent_by_value(tiny_model, tmp_path, home):
     """The Modal container runs backends.remote.remote_train on the config dict: the reward travels inside it."""
     from nbfinetune.backends.remote import remote_train

@@ -1,9 +1,12 @@
 """The launcher through its widget state: settings become a RunConfig, Launch turns into the dashboard."""
 
+import pytest
+
 from nbfinetune import api
 from nbfinetune.widgets.launcher import Launcher
 
 
+@pytest.mark.train
 def test_settings_estimate_and_launch(home, tiny_model):
     launched = []
     launcher = Launcher(api.build_config(model=tiny_model), launch=lambda cfg: launched.append(cfg) or
@@ -25,7 +28,9 @@ def test_bad_settings_are_shown_not_raised(home, tiny_model):
     launcher = Launcher(api.build_config(model=tiny_model))
     launcher.preflight.source.value = "/no/such.jsonl"
     assert launcher.submit() is None
-    assert launcher.error.value  # a message in the widget
+    # The launcher says why nothing was launched; the pre-flight above it says what is wrong with the data.
+    assert "the data could not be checked — see above" in launcher.error.value
+    assert "cannot check:</b> data file not found: /no/such.jsonl" in launcher.preflight.status.value
 
 
 def test_early_stopping_setting_needs_an_eval_interval(home, tiny_model):
@@ -76,6 +81,7 @@ def test_settings_rows_wrap_and_modal_settings_show_only_for_modal(home, tiny_mo
     assert launcher.modal_settings.layout.display is None
 
 
+@pytest.mark.train
 def test_the_saved_output_is_the_launched_runs_dashboard(home, tiny_model):
     launcher = Launcher(api.build_config(model=tiny_model))
     assert "New fine-tune" in launcher._repr_mimebundle_()["text/html"]

@@ -12,6 +12,9 @@ from nbfinetune.runs import RunStore, read_events
 
 from tests.helpers import chat_row, wait_for, write_jsonl
 
+# The train tier: each test trains the tiny model in a worker process.
+pytestmark = pytest.mark.train
+
 
 
 def test_subprocess_run_persists_dense_events_and_a_loadable_adapter(home, tiny_model):

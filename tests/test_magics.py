@@ -59,6 +59,7 @@ def test_help_and_runs(ip, home, capsys):
     assert repr(ip.run_line_magic("finetune", "runs")) == "no runs yet"
 
 
+@pytest.mark.train
 def test_end_to_end_train_then_chat_streams(ip, home, tiny_model, capsys):
     run = ip.run_line_magic("finetune", f"--model {tiny_model} --steps 4 --eval-samples 0 --no-dashboard")
     assert run.wait(timeout=120, progress=False).status == "finished"
@@ -81,11 +82,17 @@ def test_yaml_cell_magic_with_flag_overrides(ip, home):
         ip.run_cell_magic("finetune", "--no-dashboard", "train:\n  learnrate: 1\n")
 
 
-def test_compare_two_runs(ip, home, tiny_model):
-    runs = [api.finetune(model=tiny_model, steps=s, eval_samples=2, display=False, name=n)
+def test_compare_two_runs(ip, home):
+    from nbfinetune.config import RunConfig
+    from nbfinetune.runs import RunStore
+    from tests.helpers import synthetic_run
+
+    store = RunStore()
+    runs = [api.Run(synthetic_run(store, RunConfig.from_dict({"name": n, "train": {"max_steps": s}}), steps=s,
+                                  evals=(0, s)), store)
             for s, n in ((2, "short"), (3, None))]
     for run in runs:
-        assert run.wait(timeout=120, progress=False).status == "finished"
+        assert run.summary().status == "finished"
     comparison = ip.run_line_magic("finetune", f"compare {runs[0].id} {runs[1].id}")
     assert list(comparison.table.index) == [r.id for r in runs]
     assert list(comparison.table["steps"]) == [2, 3] and "base json_match" in comparison.table.columns
@@ -101,6 +108,7 @@ def test_compare_two_runs(ip, home, tiny_model):
     assert "<table" in comparison._repr_mimebundle_()["text/html"]
 
 
+@pytest.mark.train
 def test_terminal_shell_shows_text_progress_and_a_summary(ip, home, tiny_model, capsys):
     """No widgets in a terminal IPython: the magic still works and prints progress and a summary."""
     run = ip.run_line_magic("finetune", f"--model {tiny_model} --steps 3 --eval-samples 0")

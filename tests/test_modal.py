@@ -3,16 +3,13 @@ and the client side against a fake of our thin ModalClient interface."""
 
 import json
 import os
-import queue
+import re
 import shutil
-import threading
-import time
-from pathlib import Path
 
 import pytest
 
 from nbfinetune import api
-from nbfinetune.backends.modal_backend import ModalAppNotDeployed, ModalBackend, ModalSetupError
+from nbfinetune.backends.modal_backend import ModalBackend, ModalSetupError
 from nbfinetune.backends.remote import remote_train
 from nbfinetune.config import ConfigError
 from nbfinetune.data.sources import sample_files
@@ -20,118 +17,6 @@ from nbfinetune.pricing import UnknownGPU, cost_so_far, estimate, parse_gpu
 from nbfinetune.runs import RunStore
 
 from tests.helpers import wait_for
-
-
-class FakeModal:
-    """Stands in for Modal behind our thin ModalClient interface, behaving as the modal library does:
-    polls that see nothing return [] after waiting (RealModalClient turns queue.Empty into []); a
-    partition holds PARTITION_LIMIT items and a put to a full one fails; the Volume shows only what a
-    container committed; a call reports its end RESULT_DELAY_S after its body returns; a cancel flag
-    stays until someone removes it. The container runs the real remote body in a thread."""
-
-    PARTITION_LIMIT = 5000
-    RESULT_DELAY_S = 0.3
-
-    def __init__(self, volume: Path, fail_polls: int = 0):
-        self.volume = volume
-        self.volume.mkdir(parents=True, exist_ok=True)
-        self.queues: dict[str, queue.Queue] = {}
-        self.calls: dict[str, threading.Thread] = {}
-        self.flags: dict[str, bool] = {}
-        self.fail_polls = fail_polls
-        self.spawned: list[tuple[str, str]] = []
-        self.configs: list[dict] = []
-        self.ready_error: str | None = None
-        self.one_container_at_a_time = threading.Lock()
-        self.deployed = True
-
-    def check_ready(self):
-        if self.ready_error:
-            raise ModalSetupError(self.ready_error)
-        if not self.deployed:
-            raise ModalAppNotDeployed("not deployed")
-
-    def deploy(self):
-        self.deployed = True
-
-    def upload(self, local_path, remote_path):
-        target = self.volume / remote_path.lstrip("/")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(local_path, target)
-
-    def write_history(self, run_id, data):
-        (self.volume / run_id).mkdir(parents=True, exist_ok=True)
-        (self.volume / run_id / "events.jsonl").write_bytes(data)
-
-    def spawn(self, config, run_id, gpu):
-        self.configs.append(config)
-        mount = self.volume.parent / f"container-{len(self.calls)}"
-        shutil.copytree(self.volume, mount, dirs_exist_ok=True)  # what the container sees at start
-        config = json.loads(json.dumps(config).replace('"/runs/', f'"{mount}/'))  # the mount point
-        events = self.queues.setdefault(run_id, queue.Queue(maxsize=self.PARTITION_LIMIT))
-        done = threading.Event()
-
-        def publish(batch):
-            for event in batch:
-                events.put_nowait(event)  # queue.Full when nobody drains it, as put(block=False)
-
-        def commit():
-            shutil.copytree(mount, self.volume, dirs_exist_ok=True)
-
-        def container():
-            # Real containers are separate processes; threads of one process must not load models
-            # at the same time (transformers' meta-device loading is process-global).
-            with self.one_container_at_a_time:
-                remote_train(config, run_id, str(mount), publish, commit, lambda: self.flags.get(run_id, False))
-            time.sleep(self.RESULT_DELAY_S)
-            done.set()
-
-        call = threading.Thread(target=container, daemon=True)
-        call.done = done
-        call_id = f"fc-{len(self.calls)}"
-        self.calls[call_id] = call
-        self.spawned.append((run_id, gpu))
-        call.start()
-        return call_id
-
-    def poll_events(self, run_id, timeout_s):
-        if self.fail_polls:
-            self.fail_polls -= 1
-            raise ConnectionError("network lost")
-        out, events = [], self.queues.setdefault(run_id, queue.Queue(maxsize=self.PARTITION_LIMIT))
-        try:
-            out.append(events.get(timeout=min(timeout_s, 0.2)))
-            while True:
-                out.append(events.get_nowait())
-        except queue.Empty:
-            return out
-
-    def read_history(self, run_id):
-        path = self.volume / run_id / "events.jsonl"
-        return path.read_bytes() if path.exists() else None
-
-    def read_log_tail(self, run_id, lines=15):
-        path = self.volume / run_id / "container.log"
-        return "".join(path.read_text().splitlines(keepends=True)[-lines:]) if path.exists() else ""
-
-    def call_status(self, call_id):
-        return "finished" if self.calls[call_id].done.is_set() else "running"
-
-    def cancel(self, call_id, run_id, hard):
-        self.flags[run_id] = True
-
-
-@pytest.fixture
-def fake(tmp_path, monkeypatch):
-    monkeypatch.setattr("nbfinetune.backends.remote.CANCEL_CHECK_S", 0.0)
-    monkeypatch.setattr("nbfinetune.backends.remote.FLUSH_S", 0.2)
-    monkeypatch.setattr("nbfinetune.backends.modal_backend.MIRROR_POLL_S", 0.2)
-    monkeypatch.setattr("nbfinetune.backends.modal_backend.STATUS_CACHE_S", 0.0)
-    client = FakeModal(tmp_path / "volume")
-    backend = ModalBackend(client)
-    monkeypatch.setattr("nbfinetune.backends.base._modal_backend", {"instance": backend})
-    return client
-
 
 
 def test_app_definition_imports_light_and_declares_gpu_volume_retries():
@@ -156,6 +41,7 @@ def test_app_definition_imports_light_and_declares_gpu_volume_retries():
     assert all("==" in p for p in modal_app.PACKAGES[:6])
 
 
+@pytest.mark.train
 def test_remote_body_emits_the_same_events_as_the_local_backend(tiny_model, tmp_path, home):
     published, commits = [], []
     config = api.build_config(model=tiny_model, steps=4, eval_samples=2).to_dict()
@@ -180,8 +66,10 @@ def test_remote_failure_is_an_event_and_never_leaks_the_hf_token(tmp_path, monke
     assert "[redacted]" in published[-1]["message"]
 
 
-def test_launch_streams_events_into_the_local_store_with_cost(fake, home, tiny_model, tmp_path, capsys):
-    fake.deployed = False  # first use: deployed on the way, with a visible message
+@pytest.mark.train
+def test_launch_streams_events_into_the_local_store_with_cost(modal_client, home, tiny_model, tmp_path,
+                                                             capsys):
+    modal_client.deployed = False  # first use: deployed on the way, with a visible message
     data = tmp_path / "train.jsonl"
     shutil.copy(sample_files("people")[0], data)
     run = api.finetune(model=tiny_model, data=str(data), backend="modal", gpu="H100", steps=5, eval_samples=2,
@@ -190,11 +78,12 @@ def test_launch_streams_events_into_the_local_store_with_cost(fake, home, tiny_m
     assert summary.status == "finished", run.events()[-1]
     events = run.events()
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
-    assert fake.spawned == [(run.id, "H100")]
-    assert list((fake.volume / "data").glob("*/train.jsonl"))  # the local file was uploaded
+    assert modal_client.spawned == [(run.id, "H100")]
+    assert list((modal_client.volume / "data").glob("*/train.jsonl"))  # the local file was uploaded
     printed = capsys.readouterr().out
-    assert fake.deployed and "deploying it now" in printed and "to the Modal Volume… done" in printed
-    assert json.loads((fake.volume / run.id / "config.json").read_text())["train"]["save_every"] == 50
+    assert modal_client.deployed
+    assert "deploying it now" in printed and "to the Modal Volume… done" in printed
+    assert json.loads((modal_client.volume / run.id / "config.json").read_text())["train"]["save_every"] == 50
     assert summary.cost_usd is not None and summary.cost_usd > 0
     assert summary.cost_usd == pytest.approx(cost_so_far("H100", summary.ended - summary.started))
 
@@ -215,8 +104,9 @@ class KernelThatDies:
         return events
 
 
-def test_reattach_replays_the_volume_history_then_follows(fake, home, tiny_model, monkeypatch):
-    old_kernel = KernelThatDies(fake)
+@pytest.mark.train
+def test_reattach_replays_the_volume_history_then_follows(modal_client, home, tiny_model, monkeypatch):
+    old_kernel = KernelThatDies(modal_client)
     monkeypatch.setattr("nbfinetune.backends.base._modal_backend", {"instance": ModalBackend(old_kernel)})
     run = api.finetune(model=tiny_model, backend="modal", steps=40, eval_samples=0, display=False)
     wait_for(lambda: any(e.type == "step" for e in run.events()))
@@ -224,7 +114,7 @@ def test_reattach_replays_the_volume_history_then_follows(fake, home, tiny_model
     # A kernel restart: a new backend (no mirror thread) and a local copy that lost its tail.
     path = RunStore().events_path(run.id)
     path.write_text("".join(path.read_text().splitlines(keepends=True)[:2]))
-    fresh_backend = ModalBackend(fake)
+    fresh_backend = ModalBackend(modal_client)
     reattached = api.Run(run.id, RunStore(), fresh_backend)
     assert reattached.wait(timeout=120, progress=False).status == "finished"
     events = reattached.events()
@@ -232,24 +122,27 @@ def test_reattach_replays_the_volume_history_then_follows(fake, home, tiny_model
     assert [e["step"] for e in events if e.type == "step"] == list(range(1, 41))
 
 
-def test_cancel_and_network_loss(fake, home, tiny_model):
-    fake.fail_polls = 3  # the first polls fail: the mirror must back off and reconnect, keeping the run
+@pytest.mark.train
+def test_cancel_and_network_loss(modal_client, home, tiny_model):
+    # The first polls fail: the mirror must back off and reconnect, keeping the run.
+    modal_client.fail_polls = 3
     run = api.finetune(model=tiny_model, backend="modal", steps=100000, eval_samples=0, display=False)
     wait_for(lambda: any(e.type == "step" for e in run.events()), timeout=180)
     run.cancel()
     summary = run.wait(timeout=120, progress=False)
-    assert summary.status == "cancelled" and (fake.volume / run.id / "adapter").is_dir()
+    assert summary.status == "cancelled" and (modal_client.volume / run.id / "adapter").is_dir()
 
 
-def test_budget_cap_cancels_the_run(fake, home, tiny_model):
+@pytest.mark.train
+def test_budget_cap_cancels_the_run(modal_client, home, tiny_model):
     run = api.finetune(model=tiny_model, backend="modal", gpu="B200:8", budget=0.0001, steps=100000,
                        eval_samples=0, display=False)
     summary = run.wait(timeout=180, progress=False)
     assert summary.status == "cancelled" and summary.cost_usd >= 0.0001
 
 
-def test_setup_errors_say_what_to_do(fake, home, tiny_model, monkeypatch, tmp_path):
-    fake.ready_error = "the nbfinetune app is not deployed to Modal yet: run `nbfinetune deploy`"
+def test_setup_errors_say_what_to_do(modal_client, home, tiny_model, monkeypatch, tmp_path):
+    modal_client.ready_error = "the nbfinetune app is not deployed to Modal yet: run `nbfinetune deploy`"
     with pytest.raises(ModalSetupError, match="nbfinetune deploy"):
         api.finetune(model=tiny_model, backend="modal", display=False)
     with pytest.raises(ConfigError, match="unknown GPU type 'V100'"):
@@ -270,8 +163,10 @@ def test_setup_errors_say_what_to_do(fake, home, tiny_model, monkeypatch, tmp_pa
 
 def test_gpu_specs_prices_and_estimates():
     assert parse_gpu("a10g") == ("A10", 1) and parse_gpu("H100:4") == ("H100", 4)
-    for bad in ("V100", "H100:9", "H100:x"):
-        with pytest.raises(UnknownGPU):
+    for bad, message in (("V100", "unknown GPU type 'V100'; Modal offers T4"),
+                         ("H100:9", "GPU count must be 1 to 8, got 9"),
+                         ("H100:x", "GPU count in 'H100:x' must be a number")):
+        with pytest.raises(UnknownGPU, match=re.escape(message)):
             parse_gpu(bad)
     assert cost_so_far("H100:2", 100) == pytest.approx(2 * 100 * 0.001097)
     guess = estimate("A10", tokens=1_000_000, parameters=135_000_000)
@@ -289,6 +184,7 @@ def test_deploy_without_credentials_says_how_to_get_them(tmp_path):
     assert out.returncode == 2 and "modal token new" in out.stderr and "Traceback" not in out.stderr
 
 
+@pytest.mark.train
 def test_remote_body_with_several_processes_publishes_rank0_events(tiny_model, tmp_path, home):
     """gpu="TYPE:N" runs N data-parallel trainers under torchrun in the container (gloo on CPU here)."""
     published = []

@@ -11,20 +11,10 @@ from nbfinetune import api
 from nbfinetune.backends.modal_backend import ModalBackend, RealModalClient
 
 from tests.helpers import wait_for
-from tests.modal_fake import containers, fake_modal
+from tests.modal_fake import containers
 
-
-@pytest.fixture
-def modal_fake(tmp_path, monkeypatch, home):
-    monkeypatch.setattr("nbfinetune.backends.remote.CANCEL_CHECK_S", 0.0)
-    monkeypatch.setattr("nbfinetune.backends.remote.FLUSH_S", 0.2)
-    monkeypatch.setattr("nbfinetune.backends.modal_backend.MIRROR_POLL_S", 0.2)
-    monkeypatch.setattr("nbfinetune.backends.modal_backend.STATUS_CACHE_S", 0.0)
-    with fake_modal(tmp_path / "modal") as fake:
-        containers.install(fake)
-        backend = ModalBackend(RealModalClient())
-        monkeypatch.setattr("nbfinetune.backends.base._modal_backend", {"instance": backend})
-        yield fake
+# The train tier: each test trains the tiny model in a fake Modal container.
+pytestmark = pytest.mark.train
 
 
 def _seqs(run):

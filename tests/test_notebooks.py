@@ -10,6 +10,9 @@ import pytest
 
 from tests.helpers import execute_notebook
 
+# The notebook tier: each test executes a tutorial notebook in a kernel.
+pytestmark = pytest.mark.notebook
+
 NOTEBOOKS = Path(__file__).parent.parent / "notebooks"
 
 

@@ -55,6 +55,7 @@ def test_gpu_auto_and_refusing_what_cannot_fit(tiny_model, tmp_path, home):
         api.finetune(model=str(model_dir), backend="modal", gpu="T4", display=False)
 
 
+@pytest.mark.train
 @pytest.mark.parametrize("checkpointing", [False])
 def test_estimate_is_within_15_percent_of_measured_peak_rss(tmp_path, checkpointing):
     """A config-built model of ~220 MB trained for two steps in its own process (peak RSS is per process)."""

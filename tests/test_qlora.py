@@ -71,6 +71,7 @@ def test_qlora_loads_4bit_and_gradients_survive_an_evaluation(tiny_model, tiny_t
         assert error < 2e-2, (name, error)
 
 
+@pytest.mark.train
 def test_qlora_trains_resumes_and_exports_a_standard_adapter(tiny_model, tmp_path):
     from safetensors.torch import load_file
 

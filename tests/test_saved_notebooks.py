@@ -14,6 +14,9 @@ import pytest
 
 from tests.helpers import execute_notebook
 
+# The notebook tier: a notebook of typical work executes in a kernel.
+pytestmark = pytest.mark.notebook
+
 CELLS = [
     "%load_ext nbfinetune\nimport nbfinetune as nbft",
     "%finetune check sample:people",
@@ -64,6 +67,7 @@ def test_a_saved_notebook_of_typical_work_is_small_and_keeps_its_charts(typical_
 CHROMIUM = "/usr/bin/chromium"
 
 
+@pytest.mark.browser
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian chromium is not installed")
 def test_the_html_export_shows_every_chart_offline(typical_notebook, tmp_path):
     """Saved as JupyterLab and VS Code save (no widget state), exported by nbconvert, opened offline."""

@@ -18,6 +18,9 @@ from nbfinetune.serving import ChatModel
 
 from tests.helpers import tiny_config
 
+# The train tier: the server serves two adapters trained here.
+pytestmark = pytest.mark.train
+
 QUESTION = [{"role": "user", "content": "Extract: Ada, 36, Turin"}]
 
 

@@ -16,13 +16,16 @@ def jp_server_config(home):
 
 
 @pytest.fixture
-def finished_run(home, tiny_model):
-    run = api.finetune(model=tiny_model, steps=3, eval_samples=2, display=False)
-    assert run.wait(timeout=120, progress=False).status == "finished"
-    return run
+def finished_run(home):
+    """A finished three-step run with evaluations, as stored events (no training)."""
+    from tests.helpers import synthetic_run
+
+    store = RunStore()
+    run_id = synthetic_run(store, RunConfig.from_dict({"train": {"max_steps": 3}}), steps=3, evals=(0, 3))
+    return api.Run(run_id, store)
 
 
-async def test_list_and_details_of_a_real_run(jp_fetch, finished_run):
+async def test_list_and_details_of_a_finished_run(jp_fetch, finished_run):
     reply = await jp_fetch("nbfinetune", "api", "runs")
     runs = json.loads(reply.body)["runs"]
     assert [r["run_id"] for r in runs] == [finished_run.id]
@@ -71,6 +74,7 @@ async def test_every_endpoint_requires_auth(jp_fetch, jp_base_url, jp_http_port,
         assert info.value.code == 403, path
 
 
+@pytest.mark.train
 async def test_cancel_a_live_run(jp_fetch, home, tiny_model):
     import time
 

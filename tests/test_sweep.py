@@ -5,8 +5,6 @@ import pytest
 import nbfinetune as nbft
 from nbfinetune.sweep import grid_points
 
-from tests.test_modal import fake  # noqa: F401 — the fake Modal client fixture
-
 
 def test_grid_points():
     assert grid_points({"lr": [1, 2], "r": [8, 16]}) == [
@@ -17,6 +15,7 @@ def test_grid_points():
         grid_points({"lr": []})
 
 
+@pytest.mark.train
 def test_local_sweep_runs_in_turn_and_picks_the_best(home, tiny_model):
     sweep = nbft.sweep({"lr": [1e-4, 5e-2]}, model=tiny_model, steps=6, eval_samples=0)
     table = sweep.wait(timeout=300)
@@ -28,10 +27,11 @@ def test_local_sweep_runs_in_turn_and_picks_the_best(home, tiny_model):
     assert len(figure.data) == 4 and len(figure.data[0].x) == 6 and "lr=0.05 train" in figure.data[2].name
 
 
-def test_modal_sweep_fans_out_at_once(fake, home, tiny_model):  # noqa: F811
+@pytest.mark.train
+def test_modal_sweep_fans_out_at_once(modal_client, home, tiny_model):
     sweep = nbft.sweep({"r": [2, 4], "lr": [1e-3]}, metric="json_match", model=tiny_model, backend="modal",
                       gpu="L4", steps=4, eval_samples=2)
-    assert len(fake.spawned) == 2  # both launched before either was waited on
+    assert len(modal_client.spawned) == 2  # both launched before either was waited on
     table = sweep.wait(timeout=300)
     assert list(table["status"]) == ["finished", "finished"], [r.events()[-1].payload for r in sweep.runs]
     assert "json_match" in table

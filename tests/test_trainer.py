@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from nbfinetune.core.batching import EpochSampler, collate, pick_layout, shared_prefix
@@ -107,6 +108,7 @@ def test_early_stopping_counts_evaluations_without_improvement():
     assert (again.best_step, again.best_value, again.bad_evals) == (15, 0.5, 2)
 
 
+@pytest.mark.train
 def test_early_stopping_ends_the_run_and_keeps_the_best_adapter(tiny_model, tmp_path):
     from safetensors.torch import load_file
 
@@ -129,6 +131,7 @@ def test_early_stopping_ends_the_run_and_keeps_the_best_adapter(tiny_model, tmp_
     assert kept.keys() == best.keys() and all(torch.equal(kept[k], best[k]) for k in kept)
 
 
+@pytest.mark.train
 def test_early_stopping_count_survives_cancel_and_resume(tiny_model, tmp_path):
     from nbfinetune.config import RunConfig
 
@@ -200,6 +203,7 @@ def test_loss_falls_and_events_follow_the_contract(tiny_model, tmp_path):
     assert result["last_loss"] == steps[-1]["loss"]
 
 
+@pytest.mark.train
 def test_cancel_keeps_adapter_and_a_resumable_checkpoint_and_resume_continues(tiny_model, tmp_path):
     emit = Recorder()
     stop_after = {"n": 0}
@@ -226,6 +230,7 @@ def test_cancel_keeps_adapter_and_a_resumable_checkpoint_and_resume_continues(ti
                                [s["loss"] for s in straight.of("step")][5:], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.train
 def test_periodic_eval_and_checkpoints(tiny_model, tmp_path):
     emit = Recorder()
     train(tiny_config(tiny_model, save_every=4), emit, lambda: False, tmp_path)
@@ -243,6 +248,7 @@ def test_metrics():
         {"exact_match": 0.5, "contains": 1.0}
 
 
+@pytest.mark.train
 def test_gradient_checkpointing_gives_the_same_losses(tiny_model, tmp_path):
     plain, checkpointed = Recorder(), Recorder()
     train(tiny_config(tiny_model, max_steps=3), plain, lambda: False, tmp_path / "a")
@@ -251,6 +257,7 @@ def test_gradient_checkpointing_gives_the_same_losses(tiny_model, tmp_path):
                                rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.train
 def test_user_metric_by_module_path(tiny_model, tmp_path):
     emit = Recorder()
     config = tiny_config(tiny_model, max_steps=2)
@@ -261,6 +268,7 @@ def test_user_metric_by_module_path(tiny_model, tmp_path):
     assert set(final["base_metrics"]) == set(final["metrics"])
 
 
+@pytest.mark.train
 def test_resume_skips_broken_newer_checkpoints_and_reports_them(tiny_model, tmp_path):
     """A kill mid-save (0-byte state), a full disk (truncated state) or a lost history.json must not
     make every later resume fail: resume from the newest complete checkpoint and say what was skipped."""
@@ -286,6 +294,7 @@ def test_resume_skips_broken_newer_checkpoints_and_reports_them(tiny_model, tmp_
     assert [s["step"] for s in resumed.of("step")] == [9, 10, 11, 12]
 
 
+@pytest.mark.train
 def test_a_full_disk_during_a_checkpoint_says_so_and_leaves_no_partial_checkpoint(tiny_model, tmp_path, monkeypatch):
     import nbfinetune.core.checkpoints as checkpoints
 
@@ -311,6 +320,7 @@ def test_a_full_disk_during_a_checkpoint_says_so_and_leaves_no_partial_checkpoin
     assert resumed.of("started")[0]["resumed_step"] == 4 and resumed.of("finished")
 
 
+@pytest.mark.train
 def test_checkpoints_keep_the_random_state_of_every_generator(tiny_model, tmp_path):
     import random
 
@@ -325,6 +335,7 @@ def test_checkpoints_keep_the_random_state_of_every_generator(tiny_model, tmp_pa
     assert (torch.rand(1).item(), random.random()) == first
 
 
+@pytest.mark.train
 def test_cancel_right_after_a_resume_keeps_the_better_adapter(tiny_model, tmp_path):
     """Issue 11: a cancel at step 0 saved an untrained adapter over the trained one."""
     train(tiny_config(tiny_model, max_steps=6), Recorder(), lambda: False, tmp_path)

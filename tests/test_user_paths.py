@@ -30,6 +30,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_model: str) ->
     return folder
 
 
+@pytest.mark.train
 def test_magic_with_relative_data_model_and_eval_paths_trains(ip, home, project):
     run = ip.run_line_magic("finetune", "--model models/tiny --data data/x.jsonl --eval-data ./data/eval.jsonl "
                                         "--steps 2 --eval-samples 0 --no-dashboard")
@@ -50,6 +51,7 @@ def test_yaml_and_api_paths_are_made_absolute_and_hub_ids_left_alone(home, proje
     assert api.build_config(data="user/hub-dataset").data.path == "user/hub-dataset"
 
 
+@pytest.mark.train
 def test_cli_train_with_relative_paths(home, project):
     out = subprocess.run([sys.executable, "-m", "nbfinetune.cli", "train", "--model", "models/tiny",
                           "--data", "data/x.jsonl", "--max-steps", "2", "--eval-samples", "0", "--json"],
@@ -59,6 +61,7 @@ def test_cli_train_with_relative_paths(home, project):
     assert result["status"] == "finished"
 
 
+@pytest.mark.train
 def test_export_out_dir_is_relative_to_the_caller(home, project, monkeypatch):
     from nbfinetune.core import export
 
