@@ -15,7 +15,8 @@ import sys
 import types
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from ._version import __version__ as __version__
+
 __all__ = ["RunConfig", "Run", "attach", "compare", "delete", "economics", "endpoint", "evaluate", "finetune",
            "judge", "launcher", "preflight", "runs", "serve", "sweep", "try_rewards",
            "load_ipython_extension"]
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
         delete,
         endpoint,
         finetune,
+        launcher,
         preflight,
         runs,
         serve,
@@ -40,11 +42,10 @@ if TYPE_CHECKING:
     from .evals.evaluate import evaluate
     from .evals.judge import judge
     from .sweep import sweep
-    from .widgets.launcher import launcher
 
 _LAZY = {"Run": "api", "attach": "api", "compare": "api", "delete": "api", "finetune": "api",
          "preflight": "api", "runs": "api", "sweep": "sweep", "RunConfig": "config",
-         "launcher": "widgets.launcher", "evaluate": "evals", "judge": "evals", "economics": "evals",
+         "launcher": "api", "evaluate": "evals", "judge": "evals", "economics": "evals",
          "endpoint": "api", "serve": "api", "try_rewards": "api"}
 
 

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .backends.base import Backend, get_backend
+from .backends import get_backend
+from .backends.base import Backend
 from .config import RunConfig
 from .events import Event
 from .runs import RunIsRunning as RunIsRunning  # re-exported: api.RunIsRunning
@@ -97,7 +98,7 @@ class Run:
             dashboard.redraw()
             dashboard.refresh_static()
         if show or dashboard is not None:
-            print(describe(summary))
+            print(summary.describe())
         return summary
 
     def cancel(self, hard: bool = False) -> None:
@@ -173,31 +174,11 @@ class Run:
         return serve([self], backend=backend, store=self.store, **options)
 
     def __repr__(self) -> str:
-        return f"<Run {self.id}: {describe(self.summary())}>"
+        return f"<Run {self.id}: {self.summary().describe()}>"
 
 
 # The latest dashboard made for each run id, whichever Run object made it (weak: closed ones go).
 _DASHBOARDS: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
-
-
-def describe(summary: RunSummary) -> str:
-    parts = [summary.status]
-    if summary.total_steps:
-        parts.append(f"step {summary.step}/{summary.total_steps}")
-    if summary.last_loss is not None:
-        parts.append(f"loss {summary.last_loss:.4f}")
-    if summary.eval_loss is not None:
-        parts.append(f"eval loss {summary.eval_loss:.4f}")
-    for name, value in summary.metrics.items():
-        base = summary.base_metrics.get(name)
-        parts.append(f"{name} {value:.3f}" + (f" (base {base:.3f})" if base is not None else ""))
-    if summary.best_step is not None:
-        parts.append(f"best evaluated step {summary.best_step}")
-    if summary.adapter_path:
-        parts.append(f"adapter: {summary.adapter_path}")
-    if summary.error:
-        parts.append(f"error: {summary.error}")
-    return " · ".join(parts)
 
 
 def finetune(config: RunConfig | dict[str, Any] | str | None = None, *, display: bool | None = None,
@@ -299,24 +280,13 @@ def _short(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def summary_html(summary: RunSummary) -> str:
-    """A run's summary as a small table (RunSummary's notebook view)."""
-    from html import escape
+def launcher(**settings: Any) -> Any:
+    """The launcher widget: data pre-flight, settings, estimate, Launch (which turns into the dashboard).
+    settings: build_config's keywords, the launcher's starting values."""
+    from .widgets.launcher import Launcher
 
-    fields: dict[str, Any] = {"run": summary.run_id, "name": summary.name, "status": summary.status,
-              "step": f"{summary.step}/{summary.total_steps or '?'}", "model": summary.model,
-              "data": summary.data,
-              "train loss": None if summary.last_loss is None else f"{summary.last_loss:.4f}",
-              "eval loss": None if summary.eval_loss is None else f"{summary.eval_loss:.4f}"}
-    for name, value in summary.metrics.items():
-        base = summary.base_metrics.get(name)
-        fields[name] = f"{value:.3f}" + (f" (base {base:.3f})" if base is not None else "")
-    fields |= {"best evaluated step": summary.best_step, "adapter": summary.adapter_path,
-               "error": summary.error}
-    rows = "".join(f"<tr><th style='text-align:left'>{escape(k)}</th>"
-                   f"<td style='text-align:left'>{escape(str(v))}</td></tr>"
-                   for k, v in fields.items() if v not in (None, ""))
-    return f"<table class='nbft-summary'>{rows}</table>"
+    return Launcher(build_config(**settings) if settings else None,
+                    launch=lambda config: finetune(config, display=False))
 
 
 def compare(run_ids: list[str | Run], store: RunStore | None = None) -> Any:

@@ -191,7 +191,7 @@ def _serve(args: argparse.Namespace) -> int:
     import os
 
     from . import api
-    from .backends.base import get_backend
+    from .backends import get_backend
 
     # A server in this process takes the address and key, and lives as long as this command does;
     # a deployed one (Modal) outlives it.
@@ -235,7 +235,7 @@ def _delete(args: argparse.Namespace) -> int:
             print(f"nbfinetune delete: error: pass --yes to delete run {run.id} without a prompt",
                   file=sys.stderr)
             return 2
-        answer = input(f"Delete run {run.id} ({api.describe(run.summary())}) and {run.path}? [y/N] ")
+        answer = input(f"Delete run {run.id} ({run.summary().describe()}) and {run.path}? [y/N] ")
         if answer.strip().lower() != "y":
             print("nothing deleted")
             return 1

@@ -322,21 +322,21 @@ def _problems(config: RunConfig) -> list[str]:
                   f"eval.early_stopping_metric {e.early_stopping_metric!r} "
                   f"is not among eval.metrics {e.metrics}")
     metrics = config.eval.metrics
-    from .core.metrics import BUILTIN  # stdlib only
+    from .metrics import NAMES as METRIC_NAMES  # stdlib only
 
     def known_metric(name: Any) -> bool:
         if not isinstance(name, str):
             return False
         module, _, function = name.partition(":")
-        return name in BUILTIN or (module.replace(".", "").replace("_", "").isalnum()
+        return name in METRIC_NAMES or (module.replace(".", "").replace("_", "").isalnum()
                                    and function.replace("_", "").isalnum())
 
     check(metrics is None or (isinstance(metrics, list) and all(known_metric(m) for m in metrics)),
-          f"eval.metrics must be a list of metric names ({', '.join(BUILTIN)}) "
+          f"eval.metrics must be a list of metric names ({', '.join(METRIC_NAMES)}) "
           f"or 'module:function' references, got {metrics!r}")
     check(e.early_stopping_metric == "eval_loss" or known_metric(e.early_stopping_metric),
           "eval.early_stopping_metric must be 'eval_loss' or a metric "
-          f"({', '.join(BUILTIN)}, 'module:function'), got {e.early_stopping_metric!r}")
+          f"({', '.join(METRIC_NAMES)}, 'module:function'), got {e.early_stopping_metric!r}")
     check(config.name is None or (isinstance(config.name, str) and len(config.name) <= 200),
           "name must be text (at most 200 characters), got "
           + (f"{len(config.name)} characters" if isinstance(config.name, str)

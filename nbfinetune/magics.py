@@ -72,9 +72,7 @@ class FinetuneMagics(Magics):
         if cell is not None and cell.strip():
             return self._handle_train(words, yaml_config=cell)
         if not words:
-            from .widgets.launcher import launcher
-
-            return launcher(model=self.default_model, data=self.default_data)
+            return api.launcher(model=self.default_model, data=self.default_data)
         if words[0] in ("-h", "--help", "help"):
             print(train_parser().format_help())
             return None
@@ -187,7 +185,7 @@ class FinetuneMagics(Magics):
             raise UsageError("%finetune delete RUN [--yes]: name exactly one run")
         run = _named_run(ids)
         if "--yes" not in words:
-            print(f"This deletes run {run.id} ({api.describe(run.summary())}) and everything in {run.path}.\n"
+            print(f"This deletes run {run.id} ({run.summary().describe()}) and everything in {run.path}.\n"
                   f"To confirm: %finetune delete {run.id} --yes")
             return
         path = _guard(run.delete)

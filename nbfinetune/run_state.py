@@ -203,15 +203,46 @@ class RunSummary:
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
-    def __repr__(self) -> str:  # short: the loss trace is for sparklines, not for reading
-        from .api import describe
+    def describe(self) -> str:
+        """One line: status, progress, losses, scores against the base model, adapter, error."""
+        parts = [self.status]
+        if self.total_steps:
+            parts.append(f"step {self.step}/{self.total_steps}")
+        if self.last_loss is not None:
+            parts.append(f"loss {self.last_loss:.4f}")
+        if self.eval_loss is not None:
+            parts.append(f"eval loss {self.eval_loss:.4f}")
+        for name, value in self.metrics.items():
+            base = self.base_metrics.get(name)
+            parts.append(f"{name} {value:.3f}" + (f" (base {base:.3f})" if base is not None else ""))
+        if self.best_step is not None:
+            parts.append(f"best evaluated step {self.best_step}")
+        if self.adapter_path:
+            parts.append(f"adapter: {self.adapter_path}")
+        if self.error:
+            parts.append(f"error: {self.error}")
+        return " · ".join(parts)
 
-        return f"<RunSummary {self.name or self.run_id}: {describe(self)}>"
+    def __repr__(self) -> str:  # short: the loss trace is for sparklines, not for reading
+        return f"<RunSummary {self.name or self.run_id}: {self.describe()}>"
 
     def _repr_html_(self) -> str:
-        from .api import summary_html
+        """The summary as a small table (the notebook's view)."""
+        from html import escape
 
-        return summary_html(self)
+        fields: dict[str, Any] = {
+            "run": self.run_id, "name": self.name, "status": self.status,
+            "step": f"{self.step}/{self.total_steps or '?'}", "model": self.model, "data": self.data,
+            "train loss": None if self.last_loss is None else f"{self.last_loss:.4f}",
+            "eval loss": None if self.eval_loss is None else f"{self.eval_loss:.4f}"}
+        for name, value in self.metrics.items():
+            base = self.base_metrics.get(name)
+            fields[name] = f"{value:.3f}" + (f" (base {base:.3f})" if base is not None else "")
+        fields |= {"best evaluated step": self.best_step, "adapter": self.adapter_path, "error": self.error}
+        rows = "".join(f"<tr><th style='text-align:left'>{escape(k)}</th>"
+                       f"<td style='text-align:left'>{escape(str(v))}</td></tr>"
+                       for k, v in fields.items() if v not in (None, ""))
+        return f"<table class='nbft-summary'>{rows}</table>"
 
 
 def _downsample(values: list[float], points: int = SPARK_POINTS) -> list[float]:

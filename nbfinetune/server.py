@@ -100,7 +100,7 @@ class EventsHandler(_RunsHandler):
 class CancelHandler(_RunsHandler):
     @tornado.web.authenticated
     def post(self, run_id: str) -> None:
-        from .backends.base import get_backend
+        from .backends import get_backend
 
         run_id = self.run_dir(run_id)
         try:

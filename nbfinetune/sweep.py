@@ -16,7 +16,7 @@ from collections import deque
 from typing import Any, cast
 
 from .api import Run
-from .backends.base import get_backend
+from .backends import get_backend
 from .config import RunConfig
 from .runs import LIVE, LiveState, RunState, RunStore
 from .settings import build_config

@@ -19,7 +19,8 @@ import threading
 from pathlib import Path
 
 from . import failures
-from .runs import EventTail, EventWriter, events_file
+from .event_writer import EventWriter
+from .tail import EventTail, events_file
 
 CANCEL_MARKER = "cancel-requested"
 HARD_CANCEL_MARKER = "kill-requested"

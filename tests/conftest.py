@@ -58,7 +58,7 @@ def modal_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
     _fast_modal_timings(monkeypatch)
     client = FakeModalClient(tmp_path / "volume")
-    monkeypatch.setattr("nbfinetune.backends.base._modal_backend", {"instance": ModalBackend(client)})
+    monkeypatch.setattr("nbfinetune.backends._modal_backend", {"instance": ModalBackend(client)})
     return client
 
 
@@ -72,6 +72,6 @@ def modal_fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, home: Path):
     _fast_modal_timings(monkeypatch)
     with fake_modal(tmp_path / "modal") as fake:
         containers.install(fake)
-        monkeypatch.setattr("nbfinetune.backends.base._modal_backend",
+        monkeypatch.setattr("nbfinetune.backends._modal_backend",
                             {"instance": ModalBackend(RealModalClient())})
         yield fake

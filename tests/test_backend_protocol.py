@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from nbfinetune import api, failures
-from nbfinetune.backends.base import get_backend
+from nbfinetune.backends import get_backend
 from nbfinetune.backends.local import LocalBackend
 from nbfinetune.backends.modal_backend import ModalBackend
 from nbfinetune.config import RunConfig

@@ -32,7 +32,7 @@ def test_train_takes_the_magics_flags_and_free_form_data_headlines_eval_loss(hom
     assert (config.train.max_steps, config.eval.every, config.data.format, config.train.seed) == (2, 1, "prompt_completion", 3)
     evals = [e for e in run.events() if e.type == "eval"]
     assert len(evals) >= 2 and evals[-1]["samples"]  # the answers are still there to read
-    assert api.describe(run.summary()).split(" · ")[2].startswith("loss")
+    assert run.summary().describe().split(" · ")[2].startswith("loss")
     assert _cli("train", "--max-steps", "x").returncode == 2  # the old spelling still parses
 
 

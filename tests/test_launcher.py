@@ -83,7 +83,7 @@ def test_settings_rows_wrap_and_modal_settings_show_only_for_modal(home, tiny_mo
 
 @pytest.mark.train
 def test_the_saved_output_is_the_launched_runs_dashboard(home, tiny_model):
-    launcher = Launcher(api.build_config(model=tiny_model))
+    launcher = api.launcher(model=tiny_model)
     assert "New fine-tune" in launcher._repr_mimebundle_()["text/html"]
     launcher.steps.value = 2
     run = launcher.submit()

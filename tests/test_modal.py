@@ -107,7 +107,7 @@ class KernelThatDies:
 @pytest.mark.train
 def test_reattach_replays_the_volume_history_then_follows(modal_client, home, tiny_model, monkeypatch):
     old_kernel = KernelThatDies(modal_client)
-    monkeypatch.setattr("nbfinetune.backends.base._modal_backend", {"instance": ModalBackend(old_kernel)})
+    monkeypatch.setattr("nbfinetune.backends._modal_backend", {"instance": ModalBackend(old_kernel)})
     run = api.finetune(model=tiny_model, backend="modal", steps=40, eval_samples=0, display=False)
     wait_for(lambda: any(e.type == "step" for e in run.events()))
     old_kernel.dead = True

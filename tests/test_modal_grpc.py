@@ -130,7 +130,7 @@ def test_kernel_restart_attach_replays_then_follows(modal_fake, tiny_model, monk
     from nbfinetune.runs import RunStore
 
     old_kernel = ModalBackend(KernelThatDies())
-    monkeypatch.setattr("nbfinetune.backends.base._modal_backend", {"instance": old_kernel})
+    monkeypatch.setattr("nbfinetune.backends._modal_backend", {"instance": old_kernel})
     run = api.finetune(model=tiny_model, backend="modal", steps=30, eval_samples=0, display=False)
     _wait_steps(run, 2)
     old_kernel.client.dead = True

@@ -49,7 +49,7 @@ def test_rank_gpu_and_app_name_choices():
 
 
 def _run(run_id, model="org/Model-8B", r=16, backend="modal"):
-    from nbfinetune.backends.base import get_backend
+    from nbfinetune.backends import get_backend
 
     config = SimpleNamespace(model=model, backend=backend, lora=SimpleNamespace(r=r))
     return SimpleNamespace(id=run_id, config=config, backend=get_backend(backend))

@@ -135,7 +135,6 @@ def test_live_summary_parses_only_new_events_and_survives_a_replaced_file(tmp_pa
 
 
 def test_summary_of_an_early_stopped_run_reports_the_kept_adapters_scores():
-    from nbfinetune.api import describe
     from nbfinetune.events import FinishedSummary
 
     kept = {"steps": 6, "best_step": 2, "stopped_early": True, "eval_loss": 0.5, "metrics": {"json_match": 0.75}}
@@ -145,7 +144,7 @@ def test_summary_of_an_early_stopped_run_reports_the_kept_adapters_scores():
               Event("finished", "r", 4, 3.0, {"adapter_path": "/a", "summary": kept})]
     summary = summarize("r", {}, events, worker_alive=False)
     assert (summary.best_step, summary.eval_loss, summary.metrics) == (2, 0.5, {"json_match": 0.75})
-    assert "best evaluated step 2" in describe(summary)
+    assert "best evaluated step 2" in summary.describe()
     assert FinishedSummary.from_dict(kept).describe() == "stopped early at step 6; the adapter is the best evaluated one, from step 2"
 
 

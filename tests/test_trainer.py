@@ -7,7 +7,7 @@ import torch
 
 from nbfinetune.core.batching import EpochSampler, collate, pick_layout, shared_prefix
 from nbfinetune.core.evaluate import summed_loss
-from nbfinetune.core.metrics import default_metrics, json_match, score
+from nbfinetune.metrics import default_metrics, json_match, score
 from nbfinetune.core.trainer import train
 from nbfinetune.data.render import IGNORE
 

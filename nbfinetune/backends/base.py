@@ -64,19 +64,3 @@ class Backend(Protocol):
     def remote_adapter_path(self, run_id: str) -> str | None:
         """The run's adapter on the backend's own storage, for a server there to load; None when the
         adapter lives on this machine only."""
-
-
-def get_backend(name: str) -> Backend:
-    if name == "local":
-        from .local import LocalBackend
-
-        return LocalBackend()
-    if name == "modal":
-        from .modal_backend import ModalBackend
-
-        return _modal_backend.setdefault("instance", ModalBackend())
-    raise ValueError(f"unknown backend {name!r} (available: local, modal)")
-
-
-# One Modal backend per process: it owns the threads that mirror remote runs into the local store.
-_modal_backend: dict[str, Backend] = {}

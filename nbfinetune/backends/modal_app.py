@@ -15,7 +15,7 @@ from typing import Any
 
 import modal
 
-from .. import __version__
+from .._version import __version__
 
 APP_NAME = "nbfinetune"
 RUNS_VOLUME = "nbfinetune-runs"

@@ -382,7 +382,7 @@ def deploy() -> str:
     package version it deployed, so a kernel with another version redeploys instead of running old code."""
     import modal
 
-    from .. import __version__
+    from .._version import __version__
     from . import modal_app
 
     require_credentials()
@@ -405,7 +405,7 @@ class RealModalClient:
     def check_ready(self) -> None:
         import modal
 
-        from .. import __version__
+        from .._version import __version__
 
         require_credentials()
         try:

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..data.render import Rendered, render_prompt
+from ..metrics import averages, score_each
 from .batching import Batch, batches_in_order, collate, pick_layout
-from .metrics import averages, score_each
 
 
 def causal_lm_parts(model: Any) -> tuple[Any, Any]:

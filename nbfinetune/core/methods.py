@@ -47,17 +47,6 @@ class Method(Protocol):
     def evaluate(self, examples: Sequence[Any]) -> dict[str, Any]: ...
 
 
-def method_for(config: RunConfig, loaded: Loaded, group: Group) -> Method:
-    name = config.train.method
-    if name == "dpo":
-        return DPO(config, loaded, group)
-    if name == "grpo":
-        from .grpo import GRPO
-
-        return GRPO(config, loaded, group)
-    return SFT(config, loaded, group)
-
-
 class SFT:
     """Next-token cross-entropy on the trained positions, normalized by the whole batch's trained tokens."""
 

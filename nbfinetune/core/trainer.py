@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from ..config import RunConfig
 from ..data.prepare import PreparedData
+from ..metrics import default_metrics
 from .batching import EpochSampler
 from .checkpoints import (
     ADAPTER_FILE,
@@ -32,8 +33,8 @@ from .checkpoints import (
 )
 from .distributed import Group
 from .early_stopping import EarlyStopping
-from .methods import Method, method_for
-from .metrics import default_metrics
+from .grpo import GRPO
+from .methods import DPO, SFT, Method
 from .models import resolve_model
 from .precision import MixedPrecision
 from .run_eval import RunEvaluator
@@ -42,6 +43,15 @@ from .setup import Loaded, load_for_training
 
 class Emit(Protocol):
     def __call__(self, type: str, **payload: Any) -> Any: ...
+
+
+def method_for(config: RunConfig, loaded: Loaded, group: Group) -> Method:
+    name = config.train.method
+    if name == "dpo":
+        return DPO(config, loaded, group)
+    if name == "grpo":
+        return GRPO(config, loaded, group)
+    return SFT(config, loaded, group)
 
 
 def total_steps(config: RunConfig, n_train: int) -> int:

@@ -51,7 +51,7 @@ def evaluate(eval_data: Any, models: Sequence[Any] | dict[str, Any], metrics: Se
     example of eval_data ('sample:NAME', a file, records, a DataFrame; `limit` rows); metrics: names
     (json_match, ...; 'module:function') and judges (nbft.judge(...)). Returns EvalResults: `.df`,
     `.summary()`, `.worst()`, `.economics(...)`, and a view when displayed."""
-    from ..core.metrics import default_metrics, resolve_metric
+    from ..metrics import default_metrics, resolve_metric
     from .results import EvalResults
 
     if not models:

@@ -242,6 +242,12 @@ def judge(endpoint: EndpointChatModel, rubric: str = DEFAULT_RUBRIC, mode: str =
 _FROM_ENV: dict[tuple[str, ...], Judge] = {}
 
 
+def judge_metric(prediction: str, reference: str) -> float:
+    """The training metric "judge" (nbfinetune.metrics names it): the 0-1 score of the judge from_env sets up,
+    from NBFINETUNE_JUDGE_* variables, which the worker inherits."""
+    return from_env()(prediction, reference)
+
+
 def from_env() -> Judge:
     """The judge the training metric "judge" uses: NBFINETUNE_JUDGE_URL, NBFINETUNE_JUDGE_MODEL,
     NBFINETUNE_JUDGE_KEY_ENV (the name of the variable holding the key; default OPENAI_API_KEY),

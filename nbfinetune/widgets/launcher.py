@@ -29,12 +29,6 @@ SETTING_FIELDS = ("steps", "lr", "batch_size", "r", "alpha", "eval_samples", "ev
 _ZERO_IS_UNSET = ("eval_every", "early_stopping", "budget")
 
 
-def launcher(**settings: Any) -> Launcher:
-    """The launcher widget: data pre-flight, settings, estimate, Launch (which turns into the dashboard).
-    settings: build_config's keywords, the launcher's starting values."""
-    return Launcher(build_config(**settings) if settings else None)
-
-
 def _number(setting: str, description: str, value: float, **limits: Any) -> widgets.Widget:
     """A number field for one setting: whole or real as the table types it, its help as the tooltip."""
     box = widgets.BoundedIntText if BY_NAME[setting].type is int else widgets.BoundedFloatText
@@ -196,8 +190,6 @@ class Launcher(StaticCopy, widgets.VBox):
                 f"cheapest that fits: {html.escape(str(best))}")
 
     def submit(self) -> Any:
-        from .. import api
-
         # Pre-flight first: nothing is launched on data that has no usable row.
         self.preflight.validation = None
         self.preflight.check(wait=True)
@@ -215,8 +207,11 @@ class Launcher(StaticCopy, widgets.VBox):
             self.error.value = f"<span style='color:#dc3545'>{html.escape(problem or '')}</span>"
             return None
         self.error.value = ""
-        launch = self._launch or (lambda cfg: api.finetune(cfg, display=False))
-        self.run = launch(config)
+        if self._launch is None:  # a view launches through what it was given: widgets don't import the API
+            self.error.value = ("<span style='color:#dc3545'>this launcher was made without a launch "
+                                "function: use nbfinetune.launcher()</span>")
+            return None
+        self.run = self._launch(config)
         dashboard = self.run.dashboard()
         self.children = [widgets.HTML(f"<b>launched run {html.escape(self.run.id)}</b>"), dashboard]
         dashboard._display_handle = self._static_handle  # the run's end refreshes this output's copy

@@ -44,24 +44,21 @@ def contains(prediction: str, reference: str) -> float:
     return float(reference.strip().lower() in prediction.lower())
 
 
-def judge(prediction: str, reference: str) -> float:
-    """An LLM judge's 0-1 score against the reference; its endpoint comes from NBFINETUNE_JUDGE_* variables
-    (see nbfinetune.evals.judge.from_env), which the worker inherits."""
-    from ..evals.judge import from_env
-
-    return from_env()(prediction, reference)
-
-
 BUILTIN: dict[str, Metric] = {"exact_match": exact_match, "json_valid": json_valid, "json_match": json_match,
-                              "contains": contains, "judge": judge}
+                              "contains": contains}
+# Built-ins that live in higher layers, named the way user metrics are ('module:function') and imported
+# when first used: this table sits at the bottom (config validates names against it), the LLM judge near
+# the top (it needs the endpoint client and the evals machinery).
+BY_REFERENCE = {"judge": "nbfinetune.evals.judge:judge_metric"}
+NAMES = (*BUILTIN, *BY_REFERENCE)
 
 
 def resolve_metric(name: str) -> Metric:
     if name in BUILTIN:
         return BUILTIN[name]
-    module, _, attribute = name.partition(":")
+    module, _, attribute = BY_REFERENCE.get(name, name).partition(":")
     if not attribute:
-        raise ValueError(f"unknown metric {name!r}: use one of {', '.join(BUILTIN)} or 'module:function'")
+        raise ValueError(f"unknown metric {name!r}: use one of {', '.join(NAMES)} or 'module:function'")
     function = getattr(importlib.import_module(module), attribute)
     if not callable(function):
         raise ValueError(f"metric {name!r} is not callable")
