@@ -166,8 +166,8 @@ def test_the_fold_adds_up_the_judges_usage_over_evaluations():
              "cost_usd": 0.001}
     state.apply(Event("eval", "r", 2, 2.0, {"step": 0, "judge": spent}))
     state.apply(Event("eval", "r", 3, 3.0, {"step": 2, "judge": {**spent, "failures": 0, "cached": 2}}))
-    assert state.judge == {"calls": 24, "failures": 1, "cached": 2, "input_tokens": 3000, "output_tokens": 200,
-                           "cost_usd": pytest.approx(0.002)}
+    assert state.judge == {"calls": 24, "failures": 1, "cached": 2, "input_tokens": 3000,
+                           "output_tokens": 200, "cost_usd": pytest.approx(0.002)}
     summary = state.summary()
     assert summary.judge == state.judge and summary.to_dict()["judge"]["calls"] == 24
     assert "judge: 24 calls (1 failed, 2 cached) · 3.2k tokens · $0.0020" in summary.describe()
