@@ -1,6 +1,8 @@
 """Eval metrics: plain callables `metric(prediction, reference) -> float` in [0, 1].
 
 Built-ins are referred to by name; user metrics by 'module:function' so a worker process can import them.
+A metric that pays for its work (the LLM judge) also has `usage_counts()`: its running totals of calls,
+tokens and cost, read duck-typed here so the trainer can report them without knowing what a judge is.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
+# What a counting metric's usage_counts() returns: running totals since the process started.
+USAGE_COUNTS = ("calls", "failures", "cached", "input_tokens", "output_tokens")
 Metric = Callable[[str, str], float]
 
 
@@ -63,6 +67,37 @@ def resolve_metric(name: str) -> Metric:
     if not callable(function):
         raise ValueError(f"metric {name!r} is not callable")
     return function
+
+
+def usage_totals(names: Sequence[str]) -> dict[str, Any]:
+    """The summed running totals (USAGE_COUNTS plus cost_usd, None when no price is known) of the metrics
+    among `names` that count their work; {} when none does."""
+    totals: dict[str, Any] = {}
+    for name in names:
+        counts = getattr(resolve_metric(name), "usage_counts", None)
+        found = counts() if callable(counts) else None
+        if not found:
+            continue
+        for key in USAGE_COUNTS:
+            totals[key] = totals.get(key, 0) + int(found.get(key) or 0)
+        totals["cost_usd"] = _add_cost(totals.get("cost_usd"), found.get("cost_usd"))
+    return totals
+
+
+def usage_since(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """What the counting metrics did between two `usage_totals`; {} when nothing was counted."""
+    if not after:
+        return {}
+    spent: dict[str, Any] = {key: after.get(key, 0) - before.get(key, 0) for key in USAGE_COUNTS}
+    cost, earlier = after.get("cost_usd"), before.get("cost_usd")
+    spent["cost_usd"] = None if cost is None else cost - (earlier or 0.0)
+    return spent if any(spent[key] for key in USAGE_COUNTS) else {}
+
+
+def _add_cost(total: float | None, more: Any) -> float | None:
+    if isinstance(more, (int, float)) and not isinstance(more, bool):
+        return (total or 0.0) + float(more)
+    return total
 
 
 def default_metrics(references: Sequence[str]) -> list[str]:

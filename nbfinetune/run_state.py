@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .events import Event, FinishedSummary, as_count, as_number, as_scores, as_text
+from .metrics import USAGE_COUNTS
 from .tail import EventTail
 
 LIVE = ("pending", "running")
@@ -52,6 +53,8 @@ class RunState:
     metrics: dict[str, float] = field(default_factory=dict)
     base_metrics: dict[str, float] = field(default_factory=dict)
     samples: list[dict[str, Any]] = field(default_factory=list)
+    # The LLM judge's calls, tokens and cost over every evaluation ({} when no metric counts its work).
+    judge: dict[str, Any] = field(default_factory=dict)
     message: str = ""  # one line on what the run is doing or how it ended
     warnings: list[str] = field(default_factory=list)
     adapter_path: str | None = None
@@ -98,6 +101,7 @@ class RunState:
             self.base_metrics = as_scores(event.get("base_metrics")) or self.base_metrics
             samples = event.get("samples")
             self.samples = samples if isinstance(samples, list) and samples else self.samples
+            self.judge = add_judge_usage(self.judge, event.get("judge"))
         elif event.type == "log":
             if event.get("level") in ("warning", "error"):
                 self.warnings.append(str(event.get("message")))
@@ -148,7 +152,8 @@ class RunState:
                           last_loss=self.last_loss, eval_loss=self.eval_loss, metrics=dict(self.metrics),
                           base_metrics=dict(self.base_metrics), adapter_path=self.adapter_path,
                           best_step=self.best_step, error=self.error, started=self.started, ended=self.ended,
-                          cost_usd=self.cost_usd(), loss_trace=_downsample(self.losses))
+                          cost_usd=self.cost_usd(), loss_trace=_downsample(self.losses),
+                          judge=dict(self.judge))
 
 
 class LiveState:
@@ -199,6 +204,9 @@ class RunSummary:
     cost_usd: float | None = None
     # Train loss downsampled to at most SPARK_POINTS values, for sparklines in run lists.
     loss_trace: list[float] = field(default_factory=list)
+    # The LLM judge's calls, failures, cached verdicts, input/output tokens and cost_usd over the run's
+    # evaluations; {} when no metric counts its work.
+    judge: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -217,6 +225,8 @@ class RunSummary:
             parts.append(f"{name} {value:.3f}" + (f" (base {base:.3f})" if base is not None else ""))
         if self.best_step is not None:
             parts.append(f"best evaluated step {self.best_step}")
+        if self.judge:
+            parts.append(describe_judge_usage(self.judge))
         if self.adapter_path:
             parts.append(f"adapter: {self.adapter_path}")
         if self.error:
@@ -238,11 +248,44 @@ class RunSummary:
         for name, value in self.metrics.items():
             base = self.base_metrics.get(name)
             fields[name] = f"{value:.3f}" + (f" (base {base:.3f})" if base is not None else "")
-        fields |= {"best evaluated step": self.best_step, "adapter": self.adapter_path, "error": self.error}
+        fields |= {"best evaluated step": self.best_step,
+                   "judge": describe_judge_usage(self.judge).removeprefix("judge: ") if self.judge else None,
+                   "adapter": self.adapter_path, "error": self.error}
         rows = "".join(f"<tr><th style='text-align:left'>{escape(k)}</th>"
                        f"<td style='text-align:left'>{escape(str(v))}</td></tr>"
                        for k, v in fields.items() if v not in (None, ""))
         return f"<table class='nbft-summary'>{rows}</table>"
+
+
+def add_judge_usage(total: dict[str, Any], spent: Any) -> dict[str, Any]:
+    """An eval event's `judge` (what the judge took for that evaluation) added to the run's total. The cost
+    stays None until an evaluation reports one (a judge without prices)."""
+    if not isinstance(spent, dict):
+        return total
+    added: dict[str, Any] = {key: (total.get(key) or 0) + (as_count(spent.get(key)) or 0)
+                             for key in USAGE_COUNTS}
+    cost, more = total.get("cost_usd"), as_number(spent.get("cost_usd"))
+    added["cost_usd"] = cost if more is None else (cost or 0.0) + more
+    return added
+
+
+def describe_judge_usage(usage: dict[str, Any]) -> str:
+    """'judge: 24 calls · 3.1k tokens · $0.0020' (with failures and cached verdicts when there are any)."""
+    calls = as_count(usage.get("calls")) or 0
+    extra = [f"{n} {what}" for n, what in ((as_count(usage.get("failures")) or 0, "failed"),
+                                           (as_count(usage.get("cached")) or 0, "cached")) if n]
+    tokens = sum(as_count(usage.get(key)) or 0 for key in ("input_tokens", "output_tokens"))
+    cost = as_number(usage.get("cost_usd"))
+    return " · ".join([f"judge: {calls} calls" + (f" ({', '.join(extra)})" if extra else ""),
+                       f"{_short(tokens)} tokens",
+                       "cost unknown (no prices)" if cost is None else f"${cost:.4f}"])
+
+
+def _short(count: int) -> str:
+    for size, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if count >= size:
+            return f"{count / size:.1f}{unit}"
+    return str(count)
 
 
 def _downsample(values: list[float], points: int = SPARK_POINTS) -> list[float]:

@@ -193,6 +193,21 @@ def test_an_early_stopped_run_stars_the_kept_evaluation(tmp_path):
     assert "0.500" in dash.metrics_html.value and "0.300" not in dash.metrics_html.value
 
 
+def test_the_judges_calls_tokens_and_cost_are_shown(tmp_path):
+    store = RunStore(tmp_path)
+    run_id = store.create(RunConfig())
+    writer = EventWriter(store.events_path(run_id), run_id)
+    writer.emit("started", model="m", device="cpu", total_steps=4)
+    for step in (0, 2, 4):
+        writer.emit("eval", step=step, metrics={"judge": 0.6}, base_metrics={"judge": 0.4},
+                    judge={"calls": 8, "failures": 0, "cached": 0, "input_tokens": 1000, "output_tokens": 40,
+                           "cost_usd": 0.0007})
+    writer.emit("finished", adapter_path="/a")
+    dash = Dashboard(FakeRun(store, run_id, FakeBackend(False)), start=False)
+    assert "judge: 24 calls · 3.1k tokens · $0.0021" in dash.metrics_html.value
+    assert "judge: 24 calls" in dash.mimebundle()["text/html"]  # the saved snapshot too
+
+
 def test_wait_adds_no_progress_bar_under_a_shown_dashboard(tmp_path, capsys):
     """`%finetune resume` shows a new dashboard from another Run object; `run.wait()` must not add a bar."""
     from nbfinetune import api

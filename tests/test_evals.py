@@ -304,6 +304,10 @@ def test_judge_metric_during_training(home, monkeypatch, tiny_model, stub_key, t
     evals = [p for t, p in events if t == "eval"]
     assert evals and evals[-1]["metrics"]["judge"] == pytest.approx(0.6)
     assert judge_stub.requests
+    # Each evaluation reports what it asked of the judge; together, every request the judge got.
+    spent = [p["judge"] for p in evals]
+    assert sum(s["calls"] for s in spent) == len(judge_stub.requests)
+    assert all(s["input_tokens"] > 0 and s["cost_usd"] is None for s in spent if s["calls"])  # no prices set
 
 
 def test_economics_break_even_and_scale_to_zero():
@@ -352,7 +356,8 @@ def test_judge_metric_in_a_local_run_with_early_stopping(home, monkeypatch, tiny
     """The worker process inherits the judge's settings; the score reaches the eval events, the summary
     and early stopping."""
     judge_stub = Stub(lambda prompt, count: "Score: 4 - partly right")
-    for name, value in {"URL": judge_stub.url, "MODEL": "judge", "KEY_ENV": stub_key}.items():
+    for name, value in {"URL": judge_stub.url, "MODEL": "judge", "KEY_ENV": stub_key,
+                        "USD_PER_M_INPUT": "1.0", "USD_PER_M_OUTPUT": "2.0"}.items():
         monkeypatch.setenv(f"NBFINETUNE_JUDGE_{name}", value)
     try:
         run = api.finetune(model=tiny_model, steps=4, eval_every=2, eval_samples=2, metrics=["judge"],
@@ -365,6 +370,11 @@ def test_judge_metric_in_a_local_run_with_early_stopping(home, monkeypatch, tiny
     assert scores and all(s == pytest.approx(0.4) for s in scores)
     assert summary.metrics["judge"] == pytest.approx(0.4)
     assert judge_stub.requests and "sk-stub-secret" not in (run.path / "events.jsonl").read_text()
+    # The worker's judge usage reaches the events and the summary, priced from the inherited settings.
+    assert summary.judge["calls"] == len(judge_stub.requests) and summary.judge["output_tokens"] > 0
+    assert summary.judge["cost_usd"] == pytest.approx(
+        (summary.judge["input_tokens"] * 1.0 + summary.judge["output_tokens"] * 2.0) / 1e6)
+    assert "judge: " in summary.describe()
 
 
 def test_economics_of_an_endpoint_without_prices_says_so(home, stub_key):
@@ -378,3 +388,41 @@ def test_economics_of_an_endpoint_without_prices_says_so(home, stub_key):
     table = nbft.economics(results, requests_per_month=1000).frame()
     assert pd.isna(table.loc["unpriced", "monthly_usd"]) and "no prices" in table.loc["unpriced", "how"]
     assert table.loc["priced", "monthly_usd"] > 0 and "break-even vs priced (requests/month)" in table.columns
+
+
+def test_the_training_judge_counts_its_calls_tokens_and_cost(home, monkeypatch, stub_key):
+    """What the trainer reads around an evaluation (nbfinetune.metrics, no evals import in core): the
+    judge metric's running totals, and the difference an evaluation made."""
+    from nbfinetune.metrics import resolve_metric, usage_since, usage_totals
+
+    judge_stub = Stub(lambda prompt, count:
+                      "not a verdict" if "bad" in prompt else '{"score": 8, "reason": "ok"}')
+    for name, value in {"URL": judge_stub.url, "MODEL": "judge", "KEY_ENV": stub_key,
+                        "USD_PER_M_INPUT": "0.5", "USD_PER_M_OUTPUT": "1.5"}.items():
+        monkeypatch.setenv(f"NBFINETUNE_JUDGE_{name}", value)
+    try:
+        assert usage_totals(["json_valid"]) == {}  # no counting metric: nothing to report
+        before = usage_totals(["json_valid", "judge"])
+        metric = resolve_metric("judge")
+        assert metric('{"a": 1}', '{"a": 1}') == pytest.approx(0.8)
+        assert metric("bad", '{"a": 1}') == 0.0  # no verdict: scores 0, counted as a failure
+        assert metric('{"a": 1}', '{"a": 1}') == pytest.approx(0.8)  # asked before: from the cache
+        spent = usage_since(before, usage_totals(["json_valid", "judge"]))
+    finally:
+        judge_stub.close()
+    assert (spent["calls"], spent["failures"], spent["cached"]) == (2, 1, 1) and len(judge_stub.requests) == 2
+    assert spent["input_tokens"] > 0 and spent["output_tokens"] > 0
+    assert spent["cost_usd"] == pytest.approx(
+        (spent["input_tokens"] * 0.5 + spent["output_tokens"] * 1.5) / 1e6)
+    assert usage_since(usage_totals(["judge"]), usage_totals(["judge"])) == {}  # nothing asked: no payload
+
+
+def test_the_judge_can_be_the_early_stopping_metric():
+    from nbfinetune.config import ConfigError, RunConfig
+
+    config = RunConfig.from_dict({"eval": {"every": 2, "early_stopping": 3, "early_stopping_metric": "judge",
+                                           "metrics": ["json_match", "judge"], "samples": 4}})
+    assert (config.eval.early_stopping_metric, config.eval.metrics) == ("judge", ["json_match", "judge"])
+    with pytest.raises(ConfigError, match="'judge' is not among eval.metrics"):
+        RunConfig.from_dict({"eval": {"every": 2, "early_stopping": 3, "early_stopping_metric": "judge",
+                                      "metrics": ["json_match"]}})

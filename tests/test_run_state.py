@@ -156,3 +156,27 @@ def test_follow_and_watch_end_when_the_worker_is_gone_or_the_stream_ended(tmp_pa
     assert [e.type for e in store.follow(run_id, since_seq=2, poll_s=0.01)] == ["finished"]
     state = store.state(run_id)
     assert state.status == "finished" and state.finished is not None and state.finished.steps == 1
+
+
+def test_the_fold_adds_up_the_judges_usage_over_evaluations():
+    state = RunState()
+    state.apply(Event("eval", "r", 1, 1.0, {"step": 0, "metrics": {"judge": 0.5}}))
+    assert state.judge == {} and state.summary().judge == {}  # no judge: nothing shown
+    spent = {"calls": 12, "failures": 1, "cached": 0, "input_tokens": 1500, "output_tokens": 100,
+             "cost_usd": 0.001}
+    state.apply(Event("eval", "r", 2, 2.0, {"step": 0, "judge": spent}))
+    state.apply(Event("eval", "r", 3, 3.0, {"step": 2, "judge": {**spent, "failures": 0, "cached": 2}}))
+    assert state.judge == {"calls": 24, "failures": 1, "cached": 2, "input_tokens": 3000,
+                           "output_tokens": 200, "cost_usd": pytest.approx(0.002)}
+    summary = state.summary()
+    assert summary.judge == state.judge and summary.to_dict()["judge"]["calls"] == 24
+    assert "judge: 24 calls (1 failed, 2 cached) · 3.2k tokens · $0.0020" in summary.describe()
+    assert "24 calls" in summary._repr_html_()
+
+
+def test_a_judge_without_prices_has_an_unknown_cost():
+    state = RunState()
+    state.apply(Event("eval", "r", 1, 1.0, {"step": 0, "judge": {"calls": 3, "input_tokens": 30,
+                                                                 "output_tokens": 9, "cost_usd": None}}))
+    assert state.judge["calls"] == 3 and state.judge["cost_usd"] is None
+    assert state.summary().describe().endswith("judge: 3 calls · 39 tokens · cost unknown (no prices)")

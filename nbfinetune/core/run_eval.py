@@ -1,5 +1,5 @@
 """A run's evaluations as the recipe makes them: the method's eval loss and figures plus generation metrics,
-emitted as `eval` events."""
+emitted as `eval` events (with `judge`: the calls, tokens and cost the LLM judge took for that evaluation)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 
 from ..config import RunConfig
 from ..data.prepare import PreparedData
+from ..metrics import usage_since, usage_totals
 from .evaluate import evaluate_generation
 from .methods import Method
 from .setup import Loaded
@@ -28,6 +29,7 @@ class RunEvaluator:
         loaded = self.loaded
         payload: dict[str, Any] = {"step": step, **self.method.evaluate(self.data.eval)}
         if self.cases:
+            before = usage_totals(self.metric_names)
             result = evaluate_generation(loaded.model, loaded.tokenizer, self.cases, self.metric_names,
                                          self.config.eval.max_new_tokens, loaded.device, use_adapter=not base,
                                          base_predictions=self.history.get("base_predictions"))
@@ -36,6 +38,10 @@ class RunEvaluator:
                 self.history["base_predictions"] = result.predictions
             payload.update(metrics=result.metrics, base_metrics=self.history.get("base_metrics", {}),
                            samples=result.samples)
+            # What a paid metric (the LLM judge) spent on this evaluation; the run's fold adds them up.
+            spent = usage_since(before, usage_totals(self.metric_names))
+            if spent:
+                payload["judge"] = spent
         self.emit("eval", **payload)
         self.last = payload
         return payload

@@ -224,6 +224,12 @@ class Judge:
     def to_dict(self) -> dict[str, Any]:
         return {"mode": self.mode, "model": self.endpoint.label, **asdict(self.usage)}
 
+    def usage_counts(self) -> dict[str, Any]:
+        """The running totals a training evaluation reads before and after it asks (nbfinetune.metrics
+        finds this method by name; a judge used as a 'module:function' metric is counted too)."""
+        with self._lock:
+            return asdict(self.usage)
+
 
 def _cost(endpoint: EndpointChatModel, usage: JudgeUsage) -> float | None:
     if endpoint.usd_per_m_input is None or endpoint.usd_per_m_output is None:
@@ -242,24 +248,47 @@ def judge(endpoint: EndpointChatModel, rubric: str = DEFAULT_RUBRIC, mode: str =
 _FROM_ENV: dict[tuple[str, ...], Judge] = {}
 
 
-def judge_metric(prediction: str, reference: str) -> float:
+class _EnvJudgeMetric:
     """The training metric "judge" (nbfinetune.metrics names it): the 0-1 score of the judge from_env sets up,
-    from NBFINETUNE_JUDGE_* variables, which the worker inherits."""
-    return from_env()(prediction, reference)
+    from NBFINETUNE_JUDGE_* variables, which the worker inherits; its usage counted for the eval events."""
+
+    def __call__(self, prediction: str, reference: str) -> float:
+        return from_env()(prediction, reference)
+
+    def usage_counts(self) -> dict[str, Any]:
+        try:
+            return from_env().usage_counts()
+        except RuntimeError:  # not set up: the metric itself says so when it is called
+            return {}
+
+
+judge_metric = _EnvJudgeMetric()
 
 
 def from_env() -> Judge:
     """The judge the training metric "judge" uses: NBFINETUNE_JUDGE_URL, NBFINETUNE_JUDGE_MODEL,
     NBFINETUNE_JUDGE_KEY_ENV (the name of the variable holding the key; default OPENAI_API_KEY),
-    NBFINETUNE_JUDGE_RUBRIC — the worker inherits them from the notebook's environment."""
+    NBFINETUNE_JUDGE_RUBRIC, and for its cost NBFINETUNE_JUDGE_USD_PER_M_INPUT / _OUTPUT (USD per million
+    tokens) — the worker inherits them from the notebook's environment."""
     import os
 
     settings = tuple(os.environ.get(f"NBFINETUNE_JUDGE_{name}", "")
-                     for name in ("URL", "MODEL", "KEY_ENV", "RUBRIC"))
-    url, model, key_env, rubric = settings
+                     for name in ("URL", "MODEL", "KEY_ENV", "RUBRIC", "USD_PER_M_INPUT", "USD_PER_M_OUTPUT"))
+    url, model, key_env, rubric, per_m_input, per_m_output = settings
     if not url or not model:
         raise RuntimeError("the metric 'judge' needs NBFINETUNE_JUDGE_URL and NBFINETUNE_JUDGE_MODEL set")
     if settings not in _FROM_ENV:  # one judge (and one usage count) per setting, shared by the evaluations
-        endpoint = EndpointChatModel(url, model, key_env or "OPENAI_API_KEY", max_retries=3)
+        endpoint = EndpointChatModel(url, model, key_env or "OPENAI_API_KEY", max_retries=3,
+                                     usd_per_m_input=_price(per_m_input, "INPUT"),
+                                     usd_per_m_output=_price(per_m_output, "OUTPUT"))
         _FROM_ENV[settings] = Judge(endpoint, rubric or DEFAULT_RUBRIC)
     return _FROM_ENV[settings]
+
+
+def _price(text: str, which: str) -> float | None:
+    if not text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise RuntimeError(f"NBFINETUNE_JUDGE_USD_PER_M_{which} must be a number, got {text!r}") from None

@@ -15,6 +15,7 @@ from typing import Any, cast
 
 import ipywidgets as widgets
 
+from ..run_state import describe_judge_usage
 from ..runs import ENDED, LiveState, RunState
 from .charts import Curves, apply_curves, empty_figure
 
@@ -201,6 +202,9 @@ def _metrics_table(view: RunState) -> str:
     if rows:
         out += ("<table class='nbft-metrics'><thead><tr><th>metric</th><th>base model</th><th>fine-tuned</th>"
                 f"</tr></thead><tbody>{rows}</tbody></table>")
+    if view.judge:  # what the LLM judge has cost so far, beside the scores it gave
+        spent = html.escape(describe_judge_usage(view.judge))
+        out += f"<div class='nbft-judge' style='color:#555'>{spent}</div>"
     if warnings:
         out += f"<details><summary>{len(view.warnings)} warning(s)</summary><ul>{warnings}</ul></details>"
     return out
