@@ -80,7 +80,7 @@ sys.modules[__name__].__class__ = _Package
 
 
 def _jupyter_server_extension_points() -> list[dict[str, str]]:
-    return [{"module": "nbfinetune.server"}]
+    return [{"module": "nbfinetune.server_extension"}]
 
 
 def _jupyter_labextension_paths() -> list[dict[str, str]]:

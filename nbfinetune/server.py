@@ -6,13 +6,15 @@
     POST /nbfinetune/api/runs/<id>/cancel              graceful cancel (body {"hard": true} to kill)
     DELETE /nbfinetune/api/runs/<id>                   delete a run (409 while it is running)
 
-Every handler requires Jupyter's authentication. Imports no torch: it only reads run directories.
+Every handler requires Jupyter's authentication. Imports no torch and no backend: it reads run directories,
+and cancels through the function it is given (server_extension.py wires the backends' cancel in).
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from typing import Any
 
 import tornado.web
@@ -26,9 +28,14 @@ API = "nbfinetune/api"
 MAX_PAGE = 1000
 
 
+# cancel(run_id, store, hard): ask the run's backend to stop it.
+Cancel = Callable[[str, RunStore, bool], None]
+
+
 class _RunsHandler(APIHandler):
-    def initialize(self, store: RunStore | None = None) -> None:
+    def initialize(self, store: RunStore | None = None, cancel: Cancel | None = None) -> None:
         self._store = store
+        self._cancel = cancel
 
     @property
     def store(self) -> RunStore:
@@ -100,8 +107,6 @@ class EventsHandler(_RunsHandler):
 class CancelHandler(_RunsHandler):
     @tornado.web.authenticated
     def post(self, run_id: str) -> None:
-        from .backends import get_backend
-
         run_id = self.run_dir(run_id)
         try:
             body = json.loads(self.request.body or b"{}")
@@ -109,11 +114,12 @@ class CancelHandler(_RunsHandler):
             raise tornado.web.HTTPError(400, "the body must be JSON") from None
         if not isinstance(body, dict):
             raise tornado.web.HTTPError(400, 'the body must be a JSON object, e.g. {"hard": true}')
+        if self._cancel is None:
+            raise tornado.web.HTTPError(501, "this server was started without a way to cancel runs")
         try:
-            backend = get_backend(self.store.config(run_id).get("backend", "local"))
+            self._cancel(run_id, self.store, bool(body.get("hard")))
         except RunDamaged as exc:
             raise tornado.web.HTTPError(409, f"run {run_id} is damaged: {exc}") from None
-        backend.cancel(run_id, self.store, hard=bool(body.get("hard")))
         self.write_json({"run_id": run_id, "cancelling": True, "hard": bool(body.get("hard"))})
 
 
@@ -131,17 +137,12 @@ def _finite(value: Any) -> Any:
 _ID = r"(?P<run_id>[^/]+)"
 
 
-def handlers(base_url: str, store: RunStore | None = None) -> list[tuple[str, type, dict[str, Any]]]:
-    options = {"store": store}
+def handlers(base_url: str, store: RunStore | None = None,
+             cancel: Cancel | None = None) -> list[tuple[str, type, dict[str, Any]]]:
+    options = {"store": store, "cancel": cancel}
     return [
         (url_path_join(base_url, API, "runs") + "/?", RunListHandler, options),
         (url_path_join(base_url, API, "runs", _ID) + "/?", RunHandler, options),
         (url_path_join(base_url, API, "runs", _ID, "events") + "/?", EventsHandler, options),
         (url_path_join(base_url, API, "runs", _ID, "cancel") + "/?", CancelHandler, options),
     ]
-
-
-def _load_jupyter_server_extension(server_app: Any) -> None:
-    web_app = server_app.web_app
-    web_app.add_handlers(".*$", handlers(web_app.settings["base_url"]))
-    server_app.log.info("nbfinetune: REST API at /%s", API)

@@ -21,15 +21,9 @@ LAYERS: list[tuple[str, ...]] = [
     ("settings", "launch_checks"),  # a config resolved and checked before launch
     ("widgets",),
     ("api", "sweep", "evals"),  # the Python API: the product; magics and widgets are its views
-    ("magics", "cli", "server"),
+    ("magics", "cli", "server", "server_extension"),
     ("__init__",),
 ]
-# Known exceptions, each with its reason.
-ALLOWED_UPWARD = {
-    # Cancel from the sidebar must reach the backend that owns the run (a Modal call, a local process);
-    # everything else the server does reads the store.
-    ("server", "backends"),
-}
 
 
 def _modules() -> dict[str, Path]:
@@ -95,9 +89,14 @@ def test_imports_run_down_the_layers():
     upward = sorted(
         f"nbfinetune.{name} imports nbfinetune.{target}"
         for name, targets in _graph().items() for target in targets
-        if target != "__init__" and _layer(target) > _layer(name)
-        and (name.split(".")[0], target.split(".")[0]) not in ALLOWED_UPWARD)
+        if target != "__init__" and _layer(target) > _layer(name))
     assert upward == []
+
+
+def test_the_rest_api_reads_the_store_only():
+    """ARCHITECTURE.md: the server's handlers import `runs` (and the event contract) only; the entry point
+    (server_extension) hands them the backends' cancel."""
+    assert {t.split(".")[0] for t in _graph()["server"]} <= {"runs", "events"}
 
 
 def test_no_import_circles():

@@ -157,13 +157,13 @@ async def test_delete_a_run_but_not_while_it_runs(jp_fetch, home):
 
 
 def test_jupyter_server_loads_the_extension_through_its_current_hook():
-    """The extension point names nbfinetune.server, whose `_load_jupyter_server_extension` is found without
-    the DeprecationWarning the old `load_jupyter_server_extension` name gets."""
+    """The extension point names nbfinetune.server_extension, whose `_load_jupyter_server_extension` is found
+    without the DeprecationWarning the old `load_jupyter_server_extension` name gets."""
     import warnings
 
     from jupyter_server.extension.manager import ExtensionPackage
 
-    from nbfinetune import server
+    from nbfinetune import server_extension as server
 
     with warnings.catch_warnings():
         warnings.simplefilter("error", DeprecationWarning)
