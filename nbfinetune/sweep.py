@@ -135,7 +135,7 @@ class Sweep:
     def _redraw(self) -> list[RunState]:
         """Fold what each run appended since the last redraw (each file is read incrementally) and
         redraw the runs that changed; returns every run's state."""
-        from .widgets.charts import Curves
+        from .run_state import Curves
         from .widgets.compare import draw_run
 
         states = []

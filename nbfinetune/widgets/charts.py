@@ -3,93 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
-from ..events import Event, FinishedSummary
+from ..events import Event
+from ..run_state import EXTRA_SERIES, SMOOTHING, Curves
 
-SMOOTHING = 0.8  # exponential moving average weight, like TensorBoard's default slider
-# Method figures drawn beside the loss when a run reports them (DPO, GRPO): event field -> trace name.
-EXTRA_SERIES = {"reward_margin": "reward margin", "reward_accuracy": "reward accuracy",
-                "eval_reward_margin": "eval reward margin", "eval_reward_accuracy": "eval reward accuracy",
-                "reward": "reward (mean)", "kl": "KL to base"}
-
-
-@dataclass
-class Curves:
-    steps: list[int] = field(default_factory=list)
-    loss: list[float] = field(default_factory=list)
-    smoothed: list[float] = field(default_factory=list)
-    lr: list[float] = field(default_factory=list)
-    eval_steps: list[int] = field(default_factory=list)
-    eval_loss: list[float] = field(default_factory=list)
-    best_step: int | None = None  # early stopping: the evaluation whose adapter the run kept
-    # field -> (steps, values), for the EXTRA_SERIES a run reports
-    extra: dict[str, tuple[list[int], list[float]]] = field(default_factory=dict)
-
-    def add(self, event: Event) -> bool:
-        """Fold one event in; True when a curve changed."""
-        if event.type == "step":
-            if self.steps and event["step"] <= self.steps[-1]:
-                self._truncate(event["step"])  # a resumed run re-reports steps: keep the newest
-            self.steps.append(event["step"])
-            self.loss.append(event["loss"])
-            previous = self.smoothed[-1] if self.smoothed else event["loss"]
-            self.smoothed.append(SMOOTHING * previous + (1 - SMOOTHING) * event["loss"])
-            self.lr.append(event["lr"])
-            self._add_extra(event)
-            return True
-        if event.type == "eval":
-            changed = self._add_extra(event)
-            if event.get("eval_loss") is not None:
-                self.eval_steps.append(event["step"])
-                self.eval_loss.append(event["eval_loss"])
-                changed = True
-            if changed:
-                return True
-        if event.type == "finished":
-            best_step = FinishedSummary.from_dict(event.get("summary")).best_step
-            if best_step is not None:
-                self.best_step = best_step
-                return True
-        return False
-
-    def thinned(self, points: int) -> Curves:
-        """At most `points` train points (evenly strided, the last kept); evaluations all kept."""
-        if len(self.steps) <= points:
-            return self
-        stride = len(self.steps) / points
-        keep = sorted({int(i * stride) for i in range(points)} | {len(self.steps) - 1})
-        return Curves([self.steps[i] for i in keep], [self.loss[i] for i in keep],
-                      [self.smoothed[i] for i in keep], [self.lr[i] for i in keep], self.eval_steps,
-                      self.eval_loss, self.best_step, self.extra)
-
-    def _add_extra(self, event: Event) -> bool:
-        found = False
-        for name in EXTRA_SERIES:
-            value = event.get(name)
-            if isinstance(value, (int, float)):
-                steps, values = self.extra.setdefault(name, ([], []))
-                steps.append(event["step"])
-                values.append(float(value))
-                found = True
-        return found
-
-    def _truncate(self, step: int) -> None:
-        keep = sum(1 for s in self.steps if s < step)
-        for series in (self.steps, self.loss, self.smoothed, self.lr):
-            del series[keep:]
-        for steps, values in self.extra.values():
-            kept = sum(1 for s in steps if s < step)
-            del steps[kept:], values[kept:]
-
-    @classmethod
-    def from_events(cls, events: Iterable[Event]) -> Curves:
-        curves = cls()
-        for event in events:
-            curves.add(event)
-        return curves
-
+__all__ = ["EXTRA_SERIES", "SMOOTHING", "Curves", "apply_curves", "curves_chart", "curves_figure",
+           "curves_svg", "empty_figure", "svg_html"]
 
 def empty_figure(title: str = "") -> Any:
     """Two rows sharing the step axis: losses on top, learning rate below."""

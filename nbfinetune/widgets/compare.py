@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .charts import Curves
+from ..run_state import Curves
 
 _SETTINGS = {"model": ("model",), "data": ("data", "path"), "steps": ("train", "max_steps"),
              "lr": ("train", "lr"), "r": ("lora", "r"), "alpha": ("lora", "alpha"),

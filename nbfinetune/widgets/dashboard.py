@@ -15,9 +15,9 @@ from typing import Any, cast
 
 import ipywidgets as widgets
 
-from ..run_state import describe_judge_usage
+from ..run_state import Curves, describe_judge_usage
 from ..runs import ENDED, LiveState, RunState
-from .charts import Curves, apply_curves, empty_figure
+from .charts import apply_curves, empty_figure
 
 REDRAW_INTERVAL_S = 0.2
 LIVE_POINTS = 2000  # per curve in the live chart: a 100k-step run redraws as cheaply as a short one
