@@ -218,3 +218,64 @@ def test_chat_with_the_served_adapter_and_with_the_base_model(modal_fake, tiny_m
     assert tuned and base
     generate_calls = [c for c in modal_fake.calls.values() if c.method == "generate"]
     assert [c.kwargs["adapter"] for c in generate_calls] == ["default", "base"]
+
+
+@pytest.fixture
+def hf_secret_configured(modal_fake, monkeypatch):
+    """A user with a gated model: a Modal secret holding HF_TOKEN, named in NBFINETUNE_MODAL_HF_SECRET before
+    deploying, and their own HF_TOKEN in this kernel. modal_app is defined again in that environment (as a
+    kernel started with it would), and once more without it afterwards."""
+    import importlib
+
+    from nbfinetune.backends import modal_app
+
+    modal_fake.secrets["huggingface-secret"] = {"HF_TOKEN": "hf_from_the_modal_secret"}
+    monkeypatch.setenv("HF_TOKEN", "hf_only_in_this_kernel")
+    monkeypatch.setenv(modal_app.HF_SECRET_ENV, "huggingface-secret")
+    importlib.reload(modal_app)
+    yield modal_app
+    monkeypatch.undo()
+    importlib.reload(modal_app)
+
+
+def _container_start_checked(fake, run):
+    """The Trainer function the run's call started, and the environment its container imported the app in."""
+    from tests.modal_fake import startup
+
+    function = fake.functions[_call(fake, run).function_id]
+    return function, startup.container_env(fake, function)
+
+
+def test_a_configured_hf_secret_lets_the_container_start(modal_fake, hf_secret_configured, tiny_model):
+    """Item 1f: Modal rebuilds the function in the container by importing modal_app there (the image's ENV
+    and the secret's values, nothing of this kernel's) and refuses to start it when its secrets or volumes
+    differ from the deployed ones. The fake does the same import in a scrubbed subprocess."""
+    run = api.finetune(model=tiny_model, backend="modal", steps=2, eval_samples=0, display=False)
+    summary = run.wait(timeout=120, progress=False)
+    assert summary.status == "finished", run.events()[-1].payload
+    function, env = _container_start_checked(modal_fake, run)
+    assert list(function.definition.secret_ids) == [modal_fake.secret_ids["huggingface-secret"]]
+    assert env["HF_TOKEN"] == "hf_from_the_modal_secret" and "hf_only_in_this_kernel" not in env.values()
+    assert not [k for k in env if k.startswith("MODAL_") and k != "MODAL_IS_REMOTE"]
+    assert _call(modal_fake, run).containers  # it started
+
+
+def test_a_container_whose_app_differs_from_the_deploy_is_refused_with_modals_message(
+        modal_fake, hf_secret_configured, tiny_model):
+    """The fake's check itself: a container that would import the app without the secret (here: an image
+    whose ENV lost the secret's name) is refused as Modal refuses it, and the run fails with that message."""
+    from nbfinetune.backends.modal_backend import deploy
+
+    deploy()
+    line = f"ENV {hf_secret_configured.HF_SECRET_ENV}="
+    for image in modal_fake.images.values():  # as if the image did not carry the deploy-time choice
+        kept = [c for c in image.dockerfile_commands if not c.startswith(line)]
+        del image.dockerfile_commands[:]
+        image.dockerfile_commands.extend(kept)
+    run = api.finetune(model=tiny_model, backend="modal", steps=2, eval_samples=0, display=False)
+    summary = run.wait(timeout=60, progress=False)
+    last = run.events()[-1]
+    assert summary.status == "failed" and last.type == "failed"
+    assert "Function has 3 dependencies but container got 4 object ids" in last["message"]
+    assert "evaluates differently in the local and remote environments" in last["message"]
+    assert not _call(modal_fake, run).containers  # no container ever ran the trainer
