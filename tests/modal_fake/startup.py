@@ -76,16 +76,18 @@ def definition_error(fake: FakeModal, function: Function) -> str | None:
     code_deps = _IMPORTED[key]
     object_ids = [dep.object_id for dep in definition.object_dependencies]
     if len(code_deps) != len(object_ids):
-        return (f"Function has {len(code_deps)} dependencies but container got {len(object_ids)} object ids.\n"
+        return (f"Function has {len(code_deps)} dependencies but container got {len(object_ids)} "
+                "object ids.\n"
                 f"Code deps: [{', '.join(d['repr'] for d in code_deps)}]\n"
                 f"Object ids: {object_ids}\n\n"
                 "This can happen if you are defining Modal objects under a conditional statement that "
                 "evaluates differently in the local and remote environments.")
     for dep, object_id in zip(code_deps, object_ids, strict=True):
         if not any(object_id.startswith(prefix + "-") for prefix in dep["prefixes"]):
-            return (f"Can not hydrate {dep['type']}:  it has type prefixes {dep['prefixes']} but the object_id "
-                    f"starts with {object_id[:3]}. This usually means the object name was previously used for "
-                    "a different type. Rename the object/app or stop the previous deployment and redeploy.")
+            return (f"Can not hydrate {dep['type']}:  it has type prefixes {dep['prefixes']} but the "
+                    f"object_id starts with {object_id[:3]}. This usually means the object name was "
+                    "previously used for a different type. Rename the object/app or stop the previous "
+                    "deployment and redeploy.")
     return None
 
 
