@@ -313,7 +313,7 @@ def test_retries_exhausted_end_the_run_failed_once_with_modals_reason_and_log_ta
     call = _call(modal_fake, run)
     for attempt in range(4):
         seen = sum(e.type == "step" for e in run.events())
-        wait_for(lambda: len(call.containers) == attempt + 1 and
+        wait_for(lambda attempt=attempt, seen=seen: len(call.containers) == attempt + 1 and
                  sum(e.type == "step" for e in run.events()) > seen, timeout=120)
         modal_fake.crash(call.call_id, "Runner failed with exit code: 139 (SIGSEGV)")
     summary = run.wait(timeout=60, progress=False)
