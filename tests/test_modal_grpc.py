@@ -218,3 +218,134 @@ def test_chat_with_the_served_adapter_and_with_the_base_model(modal_fake, tiny_m
     assert tuned and base
     generate_calls = [c for c in modal_fake.calls.values() if c.method == "generate"]
     assert [c.kwargs["adapter"] for c in generate_calls] == ["default", "base"]
+
+
+@pytest.fixture
+def hf_secret_configured(modal_fake, monkeypatch):
+    """A user with a gated model: a Modal secret holding HF_TOKEN, named in NBFINETUNE_MODAL_HF_SECRET before
+    deploying, and their own HF_TOKEN in this kernel. modal_app is defined again in that environment (as a
+    kernel started with it would), and once more without it afterwards."""
+    import importlib
+
+    from nbfinetune.backends import modal_app
+
+    modal_fake.secrets["huggingface-secret"] = {"HF_TOKEN": "hf_from_the_modal_secret"}
+    monkeypatch.setenv("HF_TOKEN", "hf_only_in_this_kernel")
+    monkeypatch.setenv(modal_app.HF_SECRET_ENV, "huggingface-secret")
+    importlib.reload(modal_app)
+    yield modal_app
+    monkeypatch.undo()
+    importlib.reload(modal_app)
+
+
+def _container_start_checked(fake, run):
+    """The Trainer function the run's call started, and the environment its container imported the app in."""
+    from tests.modal_fake import startup
+
+    function = fake.functions[_call(fake, run).function_id]
+    return function, startup.container_env(fake, function)
+
+
+def test_a_configured_hf_secret_lets_the_container_start(modal_fake, hf_secret_configured, tiny_model):
+    """Item 1f: Modal rebuilds the function in the container by importing modal_app there (the image's ENV
+    and the secret's values, nothing of this kernel's) and refuses to start it when its secrets or volumes
+    differ from the deployed ones. The fake does the same import in a scrubbed subprocess."""
+    run = api.finetune(model=tiny_model, backend="modal", steps=2, eval_samples=0, display=False)
+    summary = run.wait(timeout=120, progress=False)
+    assert summary.status == "finished", run.events()[-1].payload
+    function, env = _container_start_checked(modal_fake, run)
+    assert list(function.definition.secret_ids) == [modal_fake.secret_ids["huggingface-secret"]]
+    assert env["HF_TOKEN"] == "hf_from_the_modal_secret" and "hf_only_in_this_kernel" not in env.values()
+    assert not [k for k in env if k.startswith("MODAL_") and k != "MODAL_IS_REMOTE"]
+    assert _call(modal_fake, run).containers  # it started
+
+
+def test_a_container_whose_app_differs_from_the_deploy_is_refused_with_modals_message(
+        modal_fake, hf_secret_configured, tiny_model):
+    """The fake's check itself: a container that would import the app without the secret (here: an image
+    whose ENV lost the secret's name) is refused as Modal refuses it, and the run fails with that message."""
+    from nbfinetune.backends.modal_backend import deploy
+
+    deploy()
+    line = f"ENV {hf_secret_configured.HF_SECRET_ENV}="
+    for image in modal_fake.images.values():  # as if the image did not carry the deploy-time choice
+        kept = [c for c in image.dockerfile_commands if not c.startswith(line)]
+        del image.dockerfile_commands[:]
+        image.dockerfile_commands.extend(kept)
+    run = api.finetune(model=tiny_model, backend="modal", steps=2, eval_samples=0, display=False)
+    summary = run.wait(timeout=60, progress=False)
+    last = run.events()[-1]
+    assert summary.status == "failed" and last.type == "failed"
+    assert "Function has 3 dependencies but container got 4 object ids" in last["message"]
+    assert "evaluates differently in the local and remote environments" in last["message"]
+    assert not _call(modal_fake, run).containers  # no container ever ran the trainer
+
+
+def _ends_once_with_dense_seq(run):
+    events = run.events()
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert [e.type for e in events if e.terminal] == ["failed"], [e.type for e in events][-5:]
+    return events[-1]
+
+
+def test_the_function_timeout_ends_the_run_with_modals_timeout_status(modal_fake, tiny_model):
+    """Item 1e: each attempt runs until the deployed timeout (24 h, lived through at time_scale); Modal
+    cancels the input in the container, retries it with a fresh timeout, and after the last retry the call
+    ends with GENERIC_STATUS_TIMEOUT (FunctionTimeoutError in the client): failed once, Modal's message."""
+    from nbfinetune.backends import modal_app
+
+    modal_fake.time_scale = 3.0 / modal_app.TIMEOUT_S  # each attempt: 3 s
+    run = api.finetune(model=tiny_model, backend="modal", steps=100000, eval_samples=0, display=False)
+    summary = run.wait(timeout=120, progress=False)
+    last = _ends_once_with_dense_seq(run)
+    assert summary.status == "failed"
+    assert "FunctionTimeoutError" in last["message"]
+    assert f"hit its timeout of {modal_app.TIMEOUT_S}s" in last["message"]
+    assert len(_call(modal_fake, run).containers) == 4  # Retries(max_retries=3): each with a fresh timeout
+    assert f"nbfinetune {run.id}: starting" in last["traceback"]  # the container log's tail
+
+
+def test_retries_exhausted_end_the_run_failed_once_with_modals_reason_and_log_tail(modal_fake, tiny_model):
+    """Item 1e: every attempt's container dies mid-training (the wording of the reason is the fake's); Modal
+    retries the input 3 times, each retry resumes from the Volume, and the last failure ends the call."""
+    modal_fake.time_scale = 0.001  # Retries(initial_delay=10.0) between attempts: 10 ms here
+    run = api.finetune(model=tiny_model, backend="modal", steps=100000, eval_samples=0, display=False)
+    call = _call(modal_fake, run)
+    for attempt in range(4):
+        seen = sum(e.type == "step" for e in run.events())
+        wait_for(lambda attempt=attempt, seen=seen: len(call.containers) == attempt + 1 and
+                 sum(e.type == "step" for e in run.events()) > seen, timeout=120)
+        modal_fake.crash(call.call_id, "Runner failed with exit code: 139 (SIGSEGV)")
+    summary = run.wait(timeout=60, progress=False)
+    last = _ends_once_with_dense_seq(run)
+    assert summary.status == "failed" and "exit code: 139" in last["message"]
+    assert len(call.containers) == 4
+    assert last["traceback"].count(f"nbfinetune {run.id}: starting") >= 1  # the container log's tail
+
+
+def _rank_pids(rank):
+    import psutil
+
+    return [p.pid for p in psutil.process_iter(["cmdline"])
+            if "nbfinetune.worker" in " ".join(p.info["cmdline"] or []) and "--child" in p.info["cmdline"]
+            and p.environ().get("RANK") == str(rank)]
+
+
+def test_a_crashed_rank_of_a_multi_gpu_run_is_failed_with_the_oom_hint(modal_fake, tiny_model):
+    """Item 1e: gpu="H100:2" runs 2 trainers under torchrun in the container (gloo on CPU here); rank 1 is
+    SIGKILLed (what the out-of-memory killer sends), torchrun ends the rest, rank 0 never reports: the
+    container body records `failed` with the rank's signal and the out-of-memory hint."""
+    import os
+    import signal
+
+    run = api.finetune(model=tiny_model, backend="modal", gpu="H100:2", steps=100000, batch_size=4,
+                       eval_samples=0, display=False)
+    _wait_steps(run, 2)
+    pids = _rank_pids(1)
+    assert len(pids) == 1, pids
+    os.kill(pids[0], signal.SIGKILL)
+    summary = run.wait(timeout=120, progress=False)
+    last = _ends_once_with_dense_seq(run)
+    assert summary.status == "failed"
+    assert "SIGKILL" in last["message"] and "batch_size" in last["message"] and "rank 1" in last["message"]
+    assert last["traceback"]  # torchrun's report, from the container log

@@ -9,6 +9,7 @@ from the last checkpoint (train() resumes from it) with its history on disk and 
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import threading
 import time
@@ -162,13 +163,19 @@ def _train_one(run_config: RunConfig, run_id: str, run_dir: Path, publish: Publi
 def _train_in_processes(run_dir: Path, processes: int, publish: Publish,
                         commit: Callable[[], None], cancelled: Callable[[], bool]) -> dict[str, Any]:
     """Several GPUs: the worker runs `processes` data-parallel trainers under torchrun and its rank 0
-    writes events.jsonl; this loop publishes each new line for the live tail and commits the Volume."""
+    writes events.jsonl; this loop publishes each new line for the live tail and commits the Volume.
+
+    When a rank dies (the out-of-memory killer's SIGKILL, a crash), rank 0 at best reports the broken
+    connection to its peer: the run's failure is the rank torchrun names as the root cause, so rank 0's
+    `failed` event is held back until torchrun has exited and replaced when another rank caused it."""
     import signal
     import subprocess
 
     from ..worker import child_command
 
-    with open(run_dir / CONTAINER_LOG, "a", encoding="utf-8") as log:
+    log_path = run_dir / CONTAINER_LOG
+    with open(log_path, "a", encoding="utf-8") as log:
+        log_start = log.tell()
         process = subprocess.Popen(child_command(run_dir, processes), stdout=log, stderr=subprocess.STDOUT)
     relay = _Relay(publish, commit)
     tail = EventTail(events_file(run_dir))
@@ -177,17 +184,51 @@ def _train_in_processes(run_dir: Path, processes: int, publish: Publish,
         exited = process.poll() is not None
         for event in tail.read():
             last = event
-            relay(event)
+            if event.type != "failed":
+                relay(event)
         if exited:
             break
         if not cancel_sent and cancelled():
             process.send_signal(signal.SIGTERM)  # graceful: rank 0 saves adapter and checkpoint
             cancel_sent = True
         time.sleep(1.0)
+    cause = _root_cause(log_path, log_start) if process.returncode else None
+    if last is not None and last.type == "failed" and cause is not None and cause[0] != 0:
+        _drop_last_line(events_file(run_dir))  # rank 0's report of a peer's death: not the reason
+        last = None
     if last is None or not last.terminal:  # a rank crashed or was killed before rank 0 could report
         writer = EventWriter(events_file(run_dir), run_dir.name)
-        last = failures.from_exit(process.returncode, run_dir / CONTAINER_LOG).report(writer.emit)
+        if cause is None:
+            failure = failures.from_exit(process.returncode, log_path)
+        else:
+            rank, code = cause
+            failure = failures.from_exit(code, log_path)
+            failure = failures.Failure(failure.error, f"rank {rank} of {processes}: {failure.message}",
+                                       failure.traceback)
+        last = failure.report(writer.emit)
         writer.close()
+    if last.type == "failed":
         relay(last)
     relay.close()
     return {"status": last.type, "exit_code": process.returncode}
+
+
+def _root_cause(log: Path, start: int) -> tuple[int, int] | None:
+    """The rank and exit code torchrun reports as the first observed failure in this attempt's log
+    ("Root Cause (first observed failure): ... rank : 1 (local_rank: 1) ... exitcode : -9"), or None."""
+    import re
+
+    with open(log, encoding="utf-8", errors="replace") as handle:
+        handle.seek(start)
+        text = handle.read()
+    _, found, report = text.rpartition("Root Cause (first observed failure):")
+    match = re.search(r"rank\s*:\s*(\d+).*?exitcode\s*:\s*(-?\d+)", report, re.S) if found else None
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def _drop_last_line(path: Path) -> None:
+    """Remove the events file's last event (every writer has exited), so the next one takes its seq."""
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text("".join(lines[:-1]), encoding="utf-8")
+    os.replace(temporary, path)

@@ -236,9 +236,12 @@ class AppHandlers:
 
     async def ImageGetOrCreate(self, stream) -> None:
         fake, req = await _request(self, stream)
-        # "Built" at once: the image's layers are only checked on real Modal.
+        # "Built" at once: the image's layers are only checked on real Modal; its ENV lines are kept for
+        # the containers' environment.
+        image_id = fake.new_id("im")
+        fake.images[image_id] = req.image
         await stream.send_message(api_pb2.ImageGetOrCreateResponse(
-            image_id=fake.new_id("im"),
+            image_id=image_id,
             result=api_pb2.GenericResult(status=api_pb2.GenericResult.GENERIC_STATUS_SUCCESS)))
 
     async def MountBatchedCheckExistence(self, stream) -> None:
@@ -333,12 +336,13 @@ class AppHandlers:
         item = req.pipelined_inputs[0].input
         payload = fake.blobs[item.args_blob_id] if item.args_blob_id else item.args
         args, kwargs = deserialize(payload, None)
-        call = Call(fake.new_id("fc"), req.function_id, item.method_name, args, kwargs, dict(function.options))
+        call = Call(fake.new_id("fc"), req.function_id, item.method_name, args, kwargs, dict(function.options),
+                    input_id=fake.new_id("in"))
         fake.calls[call.call_id] = call
         fake.start_call(call, function)
         await stream.send_message(api_pb2.FunctionMapResponse(
             function_call_id=call.call_id,
-            pipelined_inputs=[api_pb2.FunctionPutInputsResponseItem(idx=0, input_id=fake.new_id("in"))]))
+            pipelined_inputs=[api_pb2.FunctionPutInputsResponseItem(idx=0, input_id=call.input_id)]))
 
     async def FunctionGetOutputs(self, stream) -> None:
         fake, req = await _request(self, stream)

@@ -48,6 +48,7 @@ class Container:
     mounts: dict[str, Path]  # volume id -> this container's view of it
     alive: bool = True
     preempted: bool = False
+    ended: api_pb2.GenericResult | None = None  # how this attempt failed (timeout, crash): may be retried
     thread: threading.Thread | None = None
 
 
@@ -65,6 +66,7 @@ class Call:
     done: threading.Event = dataclasses.field(default_factory=threading.Event)
     data_out: list[bytes] = dataclasses.field(default_factory=list)  # a generator's items, serialized
     result_format: int = api_pb2.DATA_FORMAT_PICKLE
+    input_id: str = ""
 
 
 @dataclasses.dataclass
@@ -111,6 +113,10 @@ class FakeModal:
         self.containers: dict[str, Container] = {}
         self.handlers: dict[str, Callable[[FakeModal, Call, Container], Any]] = {}
         self.result_delay_s = FUNCTION_CALL_RESULT_DELAY_S
+        # Modal's durations (a function's timeout, retry delays) are multiplied by this: a test lives
+        # through a 24-hour timeout in seconds, with the deployed definition's own numbers.
+        self.time_scale = 1.0
+        self.images: dict[str, api_pb2.Image] = {}  # image id -> its definition (ENV lines, bases)
         self.start_error: str | None = None  # e.g. Modal refusing to start a container
         self.rpc_log: list[str] = []
         self.container_errors: list[tuple[str, BaseException]] = []
@@ -186,6 +192,32 @@ class FakeModal:
             _stop(container)
         self._finish(call, api_pb2.GenericResult(status=status, exception=reason))
 
+    def crash(self, call_id: str, reason: str) -> None:
+        """The running container's process dies (a segfault, a killed process): its uncommitted writes are
+        lost and the attempt fails with `reason`; Modal retries the input while the retry policy allows."""
+        container = self.calls[call_id].containers[-1]
+        container.ended = api_pb2.GenericResult(status=api_pb2.GenericResult.GENERIC_STATUS_FAILURE,
+                                                exception=reason)
+        _stop(container)
+
+    def _time_out(self, call: Call, container: Container, timeout_secs: int) -> None:
+        """The attempt ran past the function's timeout: Modal cancels the input in the container (user code
+        gets InputCancellation, its `finally` blocks run) and fails the attempt with TIMEOUT."""
+        from modal.exception import InputCancellation
+
+        with self.lock:
+            if not container.alive or container.ended is not None:
+                return
+            container.ended = api_pb2.GenericResult(
+                status=api_pb2.GenericResult.GENERIC_STATUS_TIMEOUT,
+                exception=f"Task's current input {call.input_id} hit its timeout of {timeout_secs}s")
+        _raise_in(container, InputCancellation)
+
+    def _retry_delay_s(self, policy: api_pb2.FunctionRetryPolicy, attempt: int) -> float:
+        delay_ms = min(policy.max_delay_ms or 60_000,
+                       policy.initial_delay_ms * (policy.backoff_coefficient or 1.0) ** attempt)
+        return delay_ms / 1000 * self.time_scale
+
     def preempt(self, call_id: str) -> None:
         """The running container is preempted: it dies now and Modal restarts the input in a new one."""
         container = self.calls[call_id].containers[-1]
@@ -200,7 +232,11 @@ class FakeModal:
 
     def start_call(self, call: Call, function: Function) -> None:
         handler = self.handlers.get(function.tag)
-        retries = function.definition.retry_policy.retries
+        from . import startup
+
+        policy = function.definition.retry_policy
+        retries = policy.retries
+        timeout_secs = function.definition.timeout_secs or 300
 
         def run() -> None:
             if self.start_error:
@@ -210,11 +246,23 @@ class FakeModal:
             from modal._serialization import serialize
 
             for attempt in range(retries + 1):
+                refused = startup.definition_error(self, function)
+                if refused is not None:  # the container cannot rebuild the function: it never starts
+                    from modal.exception import ExecutionError
+
+                    self._finish(call, api_pb2.GenericResult(
+                        status=api_pb2.GenericResult.GENERIC_STATUS_INIT_FAILURE,
+                        exception=repr(ExecutionError(refused)), data=serialize(ExecutionError(refused))))
+                    return
                 container = Container(token=self.new_id("ct"), call_id=call.call_id, attempt=attempt, mounts={},
                                       thread=threading.current_thread())
                 with self.lock:
                     self.containers[container.token] = container
                     call.containers.append(container)
+                timer = threading.Timer(timeout_secs * self.time_scale, self._time_out,
+                                        (call, container, timeout_secs))
+                timer.daemon = True
+                timer.start()
                 try:
                     if handler is None:
                         raise RuntimeError(f"no container handler for {function.tag}")
@@ -226,14 +274,25 @@ class FakeModal:
                     self.container_errors.append((container.token, exc))
                     if container.preempted:
                         continue
-                    if not container.alive:
+                    value = None
+                    if container.ended is None:
+                        if not container.alive:
+                            return
+                        container.alive = False
+                        if attempt < retries and not isinstance(exc, ContainerKilled):
+                            continue
+                        self._finish(call, api_pb2.GenericResult(
+                            status=api_pb2.GenericResult.GENERIC_STATUS_FAILURE, exception=repr(exc),
+                            data=serialize(exc)))
                         return
+                finally:
+                    timer.cancel()
+                if container.ended is not None:  # timed out or crashed: retried while the policy allows
                     container.alive = False
-                    if attempt < retries and not isinstance(exc, ContainerKilled):
+                    if attempt < retries:
+                        time.sleep(self._retry_delay_s(policy, attempt))
                         continue
-                    self._finish(call, api_pb2.GenericResult(
-                        status=api_pb2.GenericResult.GENERIC_STATUS_FAILURE, exception=repr(exc),
-                        data=serialize(exc)))
+                    self._finish(call, container.ended)
                     return
                 if container.preempted:
                     continue
@@ -260,12 +319,16 @@ class FakeModal:
 
 def _stop(container: Container) -> None:
     """Mark the container dead (the fake refuses its calls) and end its thread with ContainerKilled."""
+    container.alive = False
+    _raise_in(container, ContainerKilled)
+
+
+def _raise_in(container: Container, exc: type[BaseException]) -> None:
     import ctypes
 
-    container.alive = False
     thread = container.thread
     if thread is not None and thread.is_alive() and thread is not threading.current_thread():
-        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(ContainerKilled))
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(exc))
 
 
 class Preempted(Exception):
