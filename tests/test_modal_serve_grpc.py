@@ -106,3 +106,80 @@ def test_serving_a_modal_run_deploys_the_app_and_answers_at_its_web_url(modal_fa
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=server.base_url, api_key="nbft-wrong").models.list()
     assert ("GET", "/v1/models") in stand_in.requests  # the readiness poll reached the endpoint
+
+
+def test_in_a_notebook_the_new_key_is_not_printed(modal_fake, tiny_model, capsys):
+    """api.serve passes show_key=False where outputs are saved to a file, as for the local server."""
+    run = _modal_run(modal_fake, RunStore(), tiny_model)
+    _stand_in(modal_fake, tiny_model)
+    server = run.serve(backend="modal", wait_s=30, show_key=False)
+    printed = capsys.readouterr().out
+    assert server.api_key not in printed and "server.api_key" in printed
+
+
+def test_the_base_model_comes_from_the_hf_cache_volume_with_the_hf_secret(modal_fake, tiny_model, monkeypatch):
+    """The serving containers share the training app's weights cache (not the runs Volume, which would
+    commit gigabytes of weights with the runs) and its HF_TOKEN secret (gated base models)."""
+    import modal
+
+    modal_fake.secrets["hf-secret"] = {"HF_TOKEN": "hf_x"}
+    monkeypatch.setattr(modal_app, "SECRETS", [modal.Secret.from_name("hf-secret", required_keys=["HF_TOKEN"])])
+    run = _modal_run(modal_fake, RunStore(), tiny_model)
+    _stand_in(modal_fake, tiny_model)
+    run.serve(backend="modal", wait_s=30, quiet=True)
+    service = _deployed(modal_fake, modal_serve.app_name_for(tiny_model), "VLLMServer.*")
+    mounts = {mount.mount_path: mount.volume_id for mount in service.volume_mounts}
+    assert mounts[modal_app.HF_CACHE_ROOT] == modal_fake.named[("volume", modal_app.HF_CACHE_VOLUME)]
+    assert modal_fake.secret_ids["hf-secret"] in service.secret_ids
+
+
+def test_a_run_whose_adapter_is_not_on_the_volume_is_refused_before_deploying(modal_fake, tiny_model):
+    store = RunStore()
+    ready, unfinished = _modal_run(modal_fake, store, tiny_model), _modal_run(modal_fake, store, tiny_model,
+                                                                             on_volume=False)
+    with pytest.raises(RuntimeError, match=f"{unfinished.id}.*no adapter on the Modal Volume"):
+        api.serve([ready, unfinished], backend="modal", store=store, wait_s=30)
+    assert modal_serve.app_name_for(tiny_model) not in modal_fake.apps  # nothing deployed, nothing billed
+
+
+def test_cold_start_progress_then_ready(modal_fake, tiny_model, monkeypatch, capsys):
+    from aiohttp import web
+
+    monkeypatch.setattr(modal_serve, "READY_POLL_S", 0.05)
+    run = _modal_run(modal_fake, RunStore(), tiny_model)
+    stand_in = _stand_in(modal_fake, tiny_model)
+    label = web_label(modal_serve.app_name_for(tiny_model), "VLLMServer-web")
+    starting = [503, 503]
+
+    async def cold(request, path):  # the first container is still loading vLLM and the weights
+        return web.Response(status=starting.pop()) if starting else await stand_in(request, path)
+
+    web_handlers(modal_fake)[label] = cold
+    run.serve(backend="modal", wait_s=30)
+    printed = capsys.readouterr().out
+    assert printed.count("cold start: waiting for a container") == 2 and "HTTP 503" in printed
+    assert "ready after" in printed
+    starting.extend([503] * 1000)
+    with pytest.raises(TimeoutError, match="did not answer within"):
+        run.serve(backend="modal", wait_s=0.3, quiet=True)
+
+
+def test_a_request_held_by_a_cold_start_does_not_outlast_wait_s(modal_fake, tiny_model):
+    """Modal holds a request to a cold endpoint until a container is up: wait_s bounds that wait too."""
+    import asyncio
+    import time
+
+    from aiohttp import web
+
+    run = _modal_run(modal_fake, RunStore(), tiny_model)
+    label = web_label(modal_serve.app_name_for(tiny_model), "VLLMServer-web")
+
+    async def held(request, path):
+        await asyncio.sleep(20)
+        return web.Response(status=200)
+
+    web_handlers(modal_fake)[label] = held
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match="did not answer within 1 s"):
+        run.serve(backend="modal", wait_s=1, quiet=True)
+    assert time.monotonic() - started < 10

@@ -30,6 +30,7 @@ MAX_INPUTS = 64  # concurrent requests per container: vLLM batches them continuo
 # (GPU, usable GiB) from small to large; the first that holds weights plus room for the KV cache wins.
 GPUS = (("L4", 24), ("L40S", 48), ("A100-80GB", 80), ("H200", 141))
 DEFAULT_MAX_TOKENS = 512
+READY_POLL_S = 5.0  # how often the notebook asks a cold-starting endpoint whether it answers yet
 
 
 @dataclass
@@ -125,23 +126,34 @@ def _parameter_count(model: str) -> int:
 
 
 # --- the Modal app (lazy: builds offline) ------------------------------------------------------------
+def image_env(spec: ServeSpec) -> dict[str, str]:
+    """The serving image's environment. Weights come from the training app's HF cache Volume (a base
+    model trained on is already there); on the runs Volume they would be committed along with the runs."""
+    from .modal_app import HF_CACHE_ROOT, HF_SECRET, HF_SECRET_ENV
+
+    return {"HF_HOME": HF_CACHE_ROOT, HF_SECRET_ENV: HF_SECRET, "NBFT_BASE_MODEL": spec.base_model,
+            "NBFT_MAX_LORA_RANK": str(spec.max_lora_rank), "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1"}
+
+
 def build_app(spec: ServeSpec) -> Any:
     """The Modal app serving spec.base_model: class VLLMServer with an ASGI web endpoint."""
     import modal
 
-    from .modal_app import RUNS_ROOT, RUNS_VOLUME
+    from . import modal_app
+    from .modal_app import HF_CACHE_ROOT, HF_CACHE_VOLUME, RUNS_ROOT, RUNS_VOLUME
 
     image = (modal.Image.debian_slim(python_version="3.11")
              .uv_pip_install(*VLLM_PACKAGES)
-             .env({"HF_HOME": f"{RUNS_ROOT}/hf-cache", "NBFT_BASE_MODEL": spec.base_model,
-                   "NBFT_MAX_LORA_RANK": str(spec.max_lora_rank), "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1"})
+             .env(image_env(spec))
              .add_local_python_source("nbfinetune",
                                       ignore=["**/__pycache__", "**/*.pyc", "**/labextension/**"]))
     app = modal.App(spec.app_name, image=image)
     volume = modal.Volume.from_name(RUNS_VOLUME, create_if_missing=True)
+    hf_cache = modal.Volume.from_name(HF_CACHE_VOLUME, create_if_missing=True)
 
-    @app.cls(gpu=spec.gpu, volumes={RUNS_ROOT: volume}, scaledown_window=SCALEDOWN_S, min_containers=0,
-             timeout=3600, serialized=True)
+    # The training app's HF_TOKEN secret, for gated base models (read at call time: tests replace it).
+    @app.cls(gpu=spec.gpu, volumes={RUNS_ROOT: volume, HF_CACHE_ROOT: hf_cache}, secrets=modal_app.SECRETS,
+             scaledown_window=SCALEDOWN_S, min_containers=0, timeout=3600, serialized=True)
     @modal.concurrent(max_inputs=MAX_INPUTS)
     class VLLMServer:
         @modal.enter()
@@ -328,18 +340,24 @@ class ModalServer:
 
 
 def serve_modal(runs: list[Any], api_key: str | None = None, wait_s: float = 900.0, quiet: bool = False,
-                **_ignored: Any) -> ModalServer:
+                show_key: bool = True, **_ignored: Any) -> ModalServer:
     """Deploy (or update) the base model's vLLM app, store the key's hash on the Volume, print the URL,
-    then wait for the first container to answer, showing cold-start progress."""
+    then wait for the first container to answer, showing cold-start progress. show_key=False: a new key
+    stays in `server.api_key` only (a notebook's outputs are saved to a file)."""
     import modal
 
     from ..serve.tokens import new_token, record, token_hash
     from .modal_app import RUNS_VOLUME
+    from .modal_backend import require_credentials
+    from .modal_chat import remote_adapter_exists
 
-    if modal.config.config.get("token_id") is None:
-        raise RuntimeError("Modal: no credentials; run `modal token new` "
-                           "(or set MODAL_TOKEN_ID / MODAL_TOKEN_SECRET)")
+    require_credentials()  # empty values count as missing; a `modal token new` since import is read
     spec = spec_for_runs(runs)
+    # Checked before deploying: a container would only answer 404 for it, after a billed cold start.
+    for run_id in spec.run_ids:
+        if not remote_adapter_exists(run_id):
+            raise RuntimeError(f"run {run_id} has no adapter on the Modal Volume yet; wait for it to finish "
+                               "or cancel it — a cancelled run keeps its adapter")
     key = api_key or new_token()
     volume = modal.Volume.from_name(RUNS_VOLUME, create_if_missing=True)
     with volume.batch_upload(force=True) as upload:
@@ -356,20 +374,27 @@ def serve_modal(runs: list[Any], api_key: str | None = None, wait_s: float = 900
     if not quiet:
         print(f"OpenAI-compatible API on Modal at {url} · {spec.gpu}, max LoRA rank {spec.max_lora_rank} · "
               f"models: {', '.join(server.models)}")
-        if api_key is None:
+        if api_key is None and show_key:
             print(f"API key (shown once, stored only as a hash): {key}")
+        elif api_key is None:
+            print("API key: in server.api_key (not printed: notebook outputs are saved to disk)")
     wait_until_ready(url, key, wait_s, quiet)
     return server
 
 
-def wait_until_ready(url: str, key: str, wait_s: float, quiet: bool = False, poll_s: float = 5.0) -> None:
+def wait_until_ready(url: str, key: str, wait_s: float, quiet: bool = False,
+                     poll_s: float | None = None) -> None:
     """Poll /v1/models until a container answers (a cold start loads vLLM and the weights)."""
     import httpx
 
+    poll_s = READY_POLL_S if poll_s is None else poll_s
     started = time.monotonic()
     while time.monotonic() - started < wait_s:
+        # Modal holds a request to a cold endpoint until a container is up: never past wait_s.
+        left = wait_s - (time.monotonic() - started)
         try:
-            response = httpx.get(f"{url}/models", headers={"Authorization": f"Bearer {key}"}, timeout=60)
+            response = httpx.get(f"{url}/models", headers={"Authorization": f"Bearer {key}"},
+                                 timeout=max(0.1, min(60.0, left)))
             if response.status_code == 200:
                 if not quiet:
                     print(f"ready after {time.monotonic() - started:.0f} s")
@@ -380,6 +405,6 @@ def wait_until_ready(url: str, key: str, wait_s: float, quiet: bool = False, pol
         if not quiet:
             print(f"cold start: waiting for a container ({time.monotonic() - started:.0f} s, {state})",
                   flush=True)
-        time.sleep(poll_s)
+        time.sleep(max(0.0, min(poll_s, wait_s - (time.monotonic() - started))))
     raise TimeoutError(f"the Modal endpoint did not answer within {wait_s:.0f} s; it keeps starting in the "
                        "background — try again shortly")
