@@ -18,7 +18,6 @@ from nbfinetune import api
 from nbfinetune.backends import modal_app, modal_serve
 from nbfinetune.config import RunConfig
 from nbfinetune.runs import RunStore
-
 from tests.helpers import synthetic_run
 from tests.modal_fake.web import web_handlers, web_label
 
@@ -55,7 +54,8 @@ class OpenAIStandIn:
         if not stored or token_hash(header.removeprefix("Bearer ")) != stored:
             error = protocol.APIError(401, "missing or incorrect API key", code="invalid_api_key")
             return web.json_response(error.body(), status=401)
-        adapters = sorted({name.split("/")[0] for name in self._volume() if name.endswith("/adapter_config.json")})
+        adapters = sorted({name.split("/")[0] for name in self._volume()
+                           if name.endswith("/adapter_config.json")})
         if path == "/v1/models":
             return web.json_response(protocol.model_list([(a, "run") for a in adapters]))
         body = await request.json()
@@ -81,7 +81,8 @@ def test_serving_a_modal_run_deploys_the_app_and_answers_at_its_web_url(modal_fa
     import openai
 
     store = RunStore()
-    first, second = _modal_run(modal_fake, store, tiny_model, r=8), _modal_run(modal_fake, store, tiny_model, r=32)
+    first = _modal_run(modal_fake, store, tiny_model, r=8)
+    second = _modal_run(modal_fake, store, tiny_model, r=32)
     stand_in = _stand_in(modal_fake, tiny_model)
     server = api.serve([first, second], backend="modal", store=store, wait_s=30)
     app_name = modal_serve.app_name_for(tiny_model)
@@ -117,13 +118,15 @@ def test_in_a_notebook_the_new_key_is_not_printed(modal_fake, tiny_model, capsys
     assert server.api_key not in printed and "server.api_key" in printed
 
 
-def test_the_base_model_comes_from_the_hf_cache_volume_with_the_hf_secret(modal_fake, tiny_model, monkeypatch):
+def test_the_base_model_comes_from_the_hf_cache_volume_with_the_hf_secret(modal_fake, tiny_model,
+                                                                         monkeypatch):
     """The serving containers share the training app's weights cache (not the runs Volume, which would
     commit gigabytes of weights with the runs) and its HF_TOKEN secret (gated base models)."""
     import modal
 
     modal_fake.secrets["hf-secret"] = {"HF_TOKEN": "hf_x"}
-    monkeypatch.setattr(modal_app, "SECRETS", [modal.Secret.from_name("hf-secret", required_keys=["HF_TOKEN"])])
+    secret = modal.Secret.from_name("hf-secret", required_keys=["HF_TOKEN"])
+    monkeypatch.setattr(modal_app, "SECRETS", [secret])
     run = _modal_run(modal_fake, RunStore(), tiny_model)
     _stand_in(modal_fake, tiny_model)
     run.serve(backend="modal", wait_s=30, quiet=True)

@@ -17,7 +17,9 @@ import hashlib
 import re
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..serve.protocol import ChatRequest
@@ -30,6 +32,7 @@ MAX_INPUTS = 64  # concurrent requests per container: vLLM batches them continuo
 # (GPU, usable GiB) from small to large; the first that holds weights plus room for the KV cache wins.
 GPUS = (("L4", 24), ("L40S", 48), ("A100-80GB", 80), ("H200", 141))
 DEFAULT_MAX_TOKENS = 512
+KEY_RECHECK_S = 10.0  # a container re-reads the key's hash for an unknown key at most this often
 READY_POLL_S = 5.0  # how often the notebook asks a cold-starting endpoint whether it answers yet
 
 
@@ -178,6 +181,45 @@ def key_path(runs_root: str, app_name: str) -> str:
     return f"{runs_root}/serving/{app_name}.sha256"
 
 
+@dataclass
+class KeyCheck:
+    """The deployment's key, known by its hash on the runs Volume. A later `serve` stores a new hash while
+    warm containers keep running (a deploy that changes nothing leaves them up), so an unknown key makes
+    the container read the hash again — at most every KEY_RECHECK_S, so wrong keys cannot keep it
+    reloading the Volume."""
+
+    path: str
+    reload: Callable[[], None]
+    digest: str = ""
+    checked_at: float = float("-inf")
+
+    def read(self) -> None:
+        self.checked_at = time.monotonic()
+        try:
+            self.reload()
+        except Exception:  # noqa: BLE001 — Modal refuses a reload while files are open: read what is mounted
+            pass
+        try:
+            self.digest = Path(self.path).read_text().strip()
+        except OSError:
+            pass  # not there (yet): keep the key we know
+
+    def accepts(self, token: str) -> bool:
+        if self._matches(token):
+            return True
+        if not token or time.monotonic() - self.checked_at < KEY_RECHECK_S:
+            return False
+        self.read()
+        return self._matches(token)
+
+    def _matches(self, token: str) -> bool:
+        import hmac
+
+        from ..serve.tokens import token_hash
+
+        return bool(token and self.digest) and hmac.compare_digest(token_hash(token), self.digest)
+
+
 # --- container side (CUDA + vLLM; not run here) -------------------------------------------------------
 @dataclass
 class EngineState:
@@ -185,14 +227,13 @@ class EngineState:
     base_model: str
     runs_root: str
     volume: Any
-    token_sha256: str
+    keys: KeyCheck
     context_length: int
     tokenizers: dict[str, Any] = field(default_factory=dict)
 
 
 def start_engine(runs_root: str, volume: Any) -> EngineState:
     import os
-    from pathlib import Path
 
     from vllm import AsyncEngineArgs, AsyncLLMEngine
 
@@ -202,9 +243,10 @@ def start_engine(runs_root: str, volume: Any) -> EngineState:
     engine = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(
         model=resolve_model(base), enable_lora=True, max_lora_rank=int(os.environ["NBFT_MAX_LORA_RANK"]),
         max_loras=8, enable_prefix_caching=True))
-    digest = Path(key_path(runs_root, app_name_for(base))).read_text().strip()
+    keys = KeyCheck(key_path(runs_root, app_name_for(base)), volume.reload)
+    keys.read()
     context = engine.model_config.max_model_len if hasattr(engine, "model_config") else 4096
-    return EngineState(engine, base, runs_root, volume, digest, context)
+    return EngineState(engine, base, runs_root, volume, keys, context)
 
 
 def _tokenizer(state: EngineState, model: str) -> Any:
@@ -223,10 +265,8 @@ def _tokenizer(state: EngineState, model: str) -> Any:
 
 def asgi_app(state: EngineState) -> Any:
     """The OpenAI-compatible routes over vLLM (FastAPI ships with vLLM)."""
-    import hmac
     import json
     import uuid
-    from pathlib import Path
 
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, StreamingResponse
@@ -236,7 +276,6 @@ def asgi_app(state: EngineState) -> Any:
     from ..data.render import render_prompt
     from ..serve import protocol
     from ..serve.protocol import APIError
-    from ..serve.tokens import token_hash
 
     web = FastAPI()
 
@@ -251,7 +290,7 @@ def asgi_app(state: EngineState) -> Any:
     def authorize(request: Request) -> None:
         header = request.headers.get("authorization", "")
         token = header[7:].strip() if header[:7].lower() == "bearer " else ""
-        if not token or not hmac.compare_digest(token_hash(token), state.token_sha256):
+        if not state.keys.accepts(token):
             raise APIError(401, "missing or incorrect API key", code="invalid_api_key")
 
     def served(name: str) -> bool:

@@ -40,7 +40,8 @@ def add_web_urls(fake: FakeModal, metadata: api_pb2.FunctionHandleMetadata, pre:
     class_name = metadata.function_name.removesuffix(".*")
     for method, definition in pre.method_definitions.items():
         if definition.webhook_config.type != api_pb2.WEBHOOK_TYPE_UNSPECIFIED:
-            metadata.method_handle_metadata[method].web_url = web_url(fake, app_name, f"{class_name}-{method}")
+            url = web_url(fake, app_name, f"{class_name}-{method}")
+            metadata.method_handle_metadata[method].web_url = url
     if pre.HasField("webhook_config") and pre.webhook_config.type != api_pb2.WEBHOOK_TYPE_UNSPECIFIED:
         metadata.web_url = web_url(fake, app_name, metadata.function_name)
 
