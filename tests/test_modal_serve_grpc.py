@@ -186,3 +186,31 @@ def test_a_request_held_by_a_cold_start_does_not_outlast_wait_s(modal_fake, tiny
     with pytest.raises(TimeoutError, match="did not answer within 1 s"):
         run.serve(backend="modal", wait_s=1, quiet=True)
     assert time.monotonic() - started < 10
+
+
+def test_the_command_line_deploys_prints_url_and_key_and_returns(modal_fake, tiny_model, capsys):
+    """`nbfinetune serve RUN --backend modal`: the deployment outlives the command, which returns."""
+    from nbfinetune import cli
+
+    run = _modal_run(modal_fake, RunStore(), tiny_model)
+    stand_in = _stand_in(modal_fake, tiny_model)
+    assert cli.main(["serve", run.id, "--backend", "modal"]) == 0
+    printed = capsys.readouterr().out
+    assert "OpenAI-compatible API on Modal at http://127.0.0.1" in printed
+    assert "API key (shown once" in printed
+    assert ("GET", "/v1/models") in stand_in.requests
+
+
+@pytest.mark.train
+def test_a_run_trained_through_the_fake_is_served_with_the_adapter_its_container_committed(modal_fake,
+                                                                                          tiny_model):
+    """The adapter's place on the Volume is where the training container commits it."""
+    import openai
+
+    run = api.finetune(model=tiny_model, backend="modal", steps=2, eval_samples=0, display=False)
+    assert run.wait(timeout=120, progress=False).status == "finished", run.events()[-1]
+    _stand_in(modal_fake, tiny_model)
+    server = run.serve(backend="modal", wait_s=30, quiet=True)
+    assert server.models == [tiny_model, run.id]
+    client = openai.OpenAI(base_url=server.base_url, api_key=server.api_key)
+    assert [m.id for m in client.models.list().data] == [run.id]
