@@ -214,3 +214,17 @@ def test_a_run_trained_through_the_fake_is_served_with_the_adapter_its_container
     assert server.models == [tiny_model, run.id]
     client = openai.OpenAI(base_url=server.base_url, api_key=server.api_key)
     assert [m.id for m in client.models.list().data] == [run.id]
+
+
+def test_serving_a_lower_rank_run_later_keeps_the_rank_of_the_runs_served_before(modal_fake, tiny_model,
+                                                                                  capsys):
+    """One deployment per base model serves every adapter on the Volume: a later serve of an r=8 run must
+    not redeploy with max_lora_rank 8 while an r=64 run is still served by it."""
+    store = RunStore()
+    wide = _modal_run(modal_fake, store, tiny_model, r=64)
+    narrow = _modal_run(modal_fake, store, tiny_model, r=8)
+    _stand_in(modal_fake, tiny_model)
+    wide.serve(backend="modal", wait_s=30)
+    assert "max LoRA rank 64" in capsys.readouterr().out
+    narrow.serve(backend="modal", wait_s=30)
+    assert "max LoRA rank 64" in capsys.readouterr().out

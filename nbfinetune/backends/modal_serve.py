@@ -399,10 +399,15 @@ def serve_modal(runs: list[Any], api_key: str | None = None, wait_s: float = 900
                                "or cancel it — a cancelled run keeps its adapter")
     key = api_key or new_token()
     volume = modal.Volume.from_name(RUNS_VOLUME, create_if_missing=True)
+    # The deployment serves every run on the Volume: its rank never shrinks below what it served before.
+    spec.max_lora_rank = max(spec.max_lora_rank, _deployed_rank(volume, spec.app_name))
     with volume.batch_upload(force=True) as upload:
         import io
+        import json
 
         upload.put_file(io.BytesIO(token_hash(key).encode()), key_path("", spec.app_name).lstrip("/"))
+        upload.put_file(io.BytesIO(json.dumps({"max_lora_rank": spec.max_lora_rank}).encode()),
+                        _deployment_path(spec.app_name))
     app = build_app(spec)
     with modal.enable_output():
         app.deploy(name=spec.app_name)
@@ -419,6 +424,20 @@ def serve_modal(runs: list[Any], api_key: str | None = None, wait_s: float = 900
             print("API key: in server.api_key (not printed: notebook outputs are saved to disk)")
     wait_until_ready(url, key, wait_s, quiet)
     return server
+
+
+def _deployment_path(app_name: str) -> str:
+    return f"serving/{app_name}.json"
+
+
+def _deployed_rank(volume: Any, app_name: str) -> int:
+    """The max_lora_rank the base model's deployment was last given (0 before its first)."""
+    import json
+
+    try:
+        return int(json.loads(b"".join(volume.read_file(_deployment_path(app_name))))["max_lora_rank"])
+    except FileNotFoundError:
+        return 0
 
 
 def wait_until_ready(url: str, key: str, wait_s: float, quiet: bool = False,
