@@ -81,3 +81,21 @@ def test_serving_on_modal_needs_credentials(monkeypatch):
     monkeypatch.setattr(modal.config.config, "get", lambda key, *a, **k: None)
     with pytest.raises(RuntimeError, match="credentials"):
         modal_serve.serve_modal([_run("a")])
+
+
+def test_a_warm_container_takes_the_key_of_a_later_serve_and_wrong_keys_do_not_reload(tmp_path, monkeypatch):
+    """A second `serve` stores a new key's hash while containers stay warm (a deploy that changes nothing
+    leaves them up): the container reads the hash again for a key it does not know, not on every request."""
+    from nbfinetune.backends.modal_serve import KeyCheck
+    from nbfinetune.serve.tokens import token_hash
+
+    stored = tmp_path / "app.sha256"
+    stored.write_text(token_hash("nbft-first"))
+    reloads = []
+    keys = KeyCheck(str(stored), lambda: reloads.append(1))
+    keys.read()
+    assert keys.accepts("nbft-first") and not keys.accepts("") and not keys.accepts("nbft-second")
+    stored.write_text(token_hash("nbft-second"))  # what the container sees after a Volume reload
+    assert not keys.accepts("nbft-second") and len(reloads) == 1  # re-read at most every KEY_RECHECK_S
+    monkeypatch.setattr(modal_serve, "KEY_RECHECK_S", 0.0)
+    assert keys.accepts("nbft-second") and not keys.accepts("nbft-first") and len(reloads) == 3

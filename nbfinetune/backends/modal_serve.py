@@ -17,7 +17,9 @@ import hashlib
 import re
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..serve.protocol import ChatRequest
@@ -30,6 +32,8 @@ MAX_INPUTS = 64  # concurrent requests per container: vLLM batches them continuo
 # (GPU, usable GiB) from small to large; the first that holds weights plus room for the KV cache wins.
 GPUS = (("L4", 24), ("L40S", 48), ("A100-80GB", 80), ("H200", 141))
 DEFAULT_MAX_TOKENS = 512
+KEY_RECHECK_S = 10.0  # a container re-reads the key's hash for an unknown key at most this often
+READY_POLL_S = 5.0  # how often the notebook asks a cold-starting endpoint whether it answers yet
 
 
 @dataclass
@@ -125,23 +129,34 @@ def _parameter_count(model: str) -> int:
 
 
 # --- the Modal app (lazy: builds offline) ------------------------------------------------------------
+def image_env(spec: ServeSpec) -> dict[str, str]:
+    """The serving image's environment. Weights come from the training app's HF cache Volume (a base
+    model trained on is already there); on the runs Volume they would be committed along with the runs."""
+    from .modal_app import HF_CACHE_ROOT, HF_SECRET, HF_SECRET_ENV
+
+    return {"HF_HOME": HF_CACHE_ROOT, HF_SECRET_ENV: HF_SECRET, "NBFT_BASE_MODEL": spec.base_model,
+            "NBFT_MAX_LORA_RANK": str(spec.max_lora_rank), "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1"}
+
+
 def build_app(spec: ServeSpec) -> Any:
     """The Modal app serving spec.base_model: class VLLMServer with an ASGI web endpoint."""
     import modal
 
-    from .modal_app import RUNS_ROOT, RUNS_VOLUME
+    from . import modal_app
+    from .modal_app import HF_CACHE_ROOT, HF_CACHE_VOLUME, RUNS_ROOT, RUNS_VOLUME
 
     image = (modal.Image.debian_slim(python_version="3.11")
              .uv_pip_install(*VLLM_PACKAGES)
-             .env({"HF_HOME": f"{RUNS_ROOT}/hf-cache", "NBFT_BASE_MODEL": spec.base_model,
-                   "NBFT_MAX_LORA_RANK": str(spec.max_lora_rank), "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1"})
+             .env(image_env(spec))
              .add_local_python_source("nbfinetune",
                                       ignore=["**/__pycache__", "**/*.pyc", "**/labextension/**"]))
     app = modal.App(spec.app_name, image=image)
     volume = modal.Volume.from_name(RUNS_VOLUME, create_if_missing=True)
+    hf_cache = modal.Volume.from_name(HF_CACHE_VOLUME, create_if_missing=True)
 
-    @app.cls(gpu=spec.gpu, volumes={RUNS_ROOT: volume}, scaledown_window=SCALEDOWN_S, min_containers=0,
-             timeout=3600, serialized=True)
+    # The training app's HF_TOKEN secret, for gated base models (read at call time: tests replace it).
+    @app.cls(gpu=spec.gpu, volumes={RUNS_ROOT: volume, HF_CACHE_ROOT: hf_cache}, secrets=modal_app.SECRETS,
+             scaledown_window=SCALEDOWN_S, min_containers=0, timeout=3600, serialized=True)
     @modal.concurrent(max_inputs=MAX_INPUTS)
     class VLLMServer:
         @modal.enter()
@@ -166,6 +181,45 @@ def key_path(runs_root: str, app_name: str) -> str:
     return f"{runs_root}/serving/{app_name}.sha256"
 
 
+@dataclass
+class KeyCheck:
+    """The deployment's key, known by its hash on the runs Volume. A later `serve` stores a new hash while
+    warm containers keep running (a deploy that changes nothing leaves them up), so an unknown key makes
+    the container read the hash again — at most every KEY_RECHECK_S, so wrong keys cannot keep it
+    reloading the Volume."""
+
+    path: str
+    reload: Callable[[], None]
+    digest: str = ""
+    checked_at: float = float("-inf")
+
+    def read(self) -> None:
+        self.checked_at = time.monotonic()
+        try:
+            self.reload()
+        except Exception:  # noqa: BLE001 — Modal refuses a reload while files are open: read what is mounted
+            pass
+        try:
+            self.digest = Path(self.path).read_text().strip()
+        except OSError:
+            pass  # not there (yet): keep the key we know
+
+    def accepts(self, token: str) -> bool:
+        if self._matches(token):
+            return True
+        if not token or time.monotonic() - self.checked_at < KEY_RECHECK_S:
+            return False
+        self.read()
+        return self._matches(token)
+
+    def _matches(self, token: str) -> bool:
+        import hmac
+
+        from ..serve.tokens import token_hash
+
+        return bool(token and self.digest) and hmac.compare_digest(token_hash(token), self.digest)
+
+
 # --- container side (CUDA + vLLM; not run here) -------------------------------------------------------
 @dataclass
 class EngineState:
@@ -173,14 +227,13 @@ class EngineState:
     base_model: str
     runs_root: str
     volume: Any
-    token_sha256: str
+    keys: KeyCheck
     context_length: int
     tokenizers: dict[str, Any] = field(default_factory=dict)
 
 
 def start_engine(runs_root: str, volume: Any) -> EngineState:
     import os
-    from pathlib import Path
 
     from vllm import AsyncEngineArgs, AsyncLLMEngine
 
@@ -190,9 +243,10 @@ def start_engine(runs_root: str, volume: Any) -> EngineState:
     engine = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(
         model=resolve_model(base), enable_lora=True, max_lora_rank=int(os.environ["NBFT_MAX_LORA_RANK"]),
         max_loras=8, enable_prefix_caching=True))
-    digest = Path(key_path(runs_root, app_name_for(base))).read_text().strip()
+    keys = KeyCheck(key_path(runs_root, app_name_for(base)), volume.reload)
+    keys.read()
     context = engine.model_config.max_model_len if hasattr(engine, "model_config") else 4096
-    return EngineState(engine, base, runs_root, volume, digest, context)
+    return EngineState(engine, base, runs_root, volume, keys, context)
 
 
 def _tokenizer(state: EngineState, model: str) -> Any:
@@ -211,10 +265,8 @@ def _tokenizer(state: EngineState, model: str) -> Any:
 
 def asgi_app(state: EngineState) -> Any:
     """The OpenAI-compatible routes over vLLM (FastAPI ships with vLLM)."""
-    import hmac
     import json
     import uuid
-    from pathlib import Path
 
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, StreamingResponse
@@ -224,7 +276,6 @@ def asgi_app(state: EngineState) -> Any:
     from ..data.render import render_prompt
     from ..serve import protocol
     from ..serve.protocol import APIError
-    from ..serve.tokens import token_hash
 
     web = FastAPI()
 
@@ -239,7 +290,7 @@ def asgi_app(state: EngineState) -> Any:
     def authorize(request: Request) -> None:
         header = request.headers.get("authorization", "")
         token = header[7:].strip() if header[:7].lower() == "bearer " else ""
-        if not token or not hmac.compare_digest(token_hash(token), state.token_sha256):
+        if not state.keys.accepts(token):
             raise APIError(401, "missing or incorrect API key", code="invalid_api_key")
 
     def served(name: str) -> bool:
@@ -328,24 +379,35 @@ class ModalServer:
 
 
 def serve_modal(runs: list[Any], api_key: str | None = None, wait_s: float = 900.0, quiet: bool = False,
-                **_ignored: Any) -> ModalServer:
+                show_key: bool = True, **_ignored: Any) -> ModalServer:
     """Deploy (or update) the base model's vLLM app, store the key's hash on the Volume, print the URL,
-    then wait for the first container to answer, showing cold-start progress."""
+    then wait for the first container to answer, showing cold-start progress. show_key=False: a new key
+    stays in `server.api_key` only (a notebook's outputs are saved to a file)."""
     import modal
 
     from ..serve.tokens import new_token, record, token_hash
     from .modal_app import RUNS_VOLUME
+    from .modal_backend import require_credentials
+    from .modal_chat import remote_adapter_exists
 
-    if modal.config.config.get("token_id") is None:
-        raise RuntimeError("Modal: no credentials; run `modal token new` "
-                           "(or set MODAL_TOKEN_ID / MODAL_TOKEN_SECRET)")
+    require_credentials()  # empty values count as missing; a `modal token new` since import is read
     spec = spec_for_runs(runs)
+    # Checked before deploying: a container would only answer 404 for it, after a billed cold start.
+    for run_id in spec.run_ids:
+        if not remote_adapter_exists(run_id):
+            raise RuntimeError(f"run {run_id} has no adapter on the Modal Volume yet; wait for it to finish "
+                               "or cancel it — a cancelled run keeps its adapter")
     key = api_key or new_token()
     volume = modal.Volume.from_name(RUNS_VOLUME, create_if_missing=True)
+    # The deployment serves every run on the Volume: its rank never shrinks below what it served before.
+    spec.max_lora_rank = max(spec.max_lora_rank, _deployed_rank(volume, spec.app_name))
     with volume.batch_upload(force=True) as upload:
         import io
+        import json
 
         upload.put_file(io.BytesIO(token_hash(key).encode()), key_path("", spec.app_name).lstrip("/"))
+        upload.put_file(io.BytesIO(json.dumps({"max_lora_rank": spec.max_lora_rank}).encode()),
+                        _deployment_path(spec.app_name))
     app = build_app(spec)
     with modal.enable_output():
         app.deploy(name=spec.app_name)
@@ -356,20 +418,41 @@ def serve_modal(runs: list[Any], api_key: str | None = None, wait_s: float = 900
     if not quiet:
         print(f"OpenAI-compatible API on Modal at {url} · {spec.gpu}, max LoRA rank {spec.max_lora_rank} · "
               f"models: {', '.join(server.models)}")
-        if api_key is None:
+        if api_key is None and show_key:
             print(f"API key (shown once, stored only as a hash): {key}")
+        elif api_key is None:
+            print("API key: in server.api_key (not printed: notebook outputs are saved to disk)")
     wait_until_ready(url, key, wait_s, quiet)
     return server
 
 
-def wait_until_ready(url: str, key: str, wait_s: float, quiet: bool = False, poll_s: float = 5.0) -> None:
+def _deployment_path(app_name: str) -> str:
+    return f"serving/{app_name}.json"
+
+
+def _deployed_rank(volume: Any, app_name: str) -> int:
+    """The max_lora_rank the base model's deployment was last given (0 before its first)."""
+    import json
+
+    try:
+        return int(json.loads(b"".join(volume.read_file(_deployment_path(app_name))))["max_lora_rank"])
+    except FileNotFoundError:
+        return 0
+
+
+def wait_until_ready(url: str, key: str, wait_s: float, quiet: bool = False,
+                     poll_s: float | None = None) -> None:
     """Poll /v1/models until a container answers (a cold start loads vLLM and the weights)."""
     import httpx
 
+    poll_s = READY_POLL_S if poll_s is None else poll_s
     started = time.monotonic()
     while time.monotonic() - started < wait_s:
+        # Modal holds a request to a cold endpoint until a container is up: never past wait_s.
+        left = wait_s - (time.monotonic() - started)
         try:
-            response = httpx.get(f"{url}/models", headers={"Authorization": f"Bearer {key}"}, timeout=60)
+            response = httpx.get(f"{url}/models", headers={"Authorization": f"Bearer {key}"},
+                                 timeout=max(0.1, min(60.0, left)))
             if response.status_code == 200:
                 if not quiet:
                     print(f"ready after {time.monotonic() - started:.0f} s")
@@ -380,6 +463,6 @@ def wait_until_ready(url: str, key: str, wait_s: float, quiet: bool = False, pol
         if not quiet:
             print(f"cold start: waiting for a container ({time.monotonic() - started:.0f} s, {state})",
                   flush=True)
-        time.sleep(poll_s)
+        time.sleep(max(0.0, min(poll_s, wait_s - (time.monotonic() - started))))
     raise TimeoutError(f"the Modal endpoint did not answer within {wait_s:.0f} s; it keeps starting in the "
                        "background — try again shortly")

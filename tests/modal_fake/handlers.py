@@ -12,6 +12,7 @@ from grpclib import GRPCError, Status
 from modal_proto import api_pb2
 
 from .server import PARTITION_LIMIT, Call, FakeModal, Function
+from .web import add_web_urls
 
 
 def _fake(self: Any) -> FakeModal:
@@ -396,6 +397,7 @@ def _handle(fake: FakeModal, function_id: str, name: str, pre: Any) -> api_pb2.F
             function_name=definition.function_name, function_type=definition.function_type, is_method=True,
             use_method_name=method,
             supported_input_formats=formats, supported_output_formats=formats))
+    add_web_urls(fake, metadata, pre)
     return metadata
 
 

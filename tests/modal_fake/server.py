@@ -362,6 +362,7 @@ def fake_modal(root: Path, env: dict[str, str] | None = None) -> Iterator[FakeMo
     from aiohttp import web
 
     from .handlers import blob_routes
+    from .web import web_routes
 
     fake = FakeModal(root)
     started = threading.Event()
@@ -373,6 +374,7 @@ def fake_modal(root: Path, env: dict[str, str] | None = None) -> Iterator[FakeMo
         await server.start("127.0.0.1", fake.port)
         web_app = web.Application(client_max_size=1 << 30)
         web_app.add_routes(blob_routes(fake))
+        web_app.add_routes(web_routes(fake))
         runner = web.AppRunner(web_app)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", fake.http_port).start()
