@@ -19,6 +19,7 @@ from ..config import RunConfig
 from ..events import Event
 from ..pricing import UnknownGPU, cost_so_far, parse_gpu
 from ..runs import EVENTS_FILE, EventTail, RunStore, last_event
+from .modal_credentials import ModalSetupError, require_credentials
 
 if TYPE_CHECKING:
     from .base import RunLike
@@ -27,10 +28,6 @@ if TYPE_CHECKING:
 
 MIRROR_POLL_S = 5.0
 STATUS_CACHE_S = 5.0
-
-
-class ModalSetupError(RuntimeError):
-    """Modal cannot be used as configured; the message says what to do."""
 
 
 class ModalAppNotDeployed(ModalSetupError):
@@ -344,37 +341,6 @@ def _append(path: Path, events: list[Event]) -> None:
             handle.write(event.to_json() + "\n")
         handle.flush()
         os.fsync(handle.fileno())
-
-
-def require_credentials() -> None:
-    import modal
-
-    if not _has_credentials(modal.config.config):
-        # modal reads ~/.modal.toml once, at import: after `modal token new` in a terminal, read it again
-        # so the kernel needs no restart.
-        _reread_modal_config()
-    if not _has_credentials(modal.config.config):
-        raise ModalSetupError("no Modal credentials: run `modal token new` in a terminal (no kernel restart "
-                              "needed), or set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET in the environment")
-
-
-def _has_credentials(config: Any) -> bool:
-    # Empty values count as missing (an exported-but-empty MODAL_TOKEN_ID is a common slip).
-    return bool(config.get("token_id") and config.get("token_secret"))
-
-
-def _reread_modal_config() -> None:
-    """Re-read the modal config file. Uses modal.config's module state (checked in modal 1.6.4): if that
-    changes, this does nothing and the error message still says what to do."""
-    import modal.config as modal_config
-
-    reader = getattr(modal_config, "_read_user_config", None)
-    if reader is None or not hasattr(modal_config, "_user_config"):
-        return
-    modal_config.user_config_path = os.environ.get("MODAL_CONFIG_PATH") or os.path.expanduser("~/.modal.toml")
-    modal_config._user_config = reader()
-    if hasattr(modal_config, "_config_active_profile"):
-        modal_config._profile = os.environ.get("MODAL_PROFILE") or modal_config._config_active_profile()
 
 
 def deploy() -> str:

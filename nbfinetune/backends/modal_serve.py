@@ -387,8 +387,8 @@ def serve_modal(runs: list[Any], api_key: str | None = None, wait_s: float = 900
 
     from ..serve.tokens import new_token, record, token_hash
     from .modal_app import RUNS_VOLUME
-    from .modal_backend import require_credentials
     from .modal_chat import remote_adapter_exists
+    from .modal_credentials import require_credentials
 
     require_credentials()  # empty values count as missing; a `modal token new` since import is read
     spec = spec_for_runs(runs)
