@@ -81,7 +81,9 @@ class Run:
         for state in self.store.watch(
                 self.id, should_stop=lambda: deadline is not None and time.monotonic() > deadline,
                 worker_alive=lambda: self.backend.is_alive(self.id, self.store)):
-            if show and bar is None and state.status == "running":
+            # Once the run has started, even when the first read already holds its end (a short run read
+            # in one poll, or a finished one being attached): the bar then shows the whole run at once.
+            if show and bar is None and (state.status == "running" or state.total_steps is not None):
                 bar = tqdm(total=state.total_steps, initial=state.step, desc=f"run {self.id}", unit="step")
             if bar is not None:
                 bar.n = state.step

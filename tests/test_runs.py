@@ -205,3 +205,16 @@ def test_writer_starts_a_fresh_line_after_a_torn_tail(tmp_path):
     assert [e.type for e in result.events] == ["log", "log", "failed"], "nothing glued onto the torn line"
     assert [e.seq for e in result.events] == [1, 2, 3]
     assert "torn last line" in result.events[1]["message"] and len(result.problems) == 1
+
+
+def test_wait_shows_the_progress_bar_when_one_read_holds_the_whole_run(tmp_path, capsys):
+    """A short run can start and end between two polls: the first state wait sees is already `finished`.
+    The bar is still shown (the run started), at its last step."""
+    from nbfinetune.api import Run
+    from tests.helpers import synthetic_run
+
+    store = RunStore(tmp_path)
+    run_id = synthetic_run(store, steps=3)
+    summary = Run(run_id, store).wait(timeout=10, progress=True)
+    out = capsys.readouterr()
+    assert summary.status == "finished" and "3/3" in out.err and "finished · step 3/3" in out.out
