@@ -196,14 +196,12 @@ def _serve(args: argparse.Namespace) -> int:
     # A server in this process takes the address and key, and lives as long as this command does;
     # a deployed one (Modal) outlives it.
     in_process = get_backend(args.backend).serves_in_process
-    options: dict[str, Any] = {}
-    if in_process:
-        options = {"host": args.host, "port": args.port}
-        if args.api_key_env:
-            if not os.environ.get(args.api_key_env):
-                print(f"nbfinetune serve: --api-key-env: {args.api_key_env} is not set", file=sys.stderr)
-                return 2
-            options["api_key"] = os.environ[args.api_key_env]
+    options: dict[str, Any] = {"host": args.host, "port": args.port} if in_process else {}
+    if args.api_key_env:  # the key of a local server and of a Modal deployment alike
+        if not os.environ.get(args.api_key_env):
+            print(f"nbfinetune serve: --api-key-env: {args.api_key_env} is not set", file=sys.stderr)
+            return 2
+        options["api_key"] = os.environ[args.api_key_env]
     server = api.serve(args.run_ids or None, backend=args.backend, **options)
     if in_process:
         try:

@@ -201,6 +201,26 @@ def test_the_command_line_deploys_prints_url_and_key_and_returns(modal_fake, tin
     assert ("GET", "/v1/models") in stand_in.requests
 
 
+def test_the_command_line_serves_on_modal_with_the_key_from_api_key_env(modal_fake, tiny_model, capsys,
+                                                                       monkeypatch):
+    """--api-key-env names the key for a Modal deployment too: it is the one accepted, and never printed."""
+    import openai
+
+    from nbfinetune import cli
+
+    run = _modal_run(modal_fake, RunStore(), tiny_model)
+    _stand_in(modal_fake, tiny_model)
+    monkeypatch.setenv("TEAM_SERVING_KEY", "sk-team-serving-key-1234")
+    assert cli.main(["serve", run.id, "--backend", "modal", "--api-key-env", "TEAM_SERVING_KEY"]) == 0
+    printed = capsys.readouterr().out
+    assert "sk-team-serving-key-1234" not in printed and "API key (shown once" not in printed
+    base_url = printed.split("OpenAI-compatible API on Modal at ", 1)[1].split()[0]
+    client = openai.OpenAI(base_url=base_url, api_key="sk-team-serving-key-1234", max_retries=0)
+    assert [m.id for m in client.models.list().data] == [run.id]
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=base_url, api_key="sk-wrong", max_retries=0).models.list()
+
+
 @pytest.mark.train
 def test_a_run_trained_through_the_fake_is_served_with_the_adapter_its_container_committed(modal_fake,
                                                                                           tiny_model):
