@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .events import Event, redact
-from .tail import last_event
+from .tail import last_seq
 
 
 class EventWriter:
@@ -23,7 +23,7 @@ class EventWriter:
         self.path = Path(path)
         self.run_id = run_id
         self._lock = threading.Lock()
-        self._next_seq = _last_seq(self.path) + 1
+        self._next_seq = last_seq(self.path) + 1
         torn = _torn_tail(self.path)
         self._file = open(self.path, "a", encoding="utf-8")
         if torn:
@@ -69,8 +69,3 @@ def _torn_tail(path: Path) -> int:
         return 0
     cut = tail.rfind(b"\n")
     return len(tail) - cut - 1 if cut >= 0 else size
-
-
-def _last_seq(path: Path) -> int:
-    last = last_event(path)
-    return last.seq if last is not None else 0

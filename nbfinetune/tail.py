@@ -93,6 +93,11 @@ def read_events(path: str | os.PathLike[str], offset: int = 0, first_line: int =
     return ReadResult(events, tail.problems, tail.offset)
 
 
+def last_seq(path: str | os.PathLike[str]) -> int:
+    """The highest seq in the file (0 when it has no event): where a writer or a mirror goes on from."""
+    return max((event.seq for event in EventTail(path).read()), default=0)
+
+
 def last_event(path: str | os.PathLike[str]) -> Event | None:
     """The file's last complete event (None when it has none)."""
     events = EventTail(path).read()

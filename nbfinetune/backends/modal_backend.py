@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ..config import RunConfig
 from ..events import Event
 from ..pricing import UnknownGPU, cost_so_far, parse_gpu
-from ..runs import EVENTS_FILE, EventTail, RunStore, last_event
+from ..runs import EVENTS_FILE, RunStore, last_event
+from ..tail import last_seq
 from .modal_credentials import ModalSetupError, require_credentials
 
 if TYPE_CHECKING:
@@ -101,7 +102,7 @@ class ModalBackend:
         path = store.events_path(run_id)
         # The local copy holds everything the Volume has plus any terminal event this client recorded
         # for a container that died: the resumed container continues seq after it.
-        self._replay_history(run_id, path, _last_seq(path))
+        self._replay_history(run_id, path, last_seq(path))
         if path.exists():
             self.client.write_history(run_id, path.read_bytes())
         self._spawn(run_id, store, self.remote_config(config), config.gpu)
@@ -224,7 +225,7 @@ class ModalBackend:
 
     def _mirror_locked(self, run_id: str, store: RunStore) -> None:
         path = store.events_path(run_id)
-        last = self._replay_history(run_id, path, _last_seq(path))
+        last = self._replay_history(run_id, path, last_seq(path))
         failures = 0
         budget = RunConfig.from_dict(store.config(run_id)).budget_usd
         while True:
@@ -325,11 +326,6 @@ class ModalBackend:
         self.client.upload(local, remote)
         print("done", flush=True)
         return REMOTE_RUNS_ROOT + remote
-
-
-def _last_seq(path: Path) -> int:
-    """The highest seq in the local copy: the mirror appends only what comes after it."""
-    return max((e.seq for e in EventTail(path).read()), default=0)
 
 
 def _append(path: Path, events: list[Event]) -> None:
